@@ -1,0 +1,192 @@
+"""The job spec: what a user submits, and its validation.
+
+``validate_spec(data)`` turns untrusted JSON into a :class:`JobSpec` or raises
+:class:`SpecError` naming the offending field's path (``overrides.samples``).
+Everything here is pure: the server, the client and the add-on share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .frames import FrameRangeError, parse_frames
+from .hashing import is_sha256
+from .paths import PathError, normalize_relpath
+
+FORMATS = ("PNG", "OPEN_EXR", "JPEG")
+ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH")
+EXTENSIONS = {"PNG": ".png", "OPEN_EXR": ".exr", "JPEG": ".jpg"}
+MAX_MANIFEST = 100_000
+MAX_NAME = 200
+
+
+class SpecError(ValueError):
+    """An invalid job spec; ``path`` names the field (dotted), ``message`` says why."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+@dataclass
+class Overrides:
+    """Render settings the node applies on top of the scene's own. None = keep the scene's."""
+
+    engine: str | None = None
+    samples: int | None = None
+    resolution_percent: int | None = None
+    resolution_x: int | None = None
+    resolution_y: int | None = None
+    format: str | None = None
+    camera: str | None = None
+    denoise: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class JobSpec:
+    name: str
+    blend: str
+    manifest: dict[str, str]
+    frames: str
+    scene: str | None = None
+    chunk: int = 1
+    priority: int = 50
+    overrides: Overrides = field(default_factory=Overrides)
+    paused: bool = False
+
+    @property
+    def frame_list(self) -> list[int]:
+        return parse_frames(self.frames)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["overrides"] = self.overrides.to_dict()
+        return d
+
+
+def _int(data: dict[str, Any], key: str, path: str, lo: int, hi: int, default: int | None) -> Any:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(path + key, "must be an integer")
+    if not lo <= value <= hi:
+        raise SpecError(path + key, f"must be between {lo} and {hi}")
+    return value
+
+
+def _str(data: dict[str, Any], key: str, path: str, choices: tuple[str, ...] | None = None,
+         max_len: int = MAX_NAME) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(path + key, "must be a non-empty string")
+    if len(value) > max_len:
+        raise SpecError(path + key, f"longer than {max_len} characters")
+    if choices is not None:
+        value = value.upper()
+        if value not in choices:
+            raise SpecError(path + key, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def validate_overrides(data: Any) -> Overrides:
+    if data is None:
+        return Overrides()
+    if not isinstance(data, dict):
+        raise SpecError("overrides", "must be an object")
+    known = set(Overrides.__dataclass_fields__)
+    for key in data:
+        if key not in known:
+            raise SpecError(f"overrides.{key}", "unknown override")
+    p = "overrides."
+    denoise = data.get("denoise")
+    if denoise is not None and not isinstance(denoise, bool):
+        raise SpecError(p + "denoise", "must be true, false or null")
+    return Overrides(
+        engine=_str(data, "engine", p, ENGINES),
+        samples=_int(data, "samples", p, 1, 1_000_000, None),
+        resolution_percent=_int(data, "resolution_percent", p, 1, 1000, None),
+        resolution_x=_int(data, "resolution_x", p, 4, 65536, None),
+        resolution_y=_int(data, "resolution_y", p, 4, 65536, None),
+        format=_str(data, "format", p, FORMATS),
+        camera=_str(data, "camera", p, max_len=64),
+        denoise=denoise,
+    )
+
+
+def validate_manifest(data: Any) -> dict[str, str]:
+    if not isinstance(data, dict) or not data:
+        raise SpecError("manifest", "must be a non-empty object of path -> sha256")
+    if len(data) > MAX_MANIFEST:
+        raise SpecError("manifest", f"more than {MAX_MANIFEST} files")
+    out: dict[str, str] = {}
+    for raw, digest in data.items():
+        try:
+            path = normalize_relpath(raw)
+        except PathError as exc:
+            raise SpecError(f"manifest[{raw!r}]", str(exc)) from exc
+        if not is_sha256(digest):
+            raise SpecError(f"manifest[{raw!r}]", "must be a lowercase hex sha256")
+        if path in out:
+            raise SpecError(f"manifest[{raw!r}]", "path given twice")
+        out[path] = digest
+    return out
+
+
+def validate_spec(data: Any) -> JobSpec:
+    """Check untrusted input and return a normalised JobSpec, or raise SpecError."""
+    if not isinstance(data, dict):
+        raise SpecError("", "job spec must be a JSON object")
+    known = set(JobSpec.__dataclass_fields__)
+    for key in data:
+        if key not in known:
+            raise SpecError(key, "unknown field")
+    manifest = validate_manifest(data.get("manifest"))
+    blend_raw = data.get("blend")
+    if not isinstance(blend_raw, str):
+        raise SpecError("blend", "must name the main .blend file of the manifest")
+    try:
+        blend = normalize_relpath(blend_raw)
+    except PathError as exc:
+        raise SpecError("blend", str(exc)) from exc
+    if blend not in manifest:
+        raise SpecError("blend", f"{blend!r} is not in the manifest")
+    if not blend.lower().endswith(".blend"):
+        raise SpecError("blend", "must be a .blend file")
+    frames = data.get("frames")
+    if not isinstance(frames, str):
+        raise SpecError("frames", "must be a frame range such as '1-250' or '1-10,20,30-40x2'")
+    try:
+        parse_frames(frames)
+    except FrameRangeError as exc:
+        raise SpecError("frames", str(exc)) from exc
+    name = _str(data, "name", "") or blend.rsplit("/", 1)[-1][: -len(".blend")]
+    if any(ord(c) < 32 for c in name):
+        raise SpecError("name", "control character in name")
+    paused = data.get("paused", False)
+    if not isinstance(paused, bool):
+        raise SpecError("paused", "must be true or false")
+    return JobSpec(
+        name=name,
+        blend=blend,
+        manifest=manifest,
+        frames=frames.strip(),
+        scene=_str(data, "scene", "", max_len=64),
+        chunk=_int(data, "chunk", "", 1, 10_000, 1),
+        priority=_int(data, "priority", "", 0, 100, 50),
+        overrides=validate_overrides(data.get("overrides")),
+        paused=paused,
+    )
+
+
+def output_stem(job_name: str) -> str:
+    """A file-name-safe stem for a job's frames: ``<stem>_0001.png``."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job_name).strip("._")
+    return safe[:80] or "frame"

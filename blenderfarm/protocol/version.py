@@ -1,0 +1,8 @@
+"""Versions of the wire protocol (checked at ``hello``) and of the package."""
+
+from .. import __version__
+
+#: Bumped on every incompatible change of a message in ``messages.py``.
+PROTOCOL_VERSION = 1
+
+__all__ = ["PROTOCOL_VERSION", "__version__"]
