@@ -1,0 +1,383 @@
+"""The bf-node agent: one websocket to the server, one Blender at a time.
+
+It connects out (with backoff, forever), says what it can do, accepts tasks,
+downloads each task's files while the previous one renders (prefetch), renders
+through a persistent :class:`~.runner_proc.Runner`, uploads every frame as soon
+as it is written, and reports. Results the server has not acknowledged survive a
+lost connection: they are sent again after the next ``welcome``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ..protocol import PROTOCOL_VERSION
+from ..protocol import messages as m
+from ..protocol.hashing import sha256_file
+from ..protocol.version import __version__
+from .blender import BlenderInfo
+from .cache import BlobCache, CacheError
+from .config import NodeConfig
+from .outputs import BadOutput, check_image
+from .runner_proc import Runner, RunnerError
+
+log = logging.getLogger(__name__)
+
+
+class FatalError(RuntimeError):
+    """The server refused this node for good (protocol version, token)."""
+
+
+class Canceled(Exception):
+    pass
+
+
+@dataclass
+class Held:
+    """A task this node holds: waiting, downloading, or rendering."""
+
+    assign: m.Assign
+    prepare: asyncio.Task[None] | None = None
+    canceled: bool = False
+    started: bool = False
+
+
+@dataclass
+class _Rendering:
+    held: Held
+    done: int = 0
+    uploads: list[asyncio.Task[dict[str, Any]]] = field(default_factory=list)
+
+
+class Agent:
+    def __init__(self, config: NodeConfig, blender: BlenderInfo) -> None:
+        self.config = config
+        self.blender = blender
+        self.uid = config.node_uid()
+        self.cache = BlobCache(config.work_dir / "blobs")
+        self.held: dict[str, Held] = {}
+        self.reports: dict[str, m.Message] = {}  # task_done / task_failed not yet acked
+        self.runner: Runner | None = None
+        self.runner_job: str | None = None
+        self._outbox: asyncio.Queue[bytes] | None = None
+        self._wake = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+        self.connected = asyncio.Event()
+        self.frames_rendered = 0
+
+    # --- connection -------------------------------------------------------------------------
+    async def run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
+        self._http = aiohttp.ClientSession(headers=headers,
+                                           timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        worker = asyncio.create_task(self._worker(), name="bf-worker")
+        delay = 0.5
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self._session()
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                    log.warning("server %s unreachable: %s", self.config.server, exc or type(exc).__name__)
+                if time.monotonic() - started > 30:
+                    delay = 0.5  # it had been up for a while: start the backoff again
+                await asyncio.sleep(delay * (0.75 + random.random() / 2))
+                delay = min(delay * 2, self.config.reconnect_max)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            if self.runner is not None:
+                await self.runner.stop()
+            await self._http.close()
+
+    async def _session(self) -> None:
+        assert self._http is not None
+        async with self._http.ws_connect(self.config.ws_url, heartbeat=10,
+                                         max_msg_size=m.MAX_MESSAGE) as ws:
+            await ws.send_bytes(m.encode(self._hello()))
+            first = await ws.receive(timeout=30)
+            msg = self._decode(first)
+            if isinstance(msg, m.Error):
+                raise FatalError(msg.message) if msg.fatal else ConnectionError(msg.message)
+            if not isinstance(msg, m.Welcome):
+                raise ConnectionError("the server did not welcome this node")
+            log.info("connected to %s as %s (%s)", self.config.server, self.config.name, msg.node_id)
+            outbox: asyncio.Queue[bytes] = asyncio.Queue()
+            self._outbox = outbox
+            for report in list(self.reports.values()):
+                self.send(report)
+            sender = asyncio.create_task(self._sender(ws, outbox))
+            self.connected.set()
+            try:
+                async for frame in ws:
+                    msg = self._decode(frame)
+                    if msg is not None:
+                        self._handle(msg)
+            finally:
+                self.connected.clear()
+                self._outbox = None
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+        log.warning("lost the connection to %s", self.config.server)
+
+    def _hello(self) -> m.Hello:
+        return m.Hello(protocol=PROTOCOL_VERSION, name=self.config.name, uid=self.uid,
+                       token=self.config.token, blender=self.blender.to_dict(),
+                       threads=self.config.threads or os.cpu_count() or 1,
+                       ram=_ram_bytes(), tags=self.config.tags, cached_blobs=0,
+                       running=list(self.held) + [t for t in self.reports if t not in self.held],
+                       agent_version=__version__)
+
+    def _decode(self, frame: aiohttp.WSMessage) -> m.Message | None:
+        if frame.type != aiohttp.WSMsgType.BINARY:
+            if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                              aiohttp.WSMsgType.CLOSING):
+                raise ConnectionError("the server closed the connection")
+            return None
+        try:
+            return m.decode(frame.data, m.SERVER_MESSAGES)
+        except m.ProtocolError as exc:
+            log.error("bad frame from the server: %s", exc)
+            return None
+
+    @staticmethod
+    async def _sender(ws: aiohttp.ClientWebSocketResponse, outbox: asyncio.Queue[bytes]) -> None:
+        while True:
+            data = await outbox.get()
+            await ws.send_bytes(data)
+
+    def send(self, msg: m.Message) -> None:
+        """Send if connected; reports are kept in ``self.reports`` and resent anyway."""
+        if self._outbox is not None:
+            self._outbox.put_nowait(m.encode(msg))
+
+    def _handle(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Assign):
+            if msg.task_id in self.held or msg.task_id in self.reports:
+                return
+            held = Held(msg)
+            held.prepare = asyncio.create_task(self._prepare(msg))
+            self.held[msg.task_id] = held
+            self._wake.set()
+        elif isinstance(msg, m.Cancel):
+            self._cancel(msg.task_id, msg.reason)
+        elif isinstance(msg, m.Ack):
+            self.reports.pop(msg.task_id, None)
+        elif isinstance(msg, m.Error):
+            if msg.fatal:
+                raise FatalError(msg.message)
+            log.error("server says: %s (%s)", msg.message, msg.code)
+
+    def _cancel(self, task_id: str, reason: str) -> None:
+        held = self.held.get(task_id)
+        if held is None:
+            return
+        log.info("task %s canceled: %s", task_id, reason)
+        held.canceled = True
+        if held.started:
+            if self.runner is not None:
+                self.runner.kill()  # the worker sees the error and drops the task
+        else:
+            self.held.pop(task_id, None)
+            if held.prepare is not None:
+                held.prepare.cancel()
+
+    # --- files ------------------------------------------------------------------------------
+    async def _prepare(self, a: m.Assign) -> None:
+        """Download what the cache lacks and lay out the job folder."""
+        for sha in dict.fromkeys(a.manifest.values()):
+            if not await asyncio.to_thread(self.cache.has, sha):
+                await self._download(sha)
+        await asyncio.to_thread(self.cache.materialise, a.manifest, self.job_dir(a.job_id))
+
+    async def _download(self, sha: str) -> None:
+        assert self._http is not None
+        url = f"{self.config.server.rstrip('/')}/api/blobs/{sha}"
+        for attempt in range(5):
+            try:
+                async with self._http.get(url) as resp:
+                    if resp.status == 404:
+                        raise CacheError(f"the server has no file {sha[:12]}", sha)
+                    resp.raise_for_status()
+                    fd, tmp = self.cache.open_temp()
+                    h = hashlib.sha256()
+                    with os.fdopen(fd, "wb") as f:
+                        async for chunk in resp.content.iter_chunked(1 << 20):
+                            await asyncio.to_thread(_hash_write, h, f, chunk)
+                    await asyncio.to_thread(self.cache.commit, tmp, sha, h.hexdigest())
+                    return
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if attempt == 4:
+                    raise CacheError(f"could not download {sha[:12]}: {exc}", sha) from exc
+                await asyncio.sleep(0.5 * 2**attempt)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.config.work_dir / "jobs" / job_id
+
+    # --- rendering --------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            held = next((h for h in self.held.values() if not h.started), None)
+            if held is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            held.started = True
+            try:
+                report = await self._run_task(held)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not kill the node: fail the task, go on
+                log.exception("task %s crashed the agent", held.assign.task_id)
+                report = m.TaskFailed(task_id=held.assign.task_id, error=f"agent error: {exc}",
+                                      reason="agent")
+            self.held.pop(held.assign.task_id, None)
+            if report is not None and not held.canceled:
+                self.reports[held.assign.task_id] = report
+                self.send(report)
+
+    async def _run_task(self, held: Held) -> m.Message | None:
+        a = held.assign
+        t0 = time.monotonic()
+        try:
+            assert held.prepare is not None
+            await held.prepare
+        except asyncio.CancelledError:
+            return None
+        except (CacheError, OSError) as exc:
+            return m.TaskFailed(task_id=a.task_id, error=_disk_message(exc, "download the files"),
+                                reason="download_failed", retryable=True)
+        out_dir = self.config.work_dir / "out" / a.task_id
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
+        state = _Rendering(held)
+        try:
+            runner = await self._runner_for(a)
+            await runner.render(a.task_id, a.frames, scene=a.scene, overrides=self._overrides(a),
+                                output_dir=str(out_dir), output_name=a.output_name,
+                                on_event=self._on_event(state), watchdog=self.config.watchdog)
+            outputs = list(await asyncio.gather(*state.uploads))
+        except RunnerError as exc:
+            for up in state.uploads:
+                up.cancel()
+            if exc.reason in ("crash", "watchdog", "bad_blend", "startup"):
+                await self._drop_runner()
+            if held.canceled:
+                return None
+            return m.TaskFailed(task_id=a.task_id, error=exc.message, log_tail=exc.log_tail,
+                                retryable=exc.retryable, reason=exc.reason)
+        except (BadOutput, OSError) as exc:
+            return m.TaskFailed(task_id=a.task_id, error=_disk_message(exc, "deliver a frame"),
+                                reason="bad_output", retryable=True)
+        finally:
+            if not self.config.persistent:
+                await self._drop_runner()
+        self.frames_rendered += len(outputs)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return m.TaskDone(task_id=a.task_id, outputs=outputs, seconds=time.monotonic() - t0)
+
+    def _overrides(self, a: m.Assign) -> dict[str, Any]:
+        overrides = dict(a.overrides)
+        if self.config.threads:
+            overrides["threads"] = self.config.threads
+        return overrides
+
+    async def _runner_for(self, a: m.Assign) -> Runner:
+        if self.runner is not None and self.runner_job == a.job_id and self.runner.alive:
+            return self.runner
+        await self._drop_runner()
+        logs = self.config.work_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.runner = await Runner.start(
+            self.blender.path, str(self.job_dir(a.job_id) / a.blend), cwd=str(self.job_dir(a.job_id)),
+            log_path=str(logs / f"{a.job_id}.log"),
+            allow_scripts=a.allow_scripts and self.config.allow_scripts)
+        self.runner_job = a.job_id
+        return self.runner
+
+    async def _drop_runner(self) -> None:
+        runner, self.runner, self.runner_job = self.runner, None, None
+        if runner is not None:
+            await runner.stop()
+
+    def _on_event(self, state: _Rendering) -> Callable[[dict[str, Any]], None]:
+        a = state.held.assign
+        total = len(a.frames)
+
+        def on_event(ev: dict[str, Any]) -> None:
+            kind = ev.get("ev")
+            if kind in ("frame_start", "progress"):
+                frac = float(ev.get("fraction", 0.0)) if kind == "progress" else 0.0
+                self.send(m.Progress(task_id=a.task_id, frame=ev.get("frame"),
+                                     fraction=min(1.0, (state.done + frac) / total),
+                                     frames_done=state.done, message=str(ev.get("stats", ""))[:200]))
+            elif kind == "frame_done":
+                state.done += 1
+                state.uploads.append(asyncio.create_task(
+                    self._deliver(a, int(ev["frame"]), str(ev["path"]))))
+
+        return on_event
+
+    async def _deliver(self, a: m.Assign, frame: int, path: str) -> dict[str, Any]:
+        """Check a written frame, upload it (retrying through outages), announce it."""
+        await asyncio.to_thread(check_image, path)
+        sha = await asyncio.to_thread(sha256_file, path)
+        size = os.path.getsize(path)
+        await self._upload(sha, path, size)
+        name = os.path.basename(path)
+        self.send(m.FrameDone(task_id=a.task_id, frame=frame, sha256=sha, size=size, name=name))
+        return {"frame": frame, "sha256": sha, "size": size, "name": name}
+
+    async def _upload(self, sha: str, path: str, size: int) -> None:
+        assert self._http is not None
+        url = f"{self.config.server.rstrip('/')}/api/blobs/{sha}"
+        delay = 0.5
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    async with self._http.put(url, data=f, headers={
+                            "Content-Length": str(size),
+                            "Content-Type": "application/octet-stream"}) as resp:
+                        if resp.status in (200, 201):
+                            return
+                        text = await resp.text()
+                        if resp.status < 500:
+                            raise OSError(f"the server refused the frame: {resp.status} {text[:200]}")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                log.warning("upload of %s failed (%s); retrying", os.path.basename(path), exc)
+            await asyncio.sleep(delay)  # the server may be restarting: keep the frame, retry
+            delay = min(delay * 2, self.config.reconnect_max)
+
+
+def _hash_write(h: Any, f: Any, chunk: bytes) -> None:
+    h.update(chunk)
+    f.write(chunk)
+
+
+def _disk_message(exc: BaseException, doing: str) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"the node's disk is full: could not {doing} ({exc.filename or ''})"
+    return f"could not {doing}: {exc}"
+
+
+def _ram_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0

@@ -1,0 +1,106 @@
+"""``bf-node``: the render-node agent (meant to run as a systemd service)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from ..protocol.version import __version__
+from .agent import Agent, FatalError
+from .blender import BlenderNotFound, find_blender, probe_blender
+from .config import NodeConfig
+
+log = logging.getLogger("blenderfarm.node")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bf-node", description="Blenderfarm render-node agent.")
+    p.add_argument("--server", default=None, help="server URL (default http://127.0.0.1:8765)")
+    p.add_argument("--token", default=None, help="node token (or BLENDERFARM_NODE_TOKEN)")
+    p.add_argument("--blender", default=None,
+                   help="Blender executable (default: $BLENDER, then 'blender' on PATH)")
+    p.add_argument("--name", default=None, help="node name shown on the farm (default: hostname)")
+    p.add_argument("--threads", type=int, default=None, help="render threads (default: all)")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="cache and scratch folder (default: the platform's user cache dir)")
+    p.add_argument("--tag", action="append", default=[], help="a tag jobs may ask for")
+    p.add_argument("--allow-scripts", action="store_true",
+                   help="let jobs that ask for it run Python scripts inside .blend files")
+    p.add_argument("--watchdog", type=float, default=None,
+                   help="seconds without progress before a render is killed (default 600)")
+    p.add_argument("--no-persistent", action="store_true",
+                   help="start a new Blender for every task (slower; for comparison)")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--version", action="version", version=f"bf-node {__version__}")
+    return p.parse_args(argv)
+
+
+def make_config(args: argparse.Namespace) -> NodeConfig:
+    import os
+
+    cfg = NodeConfig()
+    cfg.server = args.server or os.environ.get("BLENDERFARM_SERVER") or cfg.server
+    cfg.token = args.token or os.environ.get("BLENDERFARM_NODE_TOKEN")
+    cfg.blender = args.blender
+    cfg.name = args.name or cfg.name
+    cfg.threads = args.threads
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir.expanduser().resolve()
+    cfg.tags = args.tag
+    cfg.allow_scripts = args.allow_scripts
+    if args.watchdog is not None:
+        cfg.watchdog = args.watchdog if args.watchdog > 0 else None
+    cfg.persistent = not args.no_persistent
+    return cfg
+
+
+async def _main(cfg: NodeConfig) -> int:
+    try:
+        path = find_blender(cfg.blender)
+        info = await probe_blender(path)
+    except BlenderNotFound as exc:
+        print(f"bf-node: {exc}", file=sys.stderr)
+        return 2
+    print(f"bf-node {__version__}: {cfg.name}, Blender {info.version} at {info.path}, "
+          f"denoise (OIDN): {'yes' if info.oidn else 'no'}, devices: "
+          f"{', '.join(info.cycles_devices) or 'CPU'}; server {cfg.server}", flush=True)
+    if not info.oidn:
+        print("bf-node: this Blender has no OpenImageDenoise: jobs that need Cycles denoising "
+              "will go to other nodes", flush=True)
+    agent = Agent(cfg, info)
+    task = asyncio.create_task(agent.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("stopping")
+    except FatalError as exc:
+        print(f"bf-node: the server refused this node: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = make_config(args)
+        cfg.ws_url  # noqa: B018 - validates the URL early
+    except ValueError as exc:
+        print(f"bf-node: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_main(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""bf-node settings: defaults, a TOML file's [node] table, then flags."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+
+@dataclass
+class NodeConfig:
+    server: str = "http://127.0.0.1:8765"
+    token: str | None = None
+    blender: str | None = None
+    name: str = field(default_factory=socket.gethostname)
+    threads: int | None = None  # None: Blender uses every core
+    work_dir: Path = Path(platformdirs.user_cache_dir("blenderfarm-node", appauthor=False))
+    tags: list[str] = field(default_factory=list)
+    allow_scripts: bool = False
+    #: seconds without any sign of life from Blender before a render is killed (None: never)
+    watchdog: float | None = 600.0
+    #: keep Blender running between the tasks of a job (False: the naive one-Blender-per-task)
+    persistent: bool = True
+    reconnect_max: float = 10.0
+
+    @property
+    def ws_url(self) -> str:
+        base = self.server.rstrip("/")
+        if base.startswith("https://"):
+            return "wss://" + base[len("https://"):] + "/ws/node"
+        if base.startswith("http://"):
+            return "ws://" + base[len("http://"):] + "/ws/node"
+        raise ValueError(f"server URL must start with http:// or https://: {self.server!r}")
+
+    def node_uid(self) -> str:
+        """A stable id for this node, kept in its work dir across restarts."""
+        path = self.work_dir / "node-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            uid = os.urandom(8).hex()
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(uid + "\n")
+            return uid

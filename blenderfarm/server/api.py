@@ -1,0 +1,216 @@
+"""The HTTP JSON API under ``/api/``: blobs, jobs, tasks, outputs, nodes.
+
+Handlers validate input, call the farm and shape JSON; every refusal is one JSON
+error ``{"error": {"code", "message", "field"}}`` with a 4xx status. Disk work
+(blob writes, zips) runs in threads or streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..protocol import PROTOCOL_VERSION
+from ..protocol.hashing import is_sha256
+from ..protocol.jobspec import SpecError, validate_spec
+from ..protocol.version import __version__
+from .blobs import BlobError
+from .farm import FarmError
+from .keys import FARM
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+MAX_JSON = 64 * 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   data: Any = None) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message, "field": field}
+    if data is not None:
+        body["data"] = data
+    return web.json_response({"error": body}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Translate every refusal into the one JSON error shape, once, here."""
+    try:
+        return await handler(request)
+    except FarmError as exc:
+        return error_response(exc.status, exc.code, str(exc), exc.field, exc.data)
+    except SpecError as exc:
+        return error_response(400, "invalid_spec", exc.message, exc.path)
+    except BlobError as exc:
+        return error_response(400 if exc.code != "too_large" else 413, exc.code, str(exc))
+    except web.HTTPException as exc:
+        if not request.path.startswith("/api/") or exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except OSError as exc:
+        log.exception("disk error serving %s", request.path)
+        return error_response(507 if exc.errno == 28 else 500, "disk_error",
+                              f"the server could not write to its disk: {exc.strerror}")
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_JSON:
+        raise FarmError("request body too large", "too_large", 413)
+    try:
+        return json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FarmError(f"body is not valid JSON: {exc}", "bad_json") from exc
+
+
+@routes.get("/api/info")
+async def info(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    return web.json_response({"server_version": __version__, "protocol": PROTOCOL_VERSION,
+                              "auth_required": False, **farm.info()})
+
+
+# --- blobs -----------------------------------------------------------------------------------
+@routes.post("/api/blobs/missing")
+async def blobs_missing(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    hashes = data.get("hashes") if isinstance(data, dict) else None
+    if not isinstance(hashes, list) or len(hashes) > 100_000:
+        raise FarmError("expected {\"hashes\": [sha256, ...]} (at most 100000)", field="hashes")
+    for i, h in enumerate(hashes):
+        if not is_sha256(h):
+            raise FarmError("not a lowercase hex sha256", "bad_hash", field=f"hashes[{i}]")
+    missing = await asyncio.to_thread(request.app[FARM].blobs.missing, hashes)
+    return web.json_response({"missing": missing})
+
+
+@routes.put("/api/blobs/{sha256}")
+async def blob_put(request: web.Request) -> web.Response:
+    sha = request.match_info["sha256"]
+    blobs = request.app[FARM].blobs
+    if not is_sha256(sha):
+        raise FarmError("not a lowercase hex sha256", "bad_hash")
+    if request.content_length is not None and request.content_length > blobs.max_size:
+        raise BlobError(f"blob larger than {blobs.max_size} bytes", sha, "too_large")
+    if await asyncio.to_thread(blobs.exists, sha):
+        return web.json_response({"sha256": sha, "size": blobs.path(sha).stat().st_size})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            yield chunk
+
+    size = await blobs.write(sha, chunks())
+    return web.json_response({"sha256": sha, "size": size}, status=201)
+
+
+@routes.get("/api/blobs/{sha256}")
+async def blob_get(request: web.Request) -> web.StreamResponse:
+    sha = request.match_info["sha256"]
+    blobs = request.app[FARM].blobs
+    if not is_sha256(sha):
+        raise FarmError("not a lowercase hex sha256", "bad_hash")
+    path = blobs.path(sha)
+    if not await asyncio.to_thread(path.is_file):
+        raise FarmError(f"no blob {sha}", "not_found", 404)
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+
+# --- jobs ------------------------------------------------------------------------------------
+@routes.post("/api/jobs")
+async def job_create(request: web.Request) -> web.Response:
+    spec = validate_spec(await read_json(request))
+    farm = request.app[FARM]
+    job = await farm.submit(spec)
+    return web.json_response({"job": farm.job_json(job)}, status=201)
+
+
+@routes.get("/api/jobs")
+async def job_list(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    jobs = sorted(farm.jobs.values(), key=lambda j: j.seq, reverse=True)
+    return web.json_response({"jobs": [farm.job_json(j) for j in jobs]})
+
+
+@routes.get("/api/jobs/{job_id}")
+async def job_get(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    return web.json_response({"job": farm.job_json(farm.job(request.match_info["job_id"]))})
+
+
+@routes.get("/api/jobs/{job_id}/tasks")
+async def job_tasks(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    job = farm.job(request.match_info["job_id"])
+    tasks = [farm.tasks[t].to_json() for t in job.task_ids]
+    for t in tasks:
+        t.pop("log_tail", None)
+    return web.json_response({"tasks": tasks})
+
+
+@routes.post("/api/jobs/{job_id}/cancel")
+async def job_cancel(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    return web.json_response({"job": farm.job_json(farm.cancel(request.match_info["job_id"]))})
+
+
+@routes.get("/api/jobs/{job_id}/outputs")
+async def job_outputs(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    job = farm.job(request.match_info["job_id"])
+    outs = sorted(job.outputs.values(), key=lambda o: (o.frame, o.name))
+    return web.json_response({"outputs": [o.to_json() for o in outs]})
+
+
+@routes.get("/api/jobs/{job_id}/outputs.zip")
+async def job_outputs_zip(request: web.Request) -> web.StreamResponse:
+    farm = request.app[FARM]
+    job = farm.job(request.match_info["job_id"])
+    files = [(o.name, farm.output_path(job.id, o.name)) for o in job.outputs.values()]
+    fd, tmp = tempfile.mkstemp(suffix=".zip", dir=farm.blobs.tmp)
+    os.close(fd)
+
+    def build() -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            for name, path in sorted(files):
+                z.write(path, name)
+
+    try:
+        await asyncio.to_thread(build)
+        resp = web.StreamResponse(headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": f'attachment; filename="{job.output_name}.zip"'})
+        resp.content_length = os.path.getsize(tmp)
+        await resp.prepare(request)
+        with open(tmp, "rb") as f:
+            while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        os.unlink(tmp)
+
+
+@routes.get("/api/jobs/{job_id}/outputs/{name}")
+async def job_output_file(request: web.Request) -> web.StreamResponse:
+    farm = request.app[FARM]
+    job = farm.job(request.match_info["job_id"])
+    out = job.outputs.get(request.match_info["name"])
+    if out is None:
+        raise FarmError(f"job {job.id} has no output {request.match_info['name']!r}",
+                        "not_found", 404)
+    return web.FileResponse(farm.output_path(job.id, out.name))
+
+
+# --- nodes -----------------------------------------------------------------------------------
+@routes.get("/api/nodes")
+async def node_list(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    nodes = sorted(farm.nodes.values(), key=lambda n: n.name)
+    return web.json_response({"nodes": [n.to_json() for n in nodes]})

@@ -1,0 +1,104 @@
+"""The content-addressed blob store: ``blobs/ab/abcdef...`` under the data dir.
+
+A blob is written to a temporary file while its bytes are hashed, fsynced, checked
+against the name it was uploaded under, and only then renamed into place, so a
+blob file that exists is always complete and correct. Disk work runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ..protocol.hashing import is_sha256
+
+
+class BlobError(ValueError):
+    """An upload that does not match its name, or is too large."""
+
+    def __init__(self, message: str, sha256: str, code: str = "bad_blob") -> None:
+        super().__init__(message)
+        self.sha256 = sha256
+        self.code = code
+
+
+class BlobStore:
+    def __init__(self, root: Path, max_size: int = 64 * 1024**3) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.max_size = max_size
+        self.bytes_received = 0
+
+    def path(self, sha256: str) -> Path:
+        if not is_sha256(sha256):
+            raise BlobError("not a sha256", str(sha256)[:80], "bad_hash")
+        return self.root / sha256[:2] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def missing(self, hashes: list[str]) -> list[str]:
+        return [h for h in dict.fromkeys(hashes) if not self.exists(h)]
+
+    async def write(self, sha256: str, chunks: AsyncIterator[bytes]) -> int:
+        """Store the streamed bytes under ``sha256``; raise BlobError if they hash otherwise."""
+        final = self.path(sha256)
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix=sha256[:12] + ".")
+        h = hashlib.sha256()
+        size = 0
+        buf = bytearray()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_size:
+                        raise BlobError(f"blob larger than {self.max_size} bytes", sha256,
+                                        "too_large")
+                    buf += chunk
+                    if len(buf) >= 1 << 20:
+                        await asyncio.to_thread(_write_hash, f, h, bytes(buf))
+                        buf.clear()
+                await asyncio.to_thread(_write_hash, f, h, bytes(buf), True)
+            digest = h.hexdigest()
+            if digest != sha256:
+                raise BlobError(f"content hashes to {digest}, not {sha256}", sha256, "hash_mismatch")
+            await asyncio.to_thread(_place, Path(tmp_name), final)
+            self.bytes_received += size
+            return size
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+
+    def link_to(self, sha256: str, dest: Path) -> None:
+        """Make ``dest`` a copy of the blob (hard link where the file system allows)."""
+        src = self.path(sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+
+
+def _write_hash(f: object, h: hashlib._Hash, data: bytes, final: bool = False) -> None:
+    h.update(data)
+    f.write(data)  # type: ignore[attr-defined]
+    if final:
+        f.flush()  # type: ignore[attr-defined]
+        os.fsync(f.fileno())  # type: ignore[attr-defined]
+
+
+def _place(tmp: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)

@@ -1,0 +1,56 @@
+"""bf-server settings: defaults, then a TOML file, then command-line flags."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+DEFAULT_PORT = 8765
+
+
+class ConfigError(ValueError):
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = Path(platformdirs.user_data_dir("blenderfarm", appauthor=False))
+    #: seconds a disconnected node keeps its tasks before they are requeued
+    grace_period: float = 30.0
+    #: failures of one task before it (and its job) fail
+    max_attempts: int = 3
+    #: websocket ping interval; a node silent for twice this is dropped
+    heartbeat: float = 10.0
+    #: tasks a node may hold beyond the one it renders (downloads ahead)
+    prefetch: int = 1
+    #: largest accepted blob upload, bytes
+    max_blob_size: int = 64 * 1024**3
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(cls, path: Path | None, overrides: dict[str, Any]) -> ServerConfig:
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    values.update(tomllib.load(f).get("server", {}))
+            except FileNotFoundError as exc:
+                raise ConfigError(f"config file not found: {path}") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r}", key)
+        cfg = cls(**values)
+        cfg.data_dir = Path(cfg.data_dir).expanduser().resolve()
+        return cfg

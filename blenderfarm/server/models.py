@@ -1,0 +1,154 @@
+"""The server's in-memory records of jobs, tasks, outputs and nodes.
+
+Plain dataclasses with their JSON forms (API) and row forms (SQLite). No I/O here:
+``store.py`` persists them and ``farm.py`` changes them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..protocol.jobspec import JobSpec, Overrides
+
+JOB_STATES = ("queued", "active", "paused", "completed", "failed", "canceled")
+JOB_FINAL = frozenset({"completed", "failed", "canceled"})
+TASK_STATES = ("queued", "assigned", "running", "done", "failed", "canceled")
+TASK_FINAL = frozenset({"done", "failed", "canceled"})
+TASK_HELD = frozenset({"assigned", "running"})
+
+
+@dataclass
+class Output:
+    job_id: str
+    task_id: str
+    frame: int
+    name: str
+    sha256: str
+    size: int
+    created: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"frame": self.frame, "name": self.name, "sha256": self.sha256,
+                "size": self.size, "task_id": self.task_id, "created": self.created}
+
+
+@dataclass
+class Task:
+    id: str
+    job_id: str
+    index: int
+    frames: list[int]
+    kind: str = "render"
+    depends_on: list[str] = field(default_factory=list)
+    status: str = "queued"
+    attempts: int = 0  # times assigned
+    failures: int = 0
+    node: str | None = None
+    failed_nodes: dict[str, str] = field(default_factory=dict)  # node uid -> error
+    progress: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    log_tail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Task:
+        return cls(**data)
+
+
+@dataclass
+class Job:
+    id: str
+    seq: int
+    spec: JobSpec
+    output_name: str
+    status: str = "queued"
+    priority: int = 50
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    needs_oidn: bool = False
+    frames_total: int = 0
+    # Derived, rebuilt from tasks and outputs on load:
+    outputs: dict[str, Output] = field(default_factory=dict)  # by file name
+    task_ids: list[str] = field(default_factory=list)
+
+    @property
+    def frames_done(self) -> int:
+        return len({o.frame for o in self.outputs.values()})
+
+    def to_row(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("id", "seq", "output_name", "status", "priority",
+                                            "created", "updated", "started", "finished",
+                                            "error", "needs_oidn", "frames_total")}
+        d["spec"] = self.spec.to_dict()
+        return d
+
+    @classmethod
+    def from_row(cls, data: dict[str, Any]) -> Job:
+        data = dict(data)
+        spec = dict(data.pop("spec"))
+        spec["overrides"] = Overrides(**spec.get("overrides", {}))
+        return cls(spec=JobSpec(**spec), **data)
+
+    def to_json(self, tasks: dict[str, Task] | None = None) -> dict[str, Any]:
+        counts = {s: 0 for s in TASK_STATES}
+        if tasks is not None:
+            for tid in self.task_ids:
+                counts[tasks[tid].status] += 1
+        spec = self.spec
+        return {
+            "id": self.id, "name": spec.name, "status": self.status,
+            "priority": self.priority, "created": self.created, "updated": self.updated,
+            "started": self.started, "finished": self.finished, "error": self.error,
+            "frames": spec.frames, "chunk": spec.chunk, "blend": spec.blend,
+            "scene": spec.scene, "overrides": spec.overrides.to_dict(),
+            "output_name": self.output_name, "needs_oidn": self.needs_oidn,
+            "frames_total": self.frames_total, "frames_done": self.frames_done,
+            "tasks_total": len(self.task_ids), "tasks_done": counts["done"],
+            "tasks_failed": counts["failed"], "tasks_running": counts["running"] + counts["assigned"],
+            "tasks_queued": counts["queued"], "files": len(spec.manifest),
+        }
+
+
+@dataclass
+class NodeRecord:
+    """What the server remembers of a node, connected or not."""
+
+    uid: str
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)
+    online: bool = False
+    drained: bool = False
+    last_seen: float = field(default_factory=time.time)
+    connected_at: float | None = None
+    lost_at: float | None = None
+    tasks: list[str] = field(default_factory=list)  # held task ids, in order of assignment
+    frames_rendered: int = 0
+
+    @property
+    def oidn(self) -> bool:
+        return bool(self.info.get("blender", {}).get("oidn"))
+
+    def to_json(self) -> dict[str, Any]:
+        blender = self.info.get("blender", {})
+        if not self.online:
+            state = "offline"
+        elif self.drained:
+            state = "drained"
+        else:
+            state = "rendering" if self.tasks else "idle"
+        return {
+            "id": self.uid, "name": self.name, "state": state, "online": self.online,
+            "drained": self.drained, "last_seen": self.last_seen, "tasks": list(self.tasks),
+            "blender": blender.get("version"), "oidn": self.oidn,
+            "threads": self.info.get("threads"), "gpus": self.info.get("gpus", []),
+            "tags": self.info.get("tags", []), "frames_rendered": self.frames_rendered,
+        }

@@ -1,0 +1,205 @@
+"""SQLite persistence for jobs, tasks, outputs and nodes (WAL, versioned schema).
+
+The event loop never touches SQLite: writes are queued with :meth:`Store.put`
+and one writer thread commits everything queued so far in one transaction, so a
+burst of a thousand task updates costs one commit. A caller that must not go on
+before its write is durable (acking a node's results) awaits the future that
+:meth:`Store.put` returns. Reads happen once, at start-up (:meth:`Store.load`);
+after that the farm's in-memory state is the truth and this is its journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .models import Job, NodeRecord, Output, Task
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, job_id TEXT NOT NULL, idx INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS tasks_job ON tasks (job_id, idx);
+CREATE TABLE IF NOT EXISTS outputs (
+    job_id TEXT NOT NULL, name TEXT NOT NULL, task_id TEXT NOT NULL, frame INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (job_id, name));
+CREATE TABLE IF NOT EXISTS nodes (uid TEXT PRIMARY KEY, data TEXT NOT NULL);
+"""
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or written (corrupt file, full disk...)."""
+
+
+@dataclass
+class Loaded:
+    jobs: list[Job] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    nodes: list[NodeRecord] = field(default_factory=list)
+
+
+_Op = tuple[str, Any]  # (sql, params or list of params for executemany)
+_STOP = object()
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.commits = 0
+        self.last_error: str | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} was written by a newer bf-server "
+                                 f"(schema {row[0]} > {SCHEMA_VERSION}); upgrade bf-server")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
+        return db
+
+    async def open(self) -> Loaded:
+        self._loop = asyncio.get_running_loop()
+        db = await asyncio.to_thread(self._connect)
+        loaded = await asyncio.to_thread(self._load, db)
+        self._thread = threading.Thread(target=self._writer, args=(db,), name="bf-store",
+                                        daemon=True)
+        self._thread.start()
+        return loaded
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    # --- writes ---------------------------------------------------------------------------
+    def put(self, ops: Iterable[_Op]) -> asyncio.Future[None]:
+        """Queue writes; the future resolves once they are committed."""
+        assert self._loop is not None, "store not open"
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put((list(ops), fut))
+        return fut
+
+    def _writer(self, db: sqlite3.Connection) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while True:  # take everything queued so far: one transaction for the burst
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            items = [item for item in batch if item is not _STOP]
+            error = self._commit(db, items) if items else None
+            for _ops, fut in items:
+                self._resolve(fut, error)
+            if stop:
+                db.close()
+                return
+
+    def _commit(self, db: sqlite3.Connection, items: list[Any]) -> Exception | None:
+        try:
+            db.execute("BEGIN")
+            for ops, _fut in items:
+                for sql, params in ops:
+                    if isinstance(params, list):
+                        db.executemany(sql, params)
+                    else:
+                        db.execute(sql, params)
+            db.execute("COMMIT")
+            self.commits += 1
+            return None
+        except sqlite3.Error as exc:
+            log.error("database write failed: %s", exc)
+            self.last_error = str(exc)
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            return StoreError(f"database write failed: {exc}")
+
+    def _resolve(self, fut: asyncio.Future[None], error: Exception | None) -> None:
+        assert self._loop is not None
+
+        def done() -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+        self._loop.call_soon_threadsafe(done)
+
+    # --- row helpers (pure) ------------------------------------------------------------
+    @staticmethod
+    def job_op(job: Job) -> _Op:
+        return ("INSERT OR REPLACE INTO jobs (id, seq, data) VALUES (?, ?, ?)",
+                (job.id, job.seq, json.dumps(job.to_row())))
+
+    @staticmethod
+    def tasks_op(tasks: list[Task]) -> _Op:
+        return ("INSERT OR REPLACE INTO tasks (id, job_id, idx, data) VALUES (?, ?, ?, ?)",
+                [(t.id, t.job_id, t.index, json.dumps(t.to_json())) for t in tasks])
+
+    @staticmethod
+    def output_op(o: Output) -> _Op:
+        return ("INSERT OR REPLACE INTO outputs (job_id, name, task_id, frame, sha256, size, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (o.job_id, o.name, o.task_id, o.frame, o.sha256, o.size, o.created))
+
+    @staticmethod
+    def node_op(n: NodeRecord) -> _Op:
+        data = {"uid": n.uid, "name": n.name, "info": n.info, "drained": n.drained,
+                "last_seen": n.last_seen, "frames_rendered": n.frames_rendered}
+        return ("INSERT OR REPLACE INTO nodes (uid, data) VALUES (?, ?)", (n.uid, json.dumps(data)))
+
+    @staticmethod
+    def delete_job_ops(job_id: str) -> list[_Op]:
+        return [("DELETE FROM outputs WHERE job_id=?", (job_id,)),
+                ("DELETE FROM tasks WHERE job_id=?", (job_id,)),
+                ("DELETE FROM jobs WHERE id=?", (job_id,))]
+
+    # --- reads (start-up only) ------------------------------------------------------------
+    @staticmethod
+    def _load(db: sqlite3.Connection) -> Loaded:
+        out = Loaded()
+        for (data,) in db.execute("SELECT data FROM jobs ORDER BY seq"):
+            out.jobs.append(Job.from_row(json.loads(data)))
+        for (data,) in db.execute("SELECT data FROM tasks ORDER BY job_id, idx"):
+            out.tasks.append(Task.from_json(json.loads(data)))
+        for row in db.execute("SELECT job_id, task_id, frame, name, sha256, size, created "
+                              "FROM outputs"):
+            out.outputs.append(Output(*row))
+        for (data,) in db.execute("SELECT data FROM nodes"):
+            d = json.loads(data)
+            out.nodes.append(NodeRecord(uid=d["uid"], name=d["name"], info=d.get("info", {}),
+                                        drained=d.get("drained", False),
+                                        last_seen=d.get("last_seen", 0.0),
+                                        frames_rendered=d.get("frames_rendered", 0)))
+        return out

@@ -1,0 +1,92 @@
+"""A scripted node that speaks the real protocol over a real websocket.
+
+For server tests that are about scheduling and protocol, not about Blender: it
+"renders" by uploading a small PNG-like blob per frame. End-to-end claims use
+real bf-node processes and real Blender instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from typing import Any
+
+import aiohttp
+
+from blenderfarm.protocol import PROTOCOL_VERSION
+from blenderfarm.protocol import messages as m
+
+
+class FakeNode:
+    def __init__(self, base_url: str, name: str = "fake", oidn: bool = False,
+                 uid: str | None = None) -> None:
+        self.base = base_url.rstrip("/")
+        self.name = name
+        self.uid = uid or uuid.uuid4().hex[:12]
+        self.oidn = oidn
+        self.http: aiohttp.ClientSession | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.inbox: asyncio.Queue[m.Message] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self, running: list[str] | None = None, protocol: int = PROTOCOL_VERSION
+                      ) -> m.Message:
+        self.http = self.http or aiohttp.ClientSession()
+        self.ws = await self.http.ws_connect(self.base.replace("http", "ws", 1) + "/ws/node")
+        await self.send(m.Hello(protocol=protocol, name=self.name, uid=self.uid,
+                                blender={"version": "3.4.1", "oidn": self.oidn},
+                                running=running or []))
+        first = await self.ws.receive(timeout=5)
+        msg = m.decode(first.data)
+        self._reader = asyncio.create_task(self._read())
+        return msg
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for frame in self.ws:
+            if frame.type == aiohttp.WSMsgType.BINARY:
+                await self.inbox.put(m.decode(frame.data))
+
+    async def send(self, msg: m.Message) -> None:
+        assert self.ws is not None
+        await self.ws.send_bytes(m.encode(msg))
+
+    async def send_raw(self, data: bytes | str) -> None:
+        assert self.ws is not None
+        if isinstance(data, str):
+            await self.ws.send_str(data)
+        else:
+            await self.ws.send_bytes(data)
+
+    async def expect(self, cls: type[m.Message], timeout: float = 5) -> Any:
+        while True:
+            msg = await asyncio.wait_for(self.inbox.get(), timeout)
+            if isinstance(msg, cls):
+                return msg
+
+    async def upload(self, data: bytes) -> str:
+        assert self.http is not None
+        sha = hashlib.sha256(data).hexdigest()
+        async with self.http.put(f"{self.base}/api/blobs/{sha}", data=data) as resp:
+            assert resp.status in (200, 201), await resp.text()
+        return sha
+
+    async def finish(self, a: m.Assign) -> m.Ack:
+        outputs = []
+        for f in a.frames:
+            data = b"frame %d of %s" % (f, a.task_id.encode())
+            sha = await self.upload(data)
+            outputs.append({"frame": f, "sha256": sha, "size": len(data),
+                            "name": f"{a.output_name}_{f:04d}.png"})
+        await self.send(m.TaskDone(task_id=a.task_id, outputs=outputs))
+        ack: m.Ack = await self.expect(m.Ack)
+        return ack
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.http is not None:
+            await self.http.close()

@@ -1,0 +1,155 @@
+"""The contract: codec round-trips, decoder robustness, frame ranges, spec validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blenderfarm.protocol import messages as m
+from blenderfarm.protocol.frames import (
+    MAX_FRAME,
+    FrameRangeError,
+    chunk_frames,
+    format_frames,
+    parse_frames,
+)
+from blenderfarm.protocol.jobspec import SpecError, validate_spec
+from blenderfarm.protocol.paths import PathError, normalize_relpath
+
+SHA = "a" * 64
+text = st.text(max_size=30)
+ints = st.integers(min_value=-(2**31), max_value=2**31)
+
+
+def _value(hint: str):  # a strategy for each field annotation used in messages.py
+    return {
+        "str": text, "int": ints, "float": st.floats(allow_nan=False, allow_infinity=False),
+        "bool": st.booleans(), "str | None": st.none() | text, "int | None": st.none() | ints,
+        "list[int]": st.lists(ints, max_size=5), "list[str]": st.lists(text, max_size=5),
+        "dict[str, str]": st.dictionaries(text, text, max_size=5),
+        "dict[str, Any]": st.dictionaries(text, st.none() | ints | text, max_size=5),
+        "list[dict[str, Any]]": st.lists(st.dictionaries(text, ints, max_size=3), max_size=3),
+    }[hint]
+
+
+def _message_strategy(cls: type[m.Message]):
+    fields = {f.name: _value(str(f.type)) for f in dataclasses.fields(cls)}
+    return st.builds(cls, **fields)
+
+
+all_messages = st.one_of([_message_strategy(c) for c in m.REGISTRY.values()])
+
+
+@given(all_messages)
+def test_every_message_round_trips(msg: m.Message) -> None:
+    assert m.decode(m.encode(msg)) == msg
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=500)
+def test_random_bytes_raise_only_protocol_error(data: bytes) -> None:
+    try:
+        m.decode(data)
+    except m.ProtocolError:
+        pass
+
+
+@given(all_messages, st.data())
+def test_corrupted_messages_raise_only_protocol_error(msg: m.Message, data) -> None:
+    raw = bytearray(m.encode(msg))
+    i = data.draw(st.integers(0, len(raw) - 1))
+    raw[i] = data.draw(st.integers(0, 255))
+    try:
+        m.decode(bytes(raw))
+    except m.ProtocolError:
+        pass
+
+
+@pytest.mark.parametrize("bad", [
+    b"", b"\xc1", b"\x91\x01", b"\x81\xa1t\x01", b"\x81\xa1t\xa5bogus",
+    m.encode(m.Ack(task_id="x"))[:-1],
+])
+def test_malformed_frames(bad: bytes) -> None:
+    with pytest.raises(m.ProtocolError):
+        m.decode(bad)
+
+
+def test_wrong_field_type_and_missing_field() -> None:
+    import msgpack
+
+    with pytest.raises(m.ProtocolError, match="wrong type"):
+        m.decode(msgpack.packb({"t": "ack", "task_id": 5}))
+    with pytest.raises(m.ProtocolError, match="missing field"):
+        m.decode(msgpack.packb({"t": "progress"}))
+    with pytest.raises(m.ProtocolError, match="unknown message type"):
+        m.decode(m.encode(m.Ack(task_id="x")), allowed=m.NODE_MESSAGES)
+
+
+def test_frame_grammar() -> None:
+    assert parse_frames("1-10,20,30-40x2") == [*range(1, 11), 20, *range(30, 41, 2)]
+    assert parse_frames("5") == [5]
+    assert parse_frames(" 3 - 1 x 1 ".replace("3 - 1", "1 - 3")) == [1, 2, 3]
+    assert parse_frames("1-3,2-4") == [1, 2, 3, 4]
+    for bad in ["", "a", "1-", "5-1", "1-10x0", f"0-{MAX_FRAME + 1}", "1,,2", "-3"]:
+        with pytest.raises(FrameRangeError):
+            parse_frames(bad)
+
+
+@given(st.lists(st.integers(0, 5000), min_size=1, max_size=200))
+def test_format_parse_round_trip(frames: list[int]) -> None:
+    assert parse_frames(format_frames(frames)) == sorted(set(frames))
+
+
+@given(st.integers(0, 1000), st.integers(0, 1000), st.integers(1, 50))
+def test_ranges_match_python_range(a: int, length: int, step: int) -> None:
+    assert parse_frames(f"{a}-{a + length}x{step}") == list(range(a, a + length + 1, step))
+
+
+@given(st.lists(st.integers(0, 100), max_size=100, unique=True), st.integers(1, 20))
+def test_chunks_cover_frames_in_order(frames: list[int], size: int) -> None:
+    chunks = chunk_frames(sorted(frames), size)
+    assert [f for c in chunks for f in c] == sorted(frames)
+    assert all(1 <= len(c) <= size for c in chunks)
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../x", "a/../../x", "C:/x", "c:x", "a\x00b",
+                                 "", "con.txt", "a/NUL", "\\\\server\\share"])
+def test_hostile_paths(bad: str) -> None:
+    with pytest.raises(PathError):
+        normalize_relpath(bad)
+
+
+def test_paths_are_normalised() -> None:
+    assert normalize_relpath("a\\b/./c.png") == "a/b/c.png"
+    assert normalize_relpath("./shots//s.blend") == "shots/s.blend"
+
+
+def _spec(**kw):
+    base = {"blend": "s.blend", "manifest": {"s.blend": SHA}, "frames": "1-3"}
+    base.update(kw)
+    return base
+
+
+def test_valid_spec_defaults() -> None:
+    spec = validate_spec(_spec())
+    assert (spec.name, spec.chunk, spec.priority, spec.overrides.denoise) == ("s", 1, 50, None)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"frames": "x"}, "frames"), ({"chunk": 0}, "chunk"), ({"priority": 101}, "priority"),
+    ({"blend": "other.blend"}, "blend"), ({"manifest": {}}, "manifest"),
+    ({"manifest": {"../s.blend": SHA}}, "manifest['../s.blend']"),
+    ({"manifest": {"s.blend": "xyz"}}, "manifest['s.blend']"),
+    ({"overrides": {"samples": 0}}, "overrides.samples"),
+    ({"overrides": {"format": "GIF"}}, "overrides.format"),
+    ({"overrides": {"denoise": "yes"}}, "overrides.denoise"),
+    ({"overrides": {"bogus": 1}}, "overrides.bogus"), ({"bogus": 1}, "bogus"),
+    ({"chunk": True}, "chunk"),
+])
+def test_spec_errors_name_the_field(change: dict, field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec(_spec(**change))
+    assert info.value.path == field

@@ -1,0 +1,236 @@
+"""bf-server in-process on a real loopback socket: API, blobs, dispatch, protocol errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import msgpack
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from blenderfarm.protocol import messages as m
+from blenderfarm.server.app import make_app
+from blenderfarm.server.config import ServerConfig
+from fakenode import FakeNode
+
+BLEND = b"BLENDER-v300 pretend .blend for server tests"
+SHA = hashlib.sha256(BLEND).hexdigest()
+
+
+@pytest.fixture
+async def farm(tmp_path: Path):
+    """A started server and a client for it; grace period short for loss tests."""
+    cfg = ServerConfig(data_dir=tmp_path / "data", grace_period=0.3)
+    server = TestServer(make_app(cfg), host="127.0.0.1")
+    client = TestClient(server)
+    await client.start_server()
+    nodes: list[FakeNode] = []
+
+    def node(**kw) -> FakeNode:
+        n = FakeNode(str(server.make_url("")), **kw)
+        nodes.append(n)
+        return n
+
+    client.node = node  # type: ignore[attr-defined]
+    yield client
+    for n in nodes:
+        await n.close()
+    await client.close()
+
+
+async def submit(client, frames="1-4", chunk=1, **kw) -> dict:
+    resp = await client.put(f"/api/blobs/{SHA}", data=BLEND)
+    assert resp.status in (200, 201)
+    spec = {"blend": "shot.blend", "manifest": {"shot.blend": SHA}, "frames": frames,
+            "chunk": chunk, **kw}
+    resp = await client.post("/api/jobs", json=spec)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["job"]
+
+
+async def job(client, job_id: str) -> dict:
+    return (await (await client.get(f"/api/jobs/{job_id}")).json())["job"]
+
+
+async def test_blob_upload_is_verified_and_deduplicated(farm) -> None:
+    resp = await farm.post("/api/blobs/missing", json={"hashes": [SHA]})
+    assert (await resp.json())["missing"] == [SHA]
+    bad = await farm.put(f"/api/blobs/{SHA}", data=b"other bytes")
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "hash_mismatch"
+    assert (await farm.put(f"/api/blobs/{SHA}", data=BLEND)).status == 201
+    assert (await farm.put(f"/api/blobs/{SHA}", data=BLEND)).status == 200
+    resp = await farm.post("/api/blobs/missing", json={"hashes": [SHA]})
+    assert (await resp.json())["missing"] == []
+    assert await (await farm.get(f"/api/blobs/{SHA}")).read() == BLEND
+
+
+async def test_job_with_unuploaded_files_is_refused(farm) -> None:
+    spec = {"blend": "s.blend", "manifest": {"s.blend": "b" * 64}, "frames": "1"}
+    resp = await farm.post("/api/jobs", json=spec)
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "missing_blobs"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"blend": "s.blend", "manifest": {"s.blend": SHA}, "frames": "9-1"}, "frames"),
+    ({"blend": "s.blend", "manifest": {"/etc/passwd": SHA}, "frames": "1"}, "manifest['/etc/passwd']"),
+    ([1, 2], ""),
+])
+async def test_bad_specs_get_400_with_the_field(farm, body, field) -> None:
+    resp = await farm.post("/api/jobs", json=body)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["field"] == field
+
+
+async def drain(node: FakeNode, cls=m.Assign, timeout: float = 0.3) -> list:
+    got = []
+    while True:
+        try:
+            got.append(await node.expect(cls, timeout=timeout))
+        except TimeoutError:
+            return got
+
+
+async def test_two_nodes_render_a_job_and_outputs_are_laid_out(farm, tmp_path) -> None:
+    a, b = farm.node(name="a"), farm.node(name="b")
+    assert isinstance(await a.connect(), m.Welcome)
+    assert isinstance(await b.connect(), m.Welcome)
+    j = await submit(farm, frames="1-6", chunk=2, name="shot")
+    got_a, got_b = await drain(a), await drain(b)
+    # every idle node gets a task first; the third one is a prefetch for one of them
+    assert sorted(map(len, (got_a, got_b))) == [1, 2]
+    assert sorted(x.frames for x in got_a + got_b) == [[1, 2], [3, 4], [5, 6]]
+    for node, assigns in ((a, got_a), (b, got_b)):
+        for assign in assigns:
+            await node.finish(assign)
+    info = await job(farm, j["id"])
+    assert info["status"] == "completed" and info["frames_done"] == 6
+    outs = (await (await farm.get(f"/api/jobs/{j['id']}/outputs")).json())["outputs"]
+    assert [o["name"] for o in outs] == [f"shot_{f:04d}.png" for f in range(1, 7)]
+    data_dir = tmp_path / "data" / "jobs" / j["id"]
+    assert (data_dir / "shot_0003.png").read_bytes().startswith(b"frame 3 of")
+    zipped = await (await farm.get(f"/api/jobs/{j['id']}/outputs.zip")).read()
+    import io
+    import zipfile
+    assert len(zipfile.ZipFile(io.BytesIO(zipped)).namelist()) == 6
+
+
+async def test_lost_node_tasks_go_to_another_node(farm) -> None:
+    a = farm.node(name="a")
+    await a.connect()
+    j = await submit(farm, frames="1")
+    first = await a.expect(m.Assign)
+    await a.close()
+    b = farm.node(name="b")
+    await b.connect()
+    again = await b.expect(m.Assign, timeout=3)  # after the 0.3 s grace period
+    assert again.task_id == first.task_id
+    await b.finish(again)
+    assert (await job(farm, j["id"]))["status"] == "completed"
+
+
+async def test_reconnect_within_grace_keeps_the_task_and_late_results_count(farm) -> None:
+    a = farm.node(name="a")
+    await a.connect()
+    j = await submit(farm, frames="1")
+    assign = await a.expect(m.Assign)
+    await a.ws.close()
+    a2 = farm.node(name="a", uid=a.uid)
+    await a2.connect(running=[assign.task_id])
+    await a2.finish(assign)
+    assert (await job(farm, j["id"]))["status"] == "completed"
+
+
+async def test_failures_retry_then_fail_the_job_with_the_error(farm) -> None:
+    nodes = [farm.node(name=f"n{i}") for i in range(3)]
+    for n in nodes:
+        await n.connect()
+    j = await submit(farm, frames="7")
+    for _ in range(3):
+        assign = None
+        for n in nodes:
+            try:
+                assign = await n.expect(m.Assign, timeout=0.5)
+                break
+            except TimeoutError:
+                continue
+        assert assign is not None
+        await n.send(m.TaskFailed(task_id=assign.task_id, error="Blender segfaulted"))
+        await n.expect(m.Ack)
+    info = await job(farm, j["id"])
+    assert info["status"] == "failed"
+    assert "frame 7 failed after 3 attempts: Blender segfaulted" in info["error"]
+
+
+async def test_denoise_needed_without_oidn_node_fails_clearly(farm) -> None:
+    a = farm.node(name="a", oidn=False)
+    await a.connect()
+    j = await submit(farm, frames="1")
+    assign = await a.expect(m.Assign)
+    await a.send(m.TaskFailed(task_id=assign.task_id, error="needs OIDN", retryable=False,
+                              reason="needs_denoise"))
+    await a.expect(m.Ack)
+    info = await job(farm, j["id"])
+    assert info["status"] == "failed"
+    assert "--no-denoise" in info["error"] and "OpenImageDenoise" in info["error"]
+
+
+async def test_denoise_needed_goes_to_the_oidn_node(farm) -> None:
+    a, b = farm.node(name="plain", oidn=False), farm.node(name="oidn", oidn=True)
+    await a.connect()
+    j = await submit(farm, frames="1")
+    assign = await a.expect(m.Assign)
+    await b.connect()
+    await a.send(m.TaskFailed(task_id=assign.task_id, error="needs OIDN", retryable=False,
+                              reason="needs_denoise"))
+    again = await b.expect(m.Assign)
+    await b.finish(again)
+    assert (await job(farm, j["id"]))["status"] == "completed"
+
+
+async def test_malformed_frames_get_errors_and_the_server_stays_up(farm) -> None:
+    a = farm.node()
+    await a.connect()
+    for bad in [b"\xc1\xc1", msgpack.packb({"t": "nope"}), msgpack.packb([1, 2]),
+                msgpack.packb({"t": "progress", "task_id": 3}), "text frame",
+                m.encode(m.Assign(task_id="x", job_id="y", frames=[1], blend="a.blend",
+                                  manifest={}, output_name="o"))]:
+        await a.send_raw(bad)
+        err = await a.expect(m.Error)
+        assert err.code in ("bad_message", "unexpected")
+    info = await (await farm.get("/api/info")).json()
+    assert info["nodes_online"] == 1
+
+
+async def test_protocol_version_mismatch_is_refused(farm) -> None:
+    a = farm.node()
+    msg = await a.connect(protocol=999)
+    assert isinstance(msg, m.Error) and msg.fatal and "protocol" in msg.message
+
+
+async def test_cancel_stops_running_tasks(farm) -> None:
+    a = farm.node()
+    await a.connect()
+    j = await submit(farm, frames="1-2")
+    assign = await a.expect(m.Assign)
+    resp = await farm.post(f"/api/jobs/{j['id']}/cancel")
+    assert (await resp.json())["job"]["status"] == "canceled"
+    cancel = await a.expect(m.Cancel)
+    assert cancel.task_id == assign.task_id
+
+
+async def test_state_survives_a_restart(tmp_path) -> None:
+    cfg = ServerConfig(data_dir=tmp_path / "d", grace_period=0.3)
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        j = await submit(client, frames="1-3")
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        info = await job(client, j["id"])
+        assert info["frames_total"] == 3 and info["status"] == "queued"
+        node = FakeNode(str(client.make_url("")))
+        await node.connect()
+        assign = await node.expect(m.Assign)
+        await node.finish(assign)
+        await node.close()
+        await asyncio.sleep(0)
