@@ -49,7 +49,7 @@ def test_requeue_front_and_priority_change() -> None:
     assert s.pick(lambda _j: True) is None
 
 
-@given(st.lists(st.tuples(st.sampled_from("push discard pick".split()), st.integers(0, 9))))
+@given(st.lists(st.tuples(st.sampled_from(["push", "discard", "pick"]), st.integers(0, 9))))
 def test_every_pushed_task_is_picked_once(ops) -> None:
     s = Scheduler()
     s.add_job("j", 50, 1)

@@ -91,7 +91,7 @@ class Agent:
                 started = time.monotonic()
                 try:
                     await self._session()
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("server %s unreachable: %s", self.config.server, exc or type(exc).__name__)
                 if time.monotonic() - started > 30:
                     delay = 0.5  # it had been up for a while: start the backoff again
@@ -222,7 +222,7 @@ class Agent:
                             await asyncio.to_thread(_hash_write, h, f, chunk)
                     await asyncio.to_thread(self.cache.commit, tmp, sha, h.hexdigest())
                     return
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 if attempt == 4:
                     raise CacheError(f"could not download {sha[:12]}: {exc}", sha) from exc
                 await asyncio.sleep(0.5 * 2**attempt)
@@ -276,7 +276,8 @@ class Agent:
         except RunnerError as exc:
             for up in state.uploads:
                 up.cancel()
-            if exc.reason in ("crash", "watchdog", "bad_blend", "startup"):
+            if exc.reason in ("crash", "watchdog", "bad_blend", "startup_failed", "startup_timeout",
+                              "not_running"):
                 await self._drop_runner()
             if held.canceled:
                 return None
@@ -359,7 +360,7 @@ class Agent:
                         text = await resp.text()
                         if resp.status < 500:
                             raise OSError(f"the server refused the frame: {resp.status} {text[:200]}")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("upload of %s failed (%s); retrying", os.path.basename(path), exc)
             await asyncio.sleep(delay)  # the server may be restarting: keep the frame, retry
             delay = min(delay * 2, self.config.reconnect_max)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..protocol.version import __version__
 from .agent import Agent, FatalError
-from .blender import BlenderNotFound, find_blender, probe_blender
+from .blender import BlenderNotFound, BlenderProbeError, find_blender, probe_blender
 from .config import NodeConfig
 
 log = logging.getLogger("blenderfarm.node")
@@ -65,6 +65,9 @@ async def _main(cfg: NodeConfig) -> int:
         info = await probe_blender(path)
     except BlenderNotFound as exc:
         print(f"bf-node: {exc}", file=sys.stderr)
+        return 2
+    except BlenderProbeError as exc:
+        print(f"bf-node: {exc}\n{exc.output}", file=sys.stderr)
         return 2
     print(f"bf-node {__version__}: {cfg.name}, Blender {info.version} at {info.path}, "
           f"denoise (OIDN): {'yes' if info.oidn else 'no'}, devices: "

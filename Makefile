@@ -1,0 +1,47 @@
+# Blenderfarm: `make demo` renders a sample animation on a local farm; `make test` runs
+# every check. Both set up what they need on a fresh Debian machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps venv blender test lint typecheck pytest demo bench clean
+
+all: test
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Debian's Blender when none is on PATH (BLENDER=/path/to/blender overrides).
+blender:
+	@if [ -n "$$BLENDER" ] && [ -x "$$BLENDER" ]; then echo "using Blender $$BLENDER"; \
+	elif command -v blender >/dev/null 2>&1; then echo "using $$(command -v blender)"; \
+	else echo "installing Debian's blender"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q blender; fi
+
+deps: venv blender
+
+lint: venv
+	$(BIN)/ruff check blenderfarm tests bench examples
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: deps
+	$(BIN)/pytest -q
+
+test: deps lint typecheck pytest
+
+demo: deps
+	$(BIN)/python examples/demo.py
+
+bench: deps
+	$(BIN)/python bench/render_bench.py
+
+clean:
+	rm -rf $(VENV) demo-data build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,481 @@
+"""``bf``: submit Blender jobs to the farm and follow them from a shell.
+
+    bf submit shot.blend --frames 1-250 --wait      pack, upload, queue (prints the job id)
+    bf jobs | bf show JOB | bf wait JOB | bf download JOB DIR | bf cancel JOB | bf nodes
+
+The server comes from ``--server``, else $BLENDERFARM_SERVER, else ``server`` in
+``client.toml`` in the user config folder, else http://127.0.0.1:8765 (the token
+likewise: ``--token``, $BLENDERFARM_TOKEN, ``token``). ``--json`` makes any command
+print one JSON document on stdout. Exit codes: 0 done, 1 failed (a job failed or
+was canceled, the server refused, a file is unusable), 2 bad usage or an invalid
+job, 3 server unreachable. Errors are one sentence on stderr, never a traceback
+(``--debug`` shows it).
+
+A thin edge over ``api``, ``pack`` and ``progress``: no HTTP, packing or formatting
+logic of its own, and nothing the add-on needs (it must not import this module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+from ..protocol.frames import FrameRangeError, parse_frames
+from ..protocol.jobspec import FORMATS, SpecError, validate_spec
+from ..protocol.version import __version__
+from . import progress as fmt
+from .api import ApiError, Client, ServerUnreachable
+from .pack import PackError, build_spec, pack_project, scene_frame_range, upload_missing
+
+log = logging.getLogger("blenderfarm.client")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEFAULT_SERVER = "http://127.0.0.1:8765"
+UNREACHABLE_GRACE = 60.0  # seconds `bf wait` rides out a restarting server
+
+
+class CliError(Exception):
+    """A failure to report as one sentence with a chosen exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Ctx:
+    client: Client
+    json: bool
+    out: TextIO
+    err: TextIO
+
+    def say(self, text: str) -> None:
+        """Human information: stderr, so that stdout stays parseable."""
+        print(text, file=self.err, flush=True)
+
+    def emit(self, doc: Any) -> None:
+        print(json.dumps(doc, indent=2, sort_keys=True), file=self.out, flush=True)
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def config_path() -> pathlib.Path:
+    import platformdirs  # here, not at the top: the add-on vendors this package
+
+    return pathlib.Path(platformdirs.user_config_dir("blenderfarm")) / "client.toml"
+
+
+def load_config(path: pathlib.Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CliError(f"Cannot read the config file {path}: {exc}", EXIT_USAGE) from exc
+
+
+def resolve_settings(
+    server: str | None, token: str | None, environ: dict[str, str], config: dict[str, Any]
+) -> tuple[str, str | None]:
+    """The server URL and token, by precedence: flag, environment, config, default."""
+    url = server or environ.get("BLENDERFARM_SERVER") or config.get("server") or DEFAULT_SERVER
+    tok = token or environ.get("BLENDERFARM_TOKEN") or config.get("token") or None
+    return str(url), (str(tok) if tok else None)
+
+
+# --- the arguments -------------------------------------------------------------------------
+
+
+def _common_options() -> argparse.ArgumentParser:
+    # SUPPRESS defaults let the options go before or after the command without the
+    # sub-parser's defaults overwriting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", default=argparse.SUPPRESS, help="farm server URL")
+    common.add_argument("--token", default=argparse.SUPPRESS, help="API token")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print one JSON document on stdout")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(prog="bf", parents=[common],
+                                     description="Blenderfarm command line.")
+    parser.add_argument("--version", action="version", version=f"bf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, func: Any, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    _submit_arguments(command("submit", cmd_submit, "pack a .blend, upload it and queue a job"))
+    command("jobs", cmd_jobs, "list jobs")
+    command("show", cmd_show, "show a job and its tasks").add_argument("job")
+    w = command("wait", cmd_wait, "follow a job until it ends (exit 0 if completed)")
+    w.add_argument("job")
+    _wait_arguments(w)
+    d = command("download", cmd_download, "download a job's outputs (only changed files)")
+    d.add_argument("job")
+    d.add_argument("dir")
+    command("cancel", cmd_cancel, "cancel a job").add_argument("job")
+    command("nodes", cmd_nodes, "list render nodes")
+    command("info", cmd_info, "show the server's version and state")
+    return parser
+
+
+def _submit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("blend", help="the .blend file to render")
+    p.add_argument("--frames", help="frame range like 1-250, 1-10,20 or 1-100x5 "
+                   "(default: the scene's range)")
+    p.add_argument("--chunk", type=int, default=1, help="frames per task (default 1)")
+    p.add_argument("--priority", type=int, default=50, help="0-100, higher first (default 50)")
+    p.add_argument("--samples", type=int, help="override the render samples")
+    p.add_argument("--resolution-percent", type=int, help="override the resolution %%")
+    p.add_argument("--format", type=str.upper, choices=FORMATS, help="output image format")
+    p.add_argument("--no-denoise", action="store_true", help="turn denoising off")
+    p.add_argument("--name", help="job name (default: the .blend's name)")
+    p.add_argument("--scene", help="scene to render (default: the file's active scene)")
+    p.add_argument("--project-root", help="folder the project's paths are relative to "
+                   "(default: the smallest folder holding the .blend and its files)")
+    p.add_argument("--paused", action="store_true", help="queue the job paused")
+    p.add_argument("--wait", action="store_true", help="then follow it like `bf wait`")
+    _wait_arguments(p)
+
+
+def _wait_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="give up (exit 1) after this many seconds")
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    debug, as_json = getattr(args, "debug", False), getattr(args, "json", False)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        ctx = _make_ctx(args, as_json)
+        return int(args.func(args, ctx))
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `bf jobs --json | head`: the reader left. Python's docs' recipe: point stdout
+        # at devnull so the interpreter's final flush does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:  # translated into one sentence; --debug shows the traceback
+        code, doc = _describe(exc)
+        log.debug("bf %s failed", args.command, exc_info=True)
+        print(f"bf: {doc['message']}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"error": doc}), flush=True)
+        if code is None:
+            raise
+        return code
+
+
+def _make_ctx(args: argparse.Namespace, as_json: bool) -> Ctx:
+    config = load_config(config_path())
+    url, token = resolve_settings(getattr(args, "server", None), getattr(args, "token", None),
+                                  dict(os.environ), config)
+    try:
+        client = Client(url, token)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    return Ctx(client=client, json=as_json, out=sys.stdout, err=sys.stderr)
+
+
+def _describe(exc: Exception) -> tuple[int | None, dict[str, Any]]:
+    """Exit code and error document for an exception; code None: a bug, re-raise."""
+    if isinstance(exc, CliError):
+        return exc.code, _err("error", str(exc))
+    if isinstance(exc, ServerUnreachable):
+        return EXIT_UNREACHABLE, _err("unreachable", str(exc))
+    if isinstance(exc, ApiError):
+        hint = ""
+        if exc.status == 401:
+            hint = " Pass --token or set BLENDERFARM_TOKEN."
+        code = EXIT_USAGE if exc.status in (400, 413, 422) else EXIT_FAILED
+        return code, _err(exc.code, f"The server refused: {exc}.{hint}", exc.field)
+    if isinstance(exc, SpecError):
+        return EXIT_USAGE, _err("invalid_spec", f"Invalid job: {exc}", exc.path)
+    if isinstance(exc, FrameRangeError):
+        return EXIT_USAGE, _err("invalid_frames", str(exc), "frames")
+    if isinstance(exc, PackError):
+        return EXIT_FAILED, _err("pack_failed", f"Cannot pack {exc.path}: {exc.message}")
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return EXIT_FAILED, _err("os_error", f"{exc.strerror or exc}:{where}".rstrip(":"))
+    return None, _err("internal", f"internal error: {exc!r}")
+
+
+def _err(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "field": field}
+
+
+# --- submit ----------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
+    blend = pathlib.Path(args.blend)
+    if not blend.is_file():
+        raise CliError(f"No such .blend file: {blend}")
+    frames = _submit_frames(args, blend, ctx)
+    overrides = {
+        "samples": args.samples,
+        "resolution_percent": args.resolution_percent,
+        "format": args.format,
+        "denoise": False if args.no_denoise else None,
+    }
+    _prevalidate(args, frames, overrides)
+    _check_server(ctx)  # before packing: a long pack then "unreachable" wastes minutes
+    with tempfile.TemporaryDirectory(prefix="bf-pack-") as tmp:
+        packed = pack_project(blend, project_root=args.project_root,
+                              workdir=pathlib.Path(tmp, "pack"))
+        ctx.say(f"Packed {len(packed.manifest)} file(s), {fmt.format_bytes(packed.total_bytes)}, "
+                f"from {packed.project_root}")
+        for path in packed.missing:
+            ctx.say(f"warning: missing file, the render will lack it: {path}")
+        spec = build_spec(packed, name=args.name, frames=frames, chunk=args.chunk,
+                          priority=args.priority, overrides=overrides, scene=args.scene,
+                          paused=args.paused)
+        stats = upload_missing(ctx.client, packed, on_progress=_upload_meter(ctx))
+    ctx.say(f"Uploaded {stats.files_sent} file(s), {fmt.format_bytes(stats.bytes_sent)}; "
+            f"skipped {stats.files_skipped} already on the server "
+            f"({fmt.format_bytes(stats.bytes_skipped)})")
+    job = ctx.client.create_job(spec)
+    ctx.say(f"Queued job {job.get('name')!r}: {job.get('frames_total', '?')} frame(s), "
+            f"status {job.get('status')}")
+    code = EXIT_OK
+    if args.wait:
+        if not ctx.json:
+            print(job["id"], file=ctx.out, flush=True)
+        job, code = wait_for(ctx, str(job["id"]), args.interval, args.timeout)
+    if ctx.json:
+        ctx.emit({"job": job, "upload": asdict(stats), "missing": packed.missing})
+    elif not args.wait:
+        print(job["id"], file=ctx.out, flush=True)
+    return code
+
+
+def _submit_frames(args: argparse.Namespace, blend: pathlib.Path, ctx: Ctx) -> str:
+    if args.frames:
+        parse_frames(args.frames)  # fail before packing, not after
+        return str(args.frames)
+    start, end = scene_frame_range(blend, args.scene)
+    if end < start:
+        raise CliError(f"The scene's frame range {start}-{end} is empty; pass --frames.",
+                       EXIT_USAGE)
+    ctx.say(f"Frames {start}-{end} (the scene's range)")
+    return f"{start}-{end}"
+
+
+def _prevalidate(args: argparse.Namespace, frames: str, overrides: dict[str, Any]) -> None:
+    """Check every option against the job schema before the (maybe long) pack."""
+    placeholder = "placeholder.blend"
+    validate_spec({
+        "blend": placeholder, "manifest": {placeholder: "0" * 64}, "frames": frames,
+        "chunk": args.chunk, "priority": args.priority, "name": args.name,
+        "scene": args.scene, "paused": args.paused,
+        "overrides": {k: v for k, v in overrides.items() if v is not None},
+    })
+
+
+def _check_server(ctx: Ctx) -> None:
+    info = ctx.client.info()
+    if info.get("auth_required") and not ctx.client.token:
+        raise CliError("The server requires a token: pass --token or set BLENDERFARM_TOKEN.")
+
+
+def _upload_meter(ctx: Ctx) -> Any:
+    if not ctx.err.isatty():
+        return None
+    last = [0.0]
+
+    def show(sent: int, total: int) -> None:
+        now = time.monotonic()
+        if sent < total and now - last[0] < 0.1:
+            return
+        last[0] = now
+        line = f"Uploading {fmt.format_bytes(sent)} / {fmt.format_bytes(total)}"
+        end = "\n" if sent >= total else ""
+        print(f"\r{fmt.bar(sent / total if total else 1.0, 32)} {line}\x1b[K", end=end,
+              file=ctx.err, flush=True)
+
+    return show
+
+
+# --- wait ------------------------------------------------------------------------------------
+
+
+def cmd_wait(args: argparse.Namespace, ctx: Ctx) -> int:
+    job, code = wait_for(ctx, args.job, args.interval, args.timeout)
+    if ctx.json:
+        ctx.emit({"job": job})
+    return code
+
+
+def wait_for(
+    ctx: Ctx, job_id: str, interval: float, timeout: float | None
+) -> tuple[dict[str, Any], int]:
+    """Poll a job until it ends; show progress on stderr. Returns (job, exit code)."""
+    interval = min(5.0, max(0.5, interval))
+    tty = ctx.err.isatty()
+    rates = fmt.RateWindow()
+    start = time.monotonic()
+    last_line, last_done = -1e9, -1
+    while True:
+        job = _poll(ctx, job_id, start)
+        now = time.monotonic()
+        done = int(job.get("frames_done") or 0)
+        rates.add(now, done)
+        rate = rates.rate_per_min(now)
+        if tty:
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            print(f"\r{fmt.progress_bar_line(job, rate, width)}\x1b[K", end="",
+                  file=ctx.err, flush=True)
+        elif not ctx.json and (done != last_done or now - last_line >= 30):
+            ctx.say(fmt.progress_text(job, rate))
+            last_line, last_done = now, done
+        if job.get("status") in fmt.FINAL_STATES:
+            break
+        if timeout is not None and now - start >= timeout:
+            if tty:
+                print(file=ctx.err)
+            ctx.say(f"Job {job_id} is still {job.get('status')} after "
+                    f"{fmt.format_duration(timeout)}; stopped waiting.")
+            return job, EXIT_FAILED
+        time.sleep(interval)
+    if tty:
+        print(file=ctx.err)
+    return job, _report_end(ctx, job, time.monotonic() - start)
+
+
+def _poll(ctx: Ctx, job_id: str, start: float) -> dict[str, Any]:
+    """GET the job; ride out a server restart for UNREACHABLE_GRACE seconds."""
+    since: float | None = None
+    while True:
+        try:
+            return ctx.client.get_job(job_id)
+        except ServerUnreachable as exc:
+            now = time.monotonic()
+            if since is None:
+                since = now
+                ctx.say(f"\n{exc} Retrying for {int(UNREACHABLE_GRACE)} s...")
+            elif now - since >= UNREACHABLE_GRACE:
+                raise
+            time.sleep(2.0)
+
+
+def _report_end(ctx: Ctx, job: dict[str, Any], waited: float) -> int:
+    status = job.get("status")
+    if status == "completed":
+        ctx.say(f"Job {job.get('id')} completed: {job.get('frames_done')} frame(s); "
+                f"waited {fmt.format_duration(waited)}.")
+        return EXIT_OK
+    reason = job.get("error")
+    ctx.say(f"Job {job.get('id')} {status}: {reason}" if reason else f"Job {job.get('id')} {status}.")
+    return EXIT_FAILED
+
+
+# --- the other commands ----------------------------------------------------------------------
+
+
+def cmd_jobs(args: argparse.Namespace, ctx: Ctx) -> int:
+    jobs = ctx.client.list_jobs()
+    if ctx.json:
+        ctx.emit({"jobs": jobs})
+    elif not jobs:
+        print("No jobs.", file=ctx.out)
+    else:
+        now = time.time()
+        print(fmt.format_table(fmt.JOB_HEADERS, [fmt.job_row(j, now) for j in jobs]),
+              file=ctx.out)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
+    job = ctx.client.get_job(args.job)
+    tasks = ctx.client.job_tasks(args.job)
+    if ctx.json:
+        ctx.emit({"job": job, "tasks": tasks})
+        return EXIT_OK
+    now = time.time()
+    for key, value in job.items():
+        shown = fmt.format_age(value, now) if key in fmt.TIME_KEYS else fmt.cell(value)
+        print(f"{key + ':':16} {'-' if shown is None else shown}", file=ctx.out)
+    print(file=ctx.out)
+    print(fmt.item_table(tasks, fmt.TASK_COLUMNS, now) if tasks else "No tasks.", file=ctx.out)
+    return EXIT_OK
+
+
+def cmd_download(args: argparse.Namespace, ctx: Ctx) -> int:
+    unchanged: list[str] = []
+
+    def on_file(path: str, fetched: bool) -> None:
+        if not fetched:
+            unchanged.append(path)
+        elif not ctx.json:
+            ctx.say(f"  {path}")
+
+    written = ctx.client.download_outputs(args.job, args.dir, on_file=on_file)
+    if ctx.json:
+        ctx.emit({"downloaded": written, "unchanged": unchanged, "dir": args.dir})
+    else:
+        ctx.say(f"Downloaded {len(written)} file(s) to {args.dir}; "
+                f"{len(unchanged)} already up to date.")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, ctx: Ctx) -> int:
+    job = ctx.client.cancel_job(args.job)
+    if ctx.json:
+        ctx.emit({"job": job})
+    else:
+        print(f"Job {job.get('id')}: {job.get('status')}", file=ctx.out)
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace, ctx: Ctx) -> int:
+    nodes = ctx.client.list_nodes()
+    if ctx.json:
+        ctx.emit({"nodes": nodes})
+    else:
+        print(fmt.item_table(nodes, fmt.NODE_COLUMNS, time.time()) if nodes else "No nodes.",
+              file=ctx.out)
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace, ctx: Ctx) -> int:
+    info = ctx.client.info()
+    if ctx.json:
+        ctx.emit({"server": ctx.client.server_url, **info})
+    else:
+        print(f"server:        {ctx.client.server_url}", file=ctx.out)
+        for key in ("server_version", "protocol", "nodes_online", "auth_required"):
+            print(f"{key + ':':14} {info.get(key)}", file=ctx.out)
+    return EXIT_OK

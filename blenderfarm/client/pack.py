@@ -1,0 +1,305 @@
+"""Packing a project for the farm: a .blend and every file it needs, named by hash.
+
+:func:`pack_project` copies the .blend with its dependencies (textures, linked
+libraries, caches; also files outside the project folder) into a work folder with
+blender-asset-tracer (BAT) and hashes every file there into a manifest;
+:func:`build_spec` turns the result into a validated job spec; :func:`upload_missing`
+sends the server only the blobs it does not have yet.
+
+Pure Python plus BAT: it must never import bpy (it runs in ``bf``, in tests and in
+the add-on's worker thread) and never talk HTTP itself (that is ``api.Client``).
+BAT keeps a process-wide cache of open .blend files, so one pack runs at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from blender_asset_tracer import blendfile, bpathlib, trace
+from blender_asset_tracer.blendfile.exceptions import BlendFileError
+from blender_asset_tracer.pack import Aborted, Packer
+from blender_asset_tracer.pack import progress as bat_progress
+
+from ..protocol.hashing import sha256_file
+from ..protocol.jobspec import Overrides, validate_spec
+from ..protocol.paths import PathError, normalize_relpath
+
+if TYPE_CHECKING:
+    from .api import Client
+
+#: The note BAT writes at the top of every pack; a node has no use for it.
+BAT_INFO_FILE = "pack-info.txt"
+
+_pack_lock = threading.Lock()
+
+
+class PackError(Exception):
+    """The project cannot be packed; ``path`` is the file at fault."""
+
+    def __init__(self, message: str, path: str | os.PathLike[str]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = os.fspath(path)
+
+
+@dataclass
+class PackResult:
+    """A packed project: ``root`` holds the files, ``manifest`` names them by hash."""
+
+    root: pathlib.Path
+    blend: str  # relative path of the main .blend inside root
+    manifest: dict[str, str]  # relpath -> sha256
+    missing: list[str]  # absolute paths of dependencies that do not exist
+    sizes: dict[str, int]  # relpath -> bytes
+    project_root: pathlib.Path = field(default_factory=pathlib.Path)  # where it came from
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+
+@dataclass
+class UploadStats:
+    files_sent: int = 0
+    bytes_sent: int = 0
+    files_skipped: int = 0  # already on the server, or the same bytes as another file
+    bytes_skipped: int = 0
+
+
+# --- packing -----------------------------------------------------------------------------
+
+
+def pack_project(
+    blend_path: str | os.PathLike[str],
+    *,
+    project_root: str | os.PathLike[str] | None = None,
+    workdir: str | os.PathLike[str],
+    progress_cb: bat_progress.Callback | None = None,
+) -> PackResult:
+    """Copy ``blend_path`` and its dependencies into ``workdir`` and hash them.
+
+    ``workdir`` must be missing or empty (stale files would enter the manifest).
+    ``project_root`` defaults to :func:`guess_project_root`. Raises PackError.
+    """
+    blend = _check_blend(blend_path)
+    target = bpathlib.make_absolute(pathlib.Path(workdir))
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise PackError("the pack folder must be empty", target)
+    with _pack_lock:
+        try:
+            root = (
+                bpathlib.make_absolute(pathlib.Path(project_root))
+                if project_root is not None
+                else guess_project_root(blend)
+            )
+            if not _is_inside(blend, root):
+                raise PackError(f"the .blend is not inside the project folder {root}", blend)
+            target.mkdir(parents=True, exist_ok=True)
+            missing, out = _run_packer(blend, root, target, progress_cb)
+        finally:
+            # BAT caches open files process-wide: a long-lived add-on would otherwise
+            # keep handles open (Windows then refuses to save) and read stale data.
+            blendfile.close_all_cached()
+    info = target / BAT_INFO_FILE
+    if info.exists():
+        info.unlink()
+    manifest, sizes = hash_tree(target)
+    return PackResult(
+        root=target,
+        blend=normalize_relpath(out.relative_to(target).as_posix()),
+        manifest=manifest,
+        missing=missing,
+        sizes=sizes,
+        project_root=root,
+    )
+
+
+def _check_blend(blend_path: str | os.PathLike[str]) -> pathlib.Path:
+    blend = bpathlib.make_absolute(pathlib.Path(blend_path))
+    if not blend.is_file():
+        raise PackError(f"no such .blend file: {blend}", blend)
+    return blend
+
+
+def _is_inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def _run_packer(
+    blend: pathlib.Path,
+    root: pathlib.Path,
+    target: pathlib.Path,
+    progress_cb: bat_progress.Callback | None,
+) -> tuple[list[str], pathlib.Path]:
+    try:
+        with Packer(blend, root, str(target)) as packer:
+            if progress_cb is not None:
+                packer.progress_cb = progress_cb
+            packer.strategise()
+            packer.execute()
+            missing = sorted(str(p) for p in packer.missing_files)
+            return missing, pathlib.Path(packer.output_path)
+    except BlendFileError as exc:
+        raise PackError(f"not a readable .blend file ({exc})", exc.filepath) from exc
+    except Aborted as exc:
+        raise PackError(f"packing stopped: {exc or 'aborted'}", blend) from exc
+    except OSError as exc:
+        raise PackError(f"cannot copy the project: {exc}", exc.filename or blend) from exc
+
+
+def guess_project_root(blend: pathlib.Path) -> pathlib.Path:
+    """The .blend's folder, widened to hold every file it names with a relative path.
+
+    Widening keeps relative paths such as ``//../textures/a.png`` as they are, so BAT
+    need not rewrite the .blend: the packed file is byte-identical to the artist's,
+    and its blob is already on the server from the last submit. If the common parent
+    would be the filesystem root (or another drive), keep the .blend's folder and let
+    BAT move those files under ``_outside_project/`` with rewritten paths instead.
+    """
+    folder = blend.parent
+    folders = [folder]
+    try:
+        for usage in trace.deps(blend):
+            if usage.asset_path.is_blendfile_relative():
+                folders.append(bpathlib.make_absolute(usage.abspath).parent)
+    except BlendFileError as exc:
+        raise PackError(f"not a readable .blend file ({exc})", exc.filepath) from exc
+    try:
+        common = pathlib.Path(os.path.commonpath([str(f) for f in folders]))
+    except ValueError:  # different drives
+        return folder
+    if common == pathlib.Path(common.anchor):
+        return folder
+    return common
+
+
+def hash_tree(root: pathlib.Path) -> tuple[dict[str, str], dict[str, int]]:
+    """SHA-256 and size of every file under ``root``, keyed by normalised relpath."""
+    files: dict[str, pathlib.Path] = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = pathlib.Path(dirpath, name)
+            raw = path.relative_to(root).as_posix()
+            try:
+                files[normalize_relpath(raw)] = path
+            except PathError as exc:
+                raise PackError(f"the farm cannot carry this file name: {exc}", path) from exc
+    # hashlib releases the GIL on big buffers, so threads do overlap here.
+    workers = min(8, (os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bf-hash") as pool:
+        digests = dict(zip(files, pool.map(sha256_file, files.values()), strict=True))
+    sizes = {rel: path.stat().st_size for rel, path in files.items()}
+    return dict(sorted(digests.items())), dict(sorted(sizes.items()))
+
+
+# --- reading the scene without bpy ---------------------------------------------------------
+
+
+def scene_frame_range(
+    blend_path: str | os.PathLike[str], scene: str | None = None
+) -> tuple[int, int]:
+    """The frame range (start, end) of ``scene``, or of the file's active scene.
+
+    Read with BAT's .blend reader, so no Blender is needed. Raises PackError for a
+    missing or unreadable file or an unknown scene name.
+    """
+    blend = _check_blend(blend_path)
+    try:
+        with blendfile.BlendFile(blend) as bfile:
+            block = _find_scene(bfile, scene)
+            if block is None:
+                what = f"no scene named {scene!r}" if scene else "no scene"
+                raise PackError(f"{what} in {blend.name}", blend)
+            return int(block.get((b"r", b"sfra"))), int(block.get((b"r", b"efra")))
+    except BlendFileError as exc:
+        raise PackError(f"not a readable .blend file ({exc})", exc.filepath) from exc
+
+
+def _find_scene(bfile: blendfile.BlendFile, name: str | None) -> Any:
+    scenes = bfile.find_blocks_from_code(b"SC")
+    if name is not None:
+        for block in scenes:
+            # ID names carry a two-letter type prefix: b"SCScene".
+            if block.get((b"id", b"name"), as_str=True)[2:] == name:
+                return block
+        return None
+    for glob in bfile.find_blocks_from_code(b"GLOB"):
+        current = glob.get_pointer(b"curscene", default=None)
+        if current is not None:
+            return current
+    return scenes[0] if scenes else None
+
+
+# --- the job spec and the upload -------------------------------------------------------------
+
+
+def build_spec(
+    pack_result: PackResult,
+    *,
+    name: str | None = None,
+    frames: str,
+    chunk: int = 1,
+    priority: int = 50,
+    overrides: Overrides | Mapping[str, Any] | None = None,
+    scene: str | None = None,
+    paused: bool = False,
+) -> dict[str, Any]:
+    """The job spec for a packed project, validated; raises protocol's SpecError."""
+    if isinstance(overrides, Overrides):
+        override_dict = overrides.to_dict()
+    else:
+        override_dict = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data: dict[str, Any] = {
+        "blend": pack_result.blend,
+        "manifest": dict(pack_result.manifest),
+        "frames": frames,
+        "chunk": chunk,
+        "priority": priority,
+        "overrides": override_dict,
+        "paused": paused,
+    }
+    if name is not None:
+        data["name"] = name
+    if scene is not None:
+        data["scene"] = scene
+    return validate_spec(data).to_dict()
+
+
+def upload_missing(
+    client: Client,
+    pack_result: PackResult,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> UploadStats:
+    """PUT the blobs the server lacks, each distinct hash once.
+
+    ``on_progress(bytes_sent, bytes_to_send)`` is called as bytes go out.
+    """
+    first_path: dict[str, str] = {}
+    for rel, digest in pack_result.manifest.items():
+        first_path.setdefault(digest, rel)
+    missing = set(client.missing_blobs(list(first_path)))
+    to_send = [(d, rel) for d, rel in first_path.items() if d in missing]
+    stats = UploadStats()
+    stats.files_skipped = len(pack_result.manifest) - len(to_send)
+    stats.bytes_skipped = pack_result.total_bytes - sum(pack_result.sizes[r] for _, r in to_send)
+    total = sum(pack_result.sizes[rel] for _, rel in to_send)
+
+    def sent(n: int) -> None:
+        stats.bytes_sent += n
+        if on_progress is not None:
+            on_progress(stats.bytes_sent, total)
+
+    for digest, rel in to_send:
+        client.put_blob(digest, pack_result.root / rel, on_bytes=sent)
+        stats.files_sent += 1
+    return stats

@@ -1,0 +1,196 @@
+"""How ``bf`` shows progress and state to a person: bars, rates, ETAs, sizes, tables.
+
+Pure functions (and one small class that only stores numbers it is given): no I/O,
+no clock, no terminal queries. The caller passes the time and the width, so every
+result here is unit-testable; printing is the command line's job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..protocol.frames import format_frames
+
+FINAL_STATES = frozenset({"completed", "failed", "canceled"})
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``; binary units, one decimal above bytes."""
+    if n < 1024:
+        return f"{int(n)} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float | None) -> str:
+    """``75`` -> ``'1m15s'``, ``3725`` -> ``'1h02m'``; ``'--'`` when unknown."""
+    if seconds is None or math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
+        return "--"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def format_age(timestamp: float | None, now: float) -> str:
+    """How long ago ``timestamp`` was: ``'3m05s ago'``; ``'--'`` when unknown."""
+    if timestamp is None:
+        return "--"
+    return f"{format_duration(max(0.0, now - timestamp))} ago"
+
+
+def bar(fraction: float, width: int) -> str:
+    """``[######----]`` of ``width`` characters in all (brackets included)."""
+    inner = max(1, width - 2)
+    f = min(1.0, max(0.0, fraction))
+    filled = int(f * inner)
+    return "[" + "#" * filled + "-" * (inner - filled) + "]"
+
+
+class RateWindow:
+    """Frames per minute over at least the last ``window`` seconds of observations.
+
+    Measuring from a point ``window`` seconds back (not between the last two frames)
+    keeps the rate steady when frames land in bursts, and lets it fall while a job
+    stalls, which is the honest answer. Only stores what ``add`` is given.
+    """
+
+    def __init__(self, window: float = 120.0) -> None:
+        self.window = window
+        self._points: list[tuple[float, int]] = []  # (time, frames done) at changes
+
+    def add(self, t: float, done: int) -> None:
+        if self._points and done < self._points[-1][1]:
+            self._points.clear()  # frames were requeued: the history no longer adds up
+        if not self._points or done != self._points[-1][1]:
+            self._points.append((t, done))
+        # Keep one point older than the window as the reference, drop the rest.
+        while len(self._points) > 2 and self._points[1][0] <= t - self.window:
+            self._points.pop(0)
+
+    def rate_per_min(self, now: float) -> float | None:
+        """Frames per minute, or None before the first frame completes under watch."""
+        if len(self._points) < 2:
+            return None
+        t0, d0 = self._points[0]
+        done = self._points[-1][1] - d0
+        if done <= 0 or now <= t0:
+            return None
+        return done * 60.0 / (now - t0)
+
+
+def eta_seconds(remaining: int, rate_per_min: float | None) -> float | None:
+    if remaining <= 0:
+        return 0.0
+    if not rate_per_min or rate_per_min <= 0:
+        return None
+    return remaining * 60.0 / rate_per_min
+
+
+def progress_text(job: Mapping[str, Any], rate_per_min: float | None) -> str:
+    """``'12/250 frames  4.8%  3.2 frames/min  ETA 1h14m  active'``."""
+    done = int(job.get("frames_done") or 0)
+    total = int(job.get("frames_total") or 0)
+    pct = 100.0 * done / total if total else 0.0
+    rate = "--" if rate_per_min is None else f"{rate_per_min:.1f}"
+    eta = format_duration(eta_seconds(total - done, rate_per_min))
+    status = str(job.get("status", "?"))
+    failed = int(job.get("tasks_failed") or 0)
+    extra = f"  {failed} task(s) failed" if failed else ""
+    return f"{done}/{total} frames  {pct:5.1f}%  {rate} frames/min  ETA {eta}  {status}{extra}"
+
+
+def progress_bar_line(job: Mapping[str, Any], rate_per_min: float | None, width: int) -> str:
+    """A bar plus :func:`progress_text`, fitted into ``width`` columns."""
+    text = progress_text(job, rate_per_min)
+    total = int(job.get("frames_total") or 0)
+    fraction = (int(job.get("frames_done") or 0) / total) if total else 0.0
+    bar_width = min(40, width - len(text) - 1)
+    if bar_width < 10:
+        return text[: max(0, width)]
+    return f"{bar(fraction, bar_width)} {text}"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces; ``None`` shows as ``-``."""
+    cells = [[str(h) for h in headers]]
+    cells += [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in cells]
+    return "\n".join(lines)
+
+
+def job_row(job: Mapping[str, Any], now: float) -> list[Any]:
+    """One line of ``bf jobs``: id, name, status, priority, frames, failed, updated."""
+    return [
+        job.get("id"),
+        job.get("name"),
+        job.get("status"),
+        job.get("priority"),
+        f"{job.get('frames_done', 0)}/{job.get('frames_total', 0)}",
+        job.get("tasks_failed", 0),
+        format_age(job.get("updated"), now),
+    ]
+
+
+JOB_HEADERS = ("ID", "NAME", "STATUS", "PRIO", "FRAMES", "FAILED", "UPDATED")
+
+
+def pick_columns(
+    items: Sequence[Mapping[str, Any]], preferred: Sequence[str], limit: int = 8
+) -> list[str]:
+    """The ``preferred`` keys that some item has, in that order, at most ``limit``.
+
+    Tasks and nodes are shown this way so that a field the server adds or renames
+    costs a column, not a crash.
+    """
+    present = {k for item in items for k in item}
+    return [k for k in preferred if k in present][:limit]
+
+
+def cell(value: Any) -> Any:
+    """Render a JSON value compactly for a table cell."""
+    if isinstance(value, float):
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return format_frames(value)
+        return ",".join(str(v) for v in value) or "-"
+    if isinstance(value, dict):
+        if "version" in value:  # a node's Blender: its version says enough
+            return str(value["version"])
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "-"
+    return value
+
+
+
+TASK_COLUMNS = ("id", "kind", "status", "frames", "node_name", "node", "node_id", "attempts",
+                "attempt", "progress", "seconds", "updated", "error")
+NODE_COLUMNS = ("id", "name", "status", "task_id", "task", "job_id", "blender", "threads",
+                "gpus", "tags", "last_seen")
+TIME_KEYS = frozenset({"created", "updated", "last_seen", "started", "finished", "connected"})
+
+
+def item_table(items: Sequence[Mapping[str, Any]], preferred: Sequence[str], now: float) -> str:
+    """A table of tasks or nodes: the preferred columns present, times as ages."""
+    columns = pick_columns(items, preferred)
+
+    def show(key: str, value: Any) -> Any:
+        if key in TIME_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return format_age(value, now)
+        text = cell(value)
+        return text[:57] + "..." if isinstance(text, str) and len(text) > 60 else text
+
+    rows = [[show(k, item.get(k)) for k in columns] for item in items]
+    return format_table([c.upper() for c in columns], rows)

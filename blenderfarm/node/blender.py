@@ -1,0 +1,173 @@
+"""Finding the Blender a node renders with, and asking it what it can do.
+
+:func:`find_blender` picks the executable (``--blender``, then ``$BLENDER``, then
+``PATH``); :func:`probe_blender` starts it once with factory settings and reads its
+version, whether its Cycles can denoise with OpenImageDenoise, its Cycles devices and
+its thread count. The node announces that in its hello, and the server uses it to
+decide which tasks the node can take.
+
+It must not render, must not load any user .blend, and must not leave a Blender
+running: the probe has a timeout and kills its process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PROBE_TIMEOUT = 60.0  # seconds; a first start on a cold disk can be slow
+_MARKER = "BLENDERFARM_PROBE:"
+_DEVICE_TYPES = ("CUDA", "OPTIX", "HIP", "METAL", "ONEAPI")
+
+# Runs inside Blender: stdlib + bpy only, one line of JSON after the marker.
+_PROBE_SCRIPT = """
+import json, bpy
+def _oidn():
+    try:
+        import _cycles
+        v = getattr(_cycles, "with_openimagedenoise", None)
+        if v is not None:
+            return bool(v)
+    except ImportError:
+        pass
+    return bool(getattr(bpy.app.build_options, "openimagedenoise", False))
+def _devices():
+    found = ["CPU"]
+    try:
+        import _cycles
+    except ImportError:
+        return found
+    for kind in @TYPES@:
+        try:
+            if any(d[1] == kind for d in _cycles.available_devices(kind)):
+                found.append(kind)
+        except Exception:
+            pass
+    return found
+print(@MARKER@ + json.dumps({
+    "version": ".".join(str(n) for n in bpy.app.version[:3]),
+    "oidn": _oidn(),
+    "cycles_devices": _devices(),
+    "threads": bpy.context.scene.render.threads,
+}), flush=True)
+""".replace("@TYPES@", repr(_DEVICE_TYPES)).replace("@MARKER@", repr(_MARKER))
+
+
+class BlenderNotFound(Exception):
+    """No usable Blender executable; the message says how to give one."""
+
+    def __init__(self, message: str, tried: list[str]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tried = tried
+
+
+class BlenderProbeError(Exception):
+    """Blender started but did not answer the probe (crashed, hung or printed nonsense)."""
+
+    def __init__(self, message: str, path: str, output: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.output = output
+
+
+@dataclass
+class BlenderInfo:
+    path: str
+    version: str  # "3.4.1"
+    version_tuple: tuple[int, ...]
+    oidn: bool
+    cycles_devices: list[str] = field(default_factory=lambda: ["CPU"])
+    threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``blender`` field of the node's hello message."""
+        d = asdict(self)
+        d["version_tuple"] = list(self.version_tuple)
+        return d
+
+
+def _executable(path: str) -> str | None:
+    resolved = shutil.which(path) if os.sep not in path else path
+    if resolved and os.path.isfile(resolved) and os.access(resolved, os.X_OK):
+        return os.path.abspath(resolved)
+    return None
+
+
+def find_blender(explicit: str | None = None) -> str:
+    """The Blender to use: ``explicit``, then ``$BLENDER``, then ``blender`` on PATH."""
+    tried: list[str] = []
+    for source, candidate in (("--blender", explicit), ("BLENDER", os.environ.get("BLENDER")),
+                              ("PATH", "blender")):
+        if not candidate:
+            continue
+        found = _executable(os.path.expanduser(candidate))
+        if found:
+            return found
+        tried.append(f"{candidate} (from {source})")
+        if source != "PATH":
+            # a path the user named that does not work is an error, not a hint to guess
+            raise BlenderNotFound(
+                f"Blender was not found at {candidate!r} (given by {source}); "
+                "give the path of an executable Blender.", tried)
+    raise BlenderNotFound(
+        "No Blender found: install Blender (3.4 or newer) and put it on PATH, "
+        "or pass --blender /path/to/blender, or set BLENDER=/path/to/blender.", tried)
+
+
+async def probe_blender(path: str, timeout: float = PROBE_TIMEOUT) -> BlenderInfo:
+    """Start Blender once with factory settings and read what it can do."""
+    cmd = [path, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "1",
+           "--python-expr", _PROBE_SCRIPT]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        raise BlenderProbeError(f"Could not start Blender at {path}: {exc.strerror}.", path) from exc
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        raise BlenderProbeError(
+            f"Blender at {path} did not answer within {timeout:.0f} s.", path) from None
+    finally:
+        if proc.returncode is None:
+            _kill_group(proc.pid)
+            await proc.wait()
+    text = out.decode("utf-8", "replace")
+    return _parse_probe(path, text, proc.returncode)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _parse_probe(path: str, text: str, returncode: int | None) -> BlenderInfo:
+    line = next((ln for ln in reversed(text.splitlines()) if ln.startswith(_MARKER)), None)
+    tail = "\n".join(text.splitlines()[-30:])
+    if line is None:
+        raise BlenderProbeError(
+            f"Blender at {path} exited (code {returncode}) without answering the probe; "
+            "is it a working Blender 3.4 or newer?", path, tail)
+    try:
+        data = json.loads(line[len(_MARKER):])
+        version = str(data["version"])
+        return BlenderInfo(
+            path=path,
+            version=version,
+            version_tuple=tuple(int(p) for p in version.split(".")),
+            oidn=bool(data["oidn"]),
+            cycles_devices=[str(d) for d in data["cycles_devices"]],
+            threads=max(1, int(data["threads"])),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BlenderProbeError(f"Blender at {path} gave a probe answer we cannot read: {exc}",
+                                path, tail) from exc

@@ -1,0 +1,456 @@
+"""The render runner: a script that runs *inside* Blender and renders frames on command.
+
+bf-node starts it as::
+
+    blender -b --disable-autoexec JOB.blend --python runner.py -- --port P --secret S
+
+It connects to the agent on 127.0.0.1:P and speaks JSON lines (one UTF-8 JSON object
+a line). It keeps Blender, and the loaded .blend, alive between tasks so the frames
+of one job do not each pay for a Blender start and a file load. Blender's own
+stdout/stderr are a log for people, never the channel.
+
+Agent -> runner: ``{"cmd": "render", ...}`` and ``{"cmd": "quit"}``.
+Runner -> agent: ``hello``, ``frame_start``, ``progress``, ``frame_done``,
+``task_done`` and ``error`` events (see ``blenderfarm/node/runner_proc.py``).
+
+It must import only the standard library and ``bpy``: Blender runs it as a plain
+file with its own Python, where neither blenderfarm nor its dependencies exist. It
+must work in Blender 3.4 to 5.x, so every newer or older API is reached through
+``getattr``/``hasattr``. It reports and never decides: retries, restarts and
+timeouts are the agent's business.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import traceback
+
+import bpy
+
+PROGRESS_INTERVAL = 0.1  # seconds; at most ~10 progress messages a second
+STILL_FORMATS = ("PNG", "JPEG", "OPEN_EXR", "OPEN_EXR_MULTILAYER")
+_FRACTIONS = (
+    re.compile(r"Sample (\d+)/(\d+)"),  # Cycles
+    re.compile(r"Rendered (\d+)/(\d+) Tiles"),  # Cycles with tiles, older builds
+    re.compile(r"Rendering (\d+) / (\d+) samples"),  # Eevee
+)
+DENOISE_MESSAGE = (
+    "The scene has Cycles denoising on, but this node's Blender has no "
+    "OpenImageDenoise. Submit with --no-denoise, or add a node whose Blender can denoise."
+)
+
+
+class TaskError(Exception):
+    """A task that cannot finish; becomes one ``error`` event."""
+
+    def __init__(self, reason: str, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retryable = retryable
+
+
+class Channel:
+    """The socket to the agent. Sends are locked: handlers may run on the render thread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._rfile = sock.makefile("rb")
+
+    def send(self, event: dict) -> None:
+        data = (json.dumps(event, separators=(",", ":")) + "\n").encode("utf-8")
+        # an agent that is gone shows as EOF in the command loop, which then quits
+        with self._lock, contextlib.suppress(OSError):
+            self._sock.sendall(data)
+
+    def commands(self):
+        """Yield each command until the agent says quit or closes the socket."""
+        for raw in self._rfile:
+            try:
+                cmd = json.loads(raw.decode("utf-8"))
+            except ValueError:
+                cmd = None
+            if not isinstance(cmd, dict):
+                self.send(_error_event(None, TaskError(
+                    "bad_command", "The runner got a line that is not a JSON object.", False)))
+                continue
+            yield cmd
+
+    def close(self) -> None:
+        try:
+            self._rfile.close()
+            self._sock.close()
+        except OSError:
+            pass
+
+
+class State:
+    """What the handlers need to know about the frame being rendered."""
+
+    def __init__(self) -> None:
+        self.channel: Channel | None = None
+        self.frame: int | None = None
+        self.written = False
+        self.cancelled = False
+        self.last_progress = 0.0
+
+
+STATE = State()
+
+
+# --- capabilities -----------------------------------------------------------------------
+
+
+def has_oidn() -> bool:
+    """Whether this Blender's Cycles can denoise with OpenImageDenoise."""
+    try:
+        import _cycles  # Cycles' C module; absent when Cycles is not built
+
+        value = getattr(_cycles, "with_openimagedenoise", None)
+        if value is not None:
+            return bool(value)
+    except ImportError:
+        pass
+    return bool(getattr(bpy.app.build_options, "openimagedenoise", False))
+
+
+def has_optix() -> bool:
+    try:
+        import _cycles
+
+        return any(d[1] == "OPTIX" for d in _cycles.available_devices("OPTIX"))
+    except Exception:  # any failure means: no usable OptiX here
+        return False
+
+
+def version() -> str:
+    # version_string carries suffixes ("4.2.0 LTS"); the tuple is what we compare on
+    return ".".join(str(n) for n in bpy.app.version[:3])
+
+
+# --- overrides --------------------------------------------------------------------------
+
+
+class Settings:
+    """Sets RNA properties and remembers their first value, so each task starts clean.
+
+    Blender stays alive between tasks; without this a task without overrides would
+    inherit the previous task's.
+    """
+
+    def __init__(self) -> None:
+        self._saved: dict[tuple[str, str], tuple[object, object]] = {}
+
+    def set(self, obj, attr: str, value) -> None:
+        key = (repr(obj), attr)
+        if key not in self._saved:
+            self._saved[key] = (obj, getattr(obj, attr))
+        setattr(obj, attr, value)
+
+    def restore(self) -> None:
+        # first-set order: a format is restored before the depth and mode it allows
+        for (_, attr), (obj, value) in self._saved.items():
+            try:
+                setattr(obj, attr, value)
+            except Exception as exc:  # a property some override made read-only
+                print(f"blenderfarm runner: could not restore {attr}: {exc}", file=sys.stderr)
+        self._saved.clear()
+
+
+SETTINGS = Settings()
+
+
+def _set_engine(render, wanted: str) -> None:
+    """Set the engine, accepting Eevee's 4.2-4.x name and its older/newer one for each other."""
+    # The engine enum is filled at run time, so bl_rna's enum_items does not list the
+    # engines; trying is the only reliable test.
+    aliases = {"BLENDER_EEVEE": "BLENDER_EEVEE_NEXT", "BLENDER_EEVEE_NEXT": "BLENDER_EEVEE"}
+    for name in (wanted, aliases.get(wanted)):
+        if name is None:
+            continue
+        try:
+            SETTINGS.set(render, "engine", name)
+            return
+        except TypeError:
+            continue
+    raise TaskError("bad_scene", f"This node's Blender has no render engine {wanted!r}.", False)
+
+
+def _set_format(scene, fmt: str) -> None:
+    settings = scene.render.image_settings
+    if hasattr(settings, "media_type"):  # Blender 5: the format list depends on it
+        with contextlib.suppress(TypeError):
+            SETTINGS.set(settings, "media_type", "IMAGE")
+    SETTINGS.set(settings, "file_format", fmt)
+    SETTINGS.set(settings, "color_mode", "RGB" if fmt == "JPEG" else "RGBA")
+    if fmt == "PNG":
+        SETTINGS.set(settings, "color_depth", "8")
+
+
+def _set_denoise(scene, on: bool) -> None:
+    cycles = getattr(scene, "cycles", None)
+    if cycles is not None and hasattr(cycles, "use_denoising"):
+        SETTINGS.set(cycles, "use_denoising", on)
+    for layer in scene.view_layers:
+        layer_cycles = getattr(layer, "cycles", None)
+        if layer_cycles is not None and hasattr(layer_cycles, "use_denoising"):
+            SETTINGS.set(layer_cycles, "use_denoising", on)
+
+
+def _set_camera(scene, name: str) -> None:
+    obj = scene.objects.get(name)
+    if obj is None or obj.type != "CAMERA":
+        cameras = sorted(o.name for o in scene.objects if o.type == "CAMERA")
+        raise TaskError(
+            "bad_camera",
+            f"The scene {scene.name!r} has no camera object named {name!r} "
+            f"(its cameras: {', '.join(cameras) or 'none'}).",
+            False,
+        )
+    SETTINGS.set(scene, "camera", obj)
+
+
+def apply_overrides(scene, overrides: dict) -> None:
+    """Apply the job's overrides (keys of protocol.jobspec.Overrides) to the scene.
+
+    Also ``threads``, which the agent adds from its own configuration. Unknown keys
+    are ignored, so an older runner can serve a newer agent.
+    """
+    render = scene.render
+    if overrides.get("engine"):
+        _set_engine(render, str(overrides["engine"]).upper())
+    if overrides.get("samples") is not None:
+        samples = int(overrides["samples"])
+        if hasattr(scene, "cycles"):
+            SETTINGS.set(scene.cycles, "samples", samples)
+        eevee = getattr(scene, "eevee", None)
+        if eevee is not None and hasattr(eevee, "taa_render_samples"):
+            SETTINGS.set(eevee, "taa_render_samples", samples)
+    for key, attr in (("resolution_percent", "resolution_percentage"),
+                      ("resolution_x", "resolution_x"), ("resolution_y", "resolution_y")):
+        if overrides.get(key) is not None:
+            SETTINGS.set(render, attr, int(overrides[key]))
+    fmt = overrides.get("format")
+    if fmt:
+        _set_format(scene, str(fmt).upper())
+    elif render.image_settings.file_format not in STILL_FORMATS:
+        # a movie or exotic format cannot be written one still at a time and is not
+        # something the farm can check; PNG is the safe default
+        _set_format(scene, "PNG")
+    if overrides.get("camera"):
+        _set_camera(scene, str(overrides["camera"]))
+    if overrides.get("denoise") is not None:
+        _set_denoise(scene, bool(overrides["denoise"]))
+    if overrides.get("threads"):  # a node setting (bf-node --threads), not a job override
+        SETTINGS.set(render, "threads_mode", "FIXED")
+        SETTINGS.set(render, "threads", int(overrides["threads"]))
+
+
+# --- checks before rendering -------------------------------------------------------------
+
+
+def denoise_is_on(scene) -> bool:
+    """True when Cycles will denoise the final render of at least one view layer."""
+    if scene.render.engine != "CYCLES":
+        return False
+    cycles = getattr(scene, "cycles", None)
+    if cycles is None or not getattr(cycles, "use_denoising", False):
+        return False
+    layers = [layer for layer in scene.view_layers if layer.use]
+    if not layers:
+        return True
+    # the per-layer switch lives on layer.cycles where this Blender has one
+    return any(getattr(getattr(layer, "cycles", None), "use_denoising", True) for layer in layers)
+
+
+def can_denoise(scene, oidn: bool) -> bool:
+    if oidn:
+        return True
+    # reading an enum whose saved value this build lacks gives '' (and a warning)
+    denoiser = getattr(scene.cycles, "denoiser", "")
+    return denoiser == "OPTIX" and getattr(scene.cycles, "device", "CPU") == "GPU" and has_optix()
+
+
+def select_scene(name):
+    if not name:
+        return bpy.context.scene
+    scene = bpy.data.scenes.get(name)
+    if scene is None:
+        names = ", ".join(sorted(s.name for s in bpy.data.scenes))
+        raise TaskError("bad_scene", f"The file has no scene named {name!r} (it has: {names}).", False)
+    return scene
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def render_frame(channel: Channel, scene, frame: int, pattern: str) -> dict:
+    """Render one frame to its file and return its ``frame_done`` event."""
+    scene.frame_set(frame)
+    scene.render.filepath = pattern
+    path = os.path.abspath(bpy.path.abspath(scene.render.frame_path(frame=frame)))
+    # A still render does not expand '#', so name the exact file; and remove an old
+    # copy so a file left by an earlier attempt can never pass for this render's.
+    scene.render.filepath = path
+    if os.path.lexists(path):
+        os.remove(path)
+    STATE.frame, STATE.written, STATE.cancelled = frame, False, False
+    channel.send({"ev": "frame_start", "frame": frame})
+    started = time.monotonic()
+    try:
+        result = bpy.ops.render.render(write_still=True, scene=scene.name)
+    except Exception as exc:  # bpy reports an operator's ERROR report as RuntimeError
+        traceback.print_exc()
+        message = str(exc).strip().replace("Error: ", "").splitlines()
+        raise TaskError(
+            "render_failed", f"Blender failed to render frame {frame}: {' '.join(message)}", True
+        ) from exc
+    seconds = time.monotonic() - started
+    if STATE.cancelled or "FINISHED" not in result:
+        raise TaskError("render_failed", f"Blender cancelled the render of frame {frame}.", True)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        # render_write tells "never saved" (output off, compositor without a
+        # Composite node) apart from "saved, then gone or empty" (disk full)
+        why = "the saved file is missing or empty" if STATE.written else "it saved no file"
+        raise TaskError("no_output", f"Blender rendered frame {frame} but {why} ({path}).", True)
+    return {"ev": "frame_done", "frame": frame, "path": path, "seconds": round(seconds, 3)}
+
+
+def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
+    task_id = cmd.get("task_id")
+    try:
+        frames = [int(f) for f in cmd.get("frames") or []]
+        output_dir, output_name = cmd.get("output_dir"), cmd.get("output_name")
+        if not frames or not output_dir or not output_name or not os.path.isabs(output_dir):
+            raise TaskError("bad_command", "A render command needs frames, an absolute "
+                            "output_dir and an output_name.", False)
+        SETTINGS.restore()
+        scene = select_scene(cmd.get("scene"))
+        try:
+            apply_overrides(scene, cmd.get("overrides") or {})
+        except (TypeError, ValueError, AttributeError) as exc:  # bpy's "enum not found" etc.
+            raise TaskError("bad_scene", f"This Blender cannot apply the overrides: {exc}", False) from exc
+        if scene.camera is None:
+            raise TaskError("bad_camera", f"The scene {scene.name!r} has no active camera; set one "
+                            "in the file or submit with a camera override.", False)
+        if denoise_is_on(scene) and not can_denoise(scene, oidn):
+            raise TaskError("needs_denoise", DENOISE_MESSAGE, False)
+        os.makedirs(output_dir, exist_ok=True)
+        scene.render.use_file_extension = True
+        pattern = os.path.join(output_dir, output_name + "_####")
+        for frame in frames:
+            channel.send(render_frame(channel, scene, frame, pattern))
+        channel.send({"ev": "task_done", "task_id": task_id})
+    except TaskError as exc:
+        channel.send(_error_event(task_id, exc))
+    except Exception as exc:  # whatever else: report it, keep serving
+        traceback.print_exc()
+        channel.send(_error_event(task_id, TaskError(
+            "render_failed", f"The runner failed: {type(exc).__name__}: {exc}", True)))
+    finally:
+        STATE.frame = None
+
+
+def _error_event(task_id, exc: TaskError) -> dict:
+    return {"ev": "error", "task_id": task_id, "reason": exc.reason,
+            "retryable": exc.retryable, "message": exc.message}
+
+
+# --- handlers ---------------------------------------------------------------------------
+
+
+def parse_fraction(stats: str) -> float | None:
+    for pattern in _FRACTIONS:
+        m = pattern.search(stats)
+        if m and int(m.group(2)) > 0:
+            return min(1.0, int(m.group(1)) / int(m.group(2)))
+    return None
+
+
+def on_stats(*args) -> None:
+    # Blender 3.x calls this with (None, None); only newer versions pass the stats
+    # text. For those the agent reads the same line from Blender's stdout instead.
+    text = next((a for a in args if isinstance(a, str)), None)
+    channel, frame = STATE.channel, STATE.frame
+    if text is None or channel is None or frame is None:
+        return
+    now = time.monotonic()
+    fraction = parse_fraction(text)
+    if now - STATE.last_progress < PROGRESS_INTERVAL and fraction != 1.0:
+        return
+    STATE.last_progress = now
+    event = {"ev": "progress", "frame": frame, "fraction": fraction or 0.0, "stats": text.strip()}
+    channel.send(event)
+
+
+def on_write(*_args) -> None:
+    STATE.written = True
+
+
+def on_cancel(*_args) -> None:
+    STATE.cancelled = True
+
+
+HANDLERS = (("render_stats", on_stats), ("render_write", on_write), ("render_cancel", on_cancel))
+
+
+def install_handlers() -> None:
+    for name, func in HANDLERS:
+        getattr(bpy.app.handlers, name).append(func)
+
+
+def remove_handlers() -> None:
+    for name, func in HANDLERS:
+        handlers = getattr(bpy.app.handlers, name)
+        if func in handlers:
+            handlers.remove(func)
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    args = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = argparse.ArgumentParser(prog="runner.py")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--secret", required=True)
+    return parser.parse_args(args)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    sock = socket.create_connection(("127.0.0.1", args.port), timeout=30)
+    sock.settimeout(None)  # renders take as long as they take; EOF ends us
+    channel = Channel(sock)
+    STATE.channel = channel
+    oidn = has_oidn()
+    install_handlers()
+    try:
+        channel.send({"ev": "hello", "secret": args.secret, "version": version(),
+                      "oidn": oidn, "file": bpy.data.filepath})
+        for cmd in channel.commands():
+            if cmd.get("cmd") == "quit":
+                break
+            if cmd.get("cmd") == "render":
+                run_task(channel, cmd, oidn)
+            else:
+                channel.send(_error_event(cmd.get("task_id"), TaskError(
+                    "bad_command", f"Unknown runner command {cmd.get('cmd')!r}.", False)))
+    finally:
+        remove_handlers()
+        STATE.channel = None
+        channel.close()
+    # returning ends the --python script; in background mode Blender then quits
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,47 @@
+"""Shared fixtures: real servers and nodes as processes, Blender and its test scenes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from procs import NodeProc, ServerProc, free_port, nodes_online, wait_for  # noqa: E402
+
+
+@pytest.fixture
+def farm_procs(tmp_path: Path) -> Iterator:
+    """Factory: ``server()`` and ``node(name)`` start real processes; all die in teardown."""
+    started: list = []
+
+    class Farm:
+        server_proc: ServerProc | None = None
+
+        def server(self, port: int | None = None, data_dir: Path | None = None) -> ServerProc:
+            proc = ServerProc(data_dir or tmp_path / "server", port or free_port())
+            proc.start()
+            started.append(proc)
+            self.server_proc = proc
+            return proc
+
+        def node(self, name: str, extra: list[str] | None = None) -> NodeProc:
+            assert self.server_proc is not None
+            proc = NodeProc(self.server_proc.url, tmp_path / f"node-{name}", name, extra)
+            proc.start()
+            started.append(proc)
+            return proc
+
+        def wait_nodes(self, count: int, timeout: float = 60) -> None:
+            assert self.server_proc is not None
+            url = self.server_proc.url
+            wait_for(lambda: nodes_online(url) >= count, timeout, f"{count} node(s) online")
+
+    try:
+        yield Farm()
+    finally:
+        for proc in reversed(started):
+            proc.stop()

@@ -1,0 +1,124 @@
+"""Real bf-server and bf-node processes for end-to-end tests, always killed in teardown."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def bin_path(name: str) -> str:
+    return str(BIN / name)
+
+
+def get_json(url: str, timeout: float = 5) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+class Proc:
+    """A child process in its own process group, its output kept in a log file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.env = env
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})})
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill9(self) -> None:
+        """kill -9 of the process itself (its children must cope on their own)."""
+        if self.alive:
+            assert self.popen is not None
+            os.kill(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)  # anything left in the group
+        self.popen.wait()
+        self.log.close()
+
+
+class ServerProc(Proc):
+    def __init__(self, data_dir: Path, port: int, extra: list[str] | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__([bin_path("bf-server"), "--data-dir", str(data_dir), "--port", str(port),
+                          "--grace-period", "3", *(extra or [])], data_dir / "server.log")
+
+    def start(self, timeout: float = 20) -> None:
+        super().start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(rf"listening on http://\S+:{self.port}\b", self.text()):
+                return
+            if not self.alive:
+                raise RuntimeError("bf-server exited:\n" + self.text())
+            time.sleep(0.05)
+        raise TimeoutError("bf-server did not start:\n" + self.text())
+
+
+class NodeProc(Proc):
+    def __init__(self, server_url: str, work_dir: Path, name: str, extra: list[str] | None = None
+                 ) -> None:
+        self.name = name
+        work_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__([bin_path("bf-node"), "--server", server_url, "--work-dir", str(work_dir),
+                          "--name", name, "--threads", "1", *(extra or [])], work_dir / "node.log")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except OSError:
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def nodes_online(url: str) -> int:
+    return sum(1 for n in get_json(f"{url}/api/nodes")["nodes"] if n["online"])

@@ -1,0 +1,209 @@
+"""What ``bf`` shows a person: progress bars, rates, ETAs, tables, settings, errors.
+
+Pure functions are tested directly; the error boundary is tested against a real
+closed port, not a mock.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from blenderfarm.client import progress as fmt
+from blenderfarm.client.api import ApiError, Client, ServerUnreachable
+from blenderfarm.client.cli import (
+    DEFAULT_SERVER,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    build_parser,
+    main,
+    resolve_settings,
+)
+
+
+@pytest.mark.parametrize(("n", "text"), [
+    (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
+    (5 * 1024**2, "5.0 MiB"), (3 * 1024**4, "3.0 TiB"), (2048 * 1024**4, "2048.0 TiB"),
+])
+def test_format_bytes(n: int, text: str) -> None:
+    assert fmt.format_bytes(n) == text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (None, "--"), (-1, "--"), (float("inf"), "--"), (float("nan"), "--"),
+    (0, "0s"), (59.4, "59s"), (75, "1m15s"), (3599, "59m59s"), (3725, "1h02m"),
+    (90000, "1d01h"),
+])
+def test_format_duration(seconds: float | None, text: str) -> None:
+    assert fmt.format_duration(seconds) == text
+
+
+def test_format_age() -> None:
+    assert fmt.format_age(100.0, 175.0) == "1m15s ago"
+    assert fmt.format_age(None, 1.0) == "--"
+    assert fmt.format_age(200.0, 100.0) == "0s ago"  # clocks disagree: never negative
+
+
+@given(st.floats(-1, 2, allow_nan=False), st.integers(3, 200))
+def test_bar_has_the_width_asked(fraction: float, width: int) -> None:
+    b = fmt.bar(fraction, width)
+    assert len(b) == width and b[0] == "[" and b[-1] == "]"
+
+
+def test_bar_fill() -> None:
+    assert fmt.bar(0.5, 12) == "[#####-----]"
+    assert fmt.bar(1.0, 6) == "[####]"
+    assert fmt.bar(0.0, 6) == "[----]"
+
+
+def test_rate_needs_a_completed_frame() -> None:
+    r = fmt.RateWindow(window=60)
+    assert r.rate_per_min(0) is None
+    r.add(0, 5)
+    r.add(10, 5)
+    assert r.rate_per_min(10) is None  # nothing finished while we watched
+
+
+def test_rate_over_the_window() -> None:
+    r = fmt.RateWindow(window=60)
+    for t in range(0, 301, 10):  # one frame every 10 s = 6 frames/min
+        r.add(t, t // 10)
+    assert r.rate_per_min(300) == pytest.approx(6.0)
+    assert len(r._points) <= 8  # old points are dropped
+
+
+def test_rate_falls_while_a_job_stalls() -> None:
+    r = fmt.RateWindow(window=60)
+    r.add(0, 0)
+    r.add(60, 6)
+    assert r.rate_per_min(60) == pytest.approx(6.0)
+    assert r.rate_per_min(120) == pytest.approx(3.0)
+
+
+def test_rate_restarts_after_requeue() -> None:
+    r = fmt.RateWindow()
+    r.add(0, 0)
+    r.add(10, 5)
+    r.add(20, 2)  # frames were requeued
+    assert r.rate_per_min(20) is None
+
+
+def test_eta() -> None:
+    assert fmt.eta_seconds(0, None) == 0.0
+    assert fmt.eta_seconds(10, None) is None
+    assert fmt.eta_seconds(10, 0.0) is None
+    assert fmt.eta_seconds(12, 6.0) == pytest.approx(120.0)
+
+
+JOB = {"id": "j1", "name": "shot", "status": "active", "priority": 50, "frames_done": 12,
+       "frames_total": 250, "tasks_failed": 0, "updated": 95.0, "error": None}
+
+
+def test_progress_text() -> None:
+    assert fmt.progress_text(JOB, 3.2) == (
+        "12/250 frames    4.8%  3.2 frames/min  ETA 1h14m  active")
+    assert fmt.progress_text({**JOB, "tasks_failed": 2}, None).endswith(
+        "--  active  2 task(s) failed")
+    assert "0/0 frames" in fmt.progress_text({"status": "queued"}, None)
+
+
+@given(st.integers(0, 300))
+def test_progress_bar_line_fits(width: int) -> None:
+    assert len(fmt.progress_bar_line(JOB, 3.2, width)) <= max(width, 0)
+
+
+def test_progress_bar_line_has_a_bar_when_there_is_room() -> None:
+    line = fmt.progress_bar_line({**JOB, "frames_done": 125}, 3.2, 120)
+    assert line.startswith("[") and "125/250" in line
+
+
+def test_format_table() -> None:
+    table = fmt.format_table(["ID", "NAME"], [["a", None], ["bbbb", "x"]])
+    assert table.splitlines() == ["ID    NAME", "a     -", "bbbb  x"]
+
+
+def test_job_row() -> None:
+    assert fmt.job_row(JOB, 100.0) == ["j1", "shot", "active", 50, "12/250", 0, "5s ago"]
+
+
+def test_cells_and_columns() -> None:
+    assert fmt.cell([1, 2, 3, 7]) == "1-3,7"
+    assert fmt.cell({"version": "3.4.1", "path": "/usr/bin/blender"}) == "3.4.1"
+    assert fmt.cell(0.5) == "0.5"
+    assert fmt.cell(["gpu", "fast"]) == "gpu,fast"
+    items: list[dict[str, Any]] = [{"status": "done", "id": "t1"}, {"node": "n1"}]
+    assert fmt.pick_columns(items, ["id", "kind", "status", "node"]) == ["id", "status", "node"]
+
+
+def test_item_table() -> None:
+    tasks = [{"id": "t1", "status": "done", "frames": [1, 2], "updated": 90.0, "error": None,
+              "secret": "not shown"},
+             {"id": "t2", "status": "failed", "frames": [3], "updated": 40.0, "error": "x" * 80}]
+    lines = fmt.item_table(tasks, fmt.TASK_COLUMNS, now=100.0).splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "FRAMES", "UPDATED", "ERROR"]
+    assert lines[1].split() == ["t1", "done", "1-2", "10s", "ago", "-"]
+    assert lines[2].endswith("x" * 57 + "...")
+
+
+# --- settings and the command line ---------------------------------------------------------
+
+
+def test_settings_precedence() -> None:
+    env = {"BLENDERFARM_SERVER": "http://env:1", "BLENDERFARM_TOKEN": "envtok"}
+    config = {"server": "http://cfg:2", "token": "cfgtok"}
+    assert resolve_settings("http://flag:3", "flagtok", env, config) == ("http://flag:3", "flagtok")
+    assert resolve_settings(None, None, env, config) == ("http://env:1", "envtok")
+    assert resolve_settings(None, None, {}, config) == ("http://cfg:2", "cfgtok")
+    assert resolve_settings(None, None, {}, {}) == (DEFAULT_SERVER, None)
+
+
+def test_common_options_go_before_or_after_the_command() -> None:
+    parser = build_parser()
+    a = parser.parse_args(["--json", "--server", "http://s:1", "jobs"])
+    b = parser.parse_args(["jobs", "--json", "--server", "http://s:1"])
+    assert (a.json, a.server) == (b.json, b.server) == (True, "http://s:1")
+    s = parser.parse_args(["submit", "x.blend", "--format", "open_exr", "--no-denoise"])
+    assert (s.format, s.no_denoise, s.chunk, s.priority) == ("OPEN_EXR", True, 1, 50)
+
+
+def test_client_url_forms() -> None:
+    assert Client("127.0.0.1:8765/").server_url == "http://127.0.0.1:8765"
+    assert Client("https://farm.example/base").server_url == "https://farm.example/base"
+    with pytest.raises(ValueError):
+        Client("ftp://farm")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_server_is_one_clear_error() -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(ServerUnreachable) as info:
+        Client(url, timeout=2).info()
+    assert "Is bf-server running?" in str(info.value) and info.value.url == url
+
+
+def test_cli_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    assert main(["jobs", "--server", url]) == EXIT_UNREACHABLE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "BLENDERFARM_SERVER" in err and "Traceback" not in err
+    assert main(["submit", str(tmp_path / "x.blend"), "--server", url]) == 1
+    assert "No such .blend" in capsys.readouterr().err
+    (tmp_path / "x.blend").write_bytes(b"junk")
+    assert main(["submit", str(tmp_path / "x.blend"), "--frames", "9-1", "--server", url,
+                 "--json"]) == EXIT_USAGE
+    out = capsys.readouterr().out
+    assert '"invalid_frames"' in out
+
+
+def test_api_error_text() -> None:
+    e = ApiError("priority must be between 0 and 100", 400, "invalid_spec", "priority")
+    assert str(e) == "priority must be between 0 and 100 (priority)"

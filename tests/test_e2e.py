@@ -1,0 +1,177 @@
+"""The farm renders: real bf-server, real bf-nodes, real Blender, the real `bf` command.
+
+Each claim is checked on the frames themselves: they exist, decode, have the
+right size, differ from each other, and match a direct `blender -b -f N` render.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from procs import bin_path, get_json, wait_for
+from scenes import make_scene, needs_blender, read_rgba, render_frames, textured_colors
+
+pytestmark = needs_blender
+RES = 64
+
+
+def bf(server: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([bin_path("bf"), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "BLENDERFARM_SERVER": server},
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def submit(server: str, blend: Path, *args: str) -> tuple[str, dict]:
+    proc = bf(server, "submit", str(blend), *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    return doc["job"]["id"], doc
+
+
+def wait_job(server: str, job_id: str, timeout: float = 240) -> dict:
+    proc = bf(server, "wait", job_id, "--json", timeout=timeout)
+    job = get_json(f"{server}/api/jobs/{job_id}")["job"]
+    assert proc.returncode == 0, f"bf wait failed: {proc.stderr}\njob: {job}"
+    return job
+
+
+def assert_same_image(a: Path, b: Path, tolerance: float = 2.0) -> None:
+    pa, pb = read_rgba(a).astype(int), read_rgba(b).astype(int)
+    assert pa.shape == pb.shape
+    diff = np.abs(pa - pb)
+    assert diff.mean() <= tolerance / 4 and np.percentile(diff, 99) <= tolerance * 4, (
+        f"{a.name} differs from {b.name}: mean {diff.mean():.3f}, max {diff.max()}")
+
+
+@pytest.fixture(scope="session")
+def anim(tmp_path_factory) -> Path:
+    return make_scene("anim", tmp_path_factory.mktemp("anim"), frames=24, res=RES, samples=4)
+
+
+@pytest.fixture(scope="session")
+def direct_frames(anim: Path, tmp_path_factory) -> dict[int, Path]:
+    """The same frames rendered by Blender directly: the reference."""
+    out = tmp_path_factory.mktemp("direct")
+    return dict(zip(range(1, 13), render_frames(anim, list(range(1, 13)), out), strict=True))
+
+
+def test_two_nodes_render_an_animation_like_blender_does(farm_procs, anim, direct_frames,
+                                                         tmp_path) -> None:
+    server = farm_procs.server()
+    farm_procs.node("a")
+    farm_procs.node("b")
+    farm_procs.wait_nodes(2)
+    job_id, doc = submit(server.url, anim, "--frames", "1-12", "--name", "anim")
+    assert doc["upload"]["files_sent"] >= 1
+    job = wait_job(server.url, job_id)
+    assert job["status"] == "completed" and job["frames_done"] == 12
+    tasks = get_json(f"{server.url}/api/jobs/{job_id}/tasks")["tasks"]
+    assert len({t["node"] for t in tasks}) == 2, "both nodes should have rendered"
+
+    out = tmp_path / "frames"
+    assert bf(server.url, "download", job_id, str(out)).returncode == 0
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == [f"anim_{i:04d}.png" for i in range(1, 13)]
+    pixels = [read_rgba(f) for f in files]
+    assert all(p.shape == (RES, RES, 4) for p in pixels)
+    assert all(not np.array_equal(pixels[i], pixels[i + 1]) for i in range(11)), \
+        "consecutive frames must differ: the object moves"
+    for i, f in enumerate(files, start=1):
+        assert_same_image(f, direct_frames[i])
+    # the server keeps them too, under its data dir
+    kept = server.log_path.parent / "jobs" / job_id / "anim_0007.png"
+    assert kept.read_bytes() == (out / "anim_0007.png").read_bytes()
+
+
+def test_textures_and_linked_libraries_travel(farm_procs, tmp_path) -> None:
+    blend = make_scene("textured", tmp_path / "src")
+    reference = render_frames(blend, [1], tmp_path / "direct")[0]
+    server = farm_procs.server()
+    farm_procs.node("a")
+    farm_procs.wait_nodes(1)
+    job_id, doc = submit(server.url, blend, "--frames", "1")
+    manifest_files = doc["upload"]["files_sent"] + doc["upload"]["files_skipped"]
+    assert manifest_files >= 3  # shot.blend, the texture, the library
+    wait_job(server.url, job_id)
+    assert bf(server.url, "download", job_id, str(tmp_path / "out")).returncode == 0
+    (frame,) = sorted((tmp_path / "out").glob("*.png"))
+    colors = textured_colors(frame)
+    assert colors["magenta"] == 0, "the texture went missing on the node"
+    assert colors["yellow"] > 50 and colors["green"] > 20, colors
+    assert_same_image(frame, reference)
+
+    # resubmitting the same project uploads nothing
+    _job2, doc2 = submit(server.url, blend, "--frames", "1")
+    assert doc2["upload"]["bytes_sent"] == 0 and doc2["upload"]["files_sent"] == 0
+
+
+def _frames_done(server: str, job_id: str) -> int:
+    return int(get_json(f"{server}/api/jobs/{job_id}")["job"]["frames_done"])
+
+
+def _blender_pids(work_dir: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", str(work_dir)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _check_all_frames(server: str, job_id: str, count: int, tmp_path: Path, anim: Path) -> None:
+    outputs = get_json(f"{server}/api/jobs/{job_id}/outputs")["outputs"]
+    assert sorted(o["frame"] for o in outputs) == list(range(1, count + 1)), "each frame once"
+    out = tmp_path / "got"
+    assert bf(server, "download", job_id, str(out)).returncode == 0
+    files = sorted(out.glob("*.png"))
+    assert len(files) == count
+    # spot-check against direct renders: the first, a middle and the last frame
+    picks = [1, count // 2, count]
+    ref = render_frames(anim, picks, tmp_path / "ref")
+    for f, r in zip(picks, ref, strict=True):
+        assert_same_image(out / f"anim_{f:04d}.png", r)
+
+
+def test_killed_node_its_frames_render_elsewhere(farm_procs, anim, tmp_path) -> None:
+    server = farm_procs.server()
+    victim = farm_procs.node("victim")
+    farm_procs.node("survivor")
+    farm_procs.wait_nodes(2)
+    job_id, _ = submit(server.url, anim, "--frames", "1-16", "--name", "anim")
+    wait_for(lambda: _frames_done(server.url, job_id) >= 2, 120, "two frames")
+    victim.kill9()
+    time.sleep(1)
+    assert _blender_pids(tmp_path / "node-victim") == [], "the dead node's Blender lived on"
+    job = wait_job(server.url, job_id)
+    assert job["status"] == "completed"
+    _check_all_frames(server.url, job_id, 16, tmp_path, anim)
+
+
+def test_killed_server_restarts_and_the_job_completes(farm_procs, anim, tmp_path) -> None:
+    server = farm_procs.server()
+    farm_procs.node("a")
+    farm_procs.node("b")
+    farm_procs.wait_nodes(2)
+    job_id, _ = submit(server.url, anim, "--frames", "1-16", "--name", "anim")
+    wait_for(lambda: _frames_done(server.url, job_id) >= 3, 120, "three frames")
+    server.kill9()
+    time.sleep(1.0)
+    server.start()
+    job = wait_job(server.url, job_id)
+    assert job["status"] == "completed" and job["frames_done"] == 16
+    _check_all_frames(server.url, job_id, 16, tmp_path, anim)
+
+
+def test_denoise_scene_without_oidn_says_what_to_do(farm_procs, tmp_path) -> None:
+    blend = make_scene("anim", tmp_path / "dn", frames=2, res=32, samples=2, denoise=True)
+    server = farm_procs.server()
+    farm_procs.node("a")
+    farm_procs.wait_nodes(1)
+    job_id, _ = submit(server.url, blend, "--frames", "1")
+    proc = bf(server.url, "wait", job_id, timeout=120)
+    assert proc.returncode == 1
+    assert "--no-denoise" in proc.stderr + proc.stdout
+    job_id2, _ = submit(server.url, blend, "--frames", "1", "--no-denoise")
+    assert wait_job(server.url, job_id2)["status"] == "completed"

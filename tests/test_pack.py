@@ -1,0 +1,208 @@
+"""Packing real projects with BAT: every dependency travels, and the pack renders the same.
+
+The end-to-end claims render with real Blender after the original project is gone,
+so a pack that still pointed at the artist's files would fail here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scenes import make_scene, needs_blender, read_rgba, render_frames, textured_colors
+
+from blenderfarm.client.pack import (
+    PackError,
+    PackResult,
+    UploadStats,
+    build_spec,
+    pack_project,
+    scene_frame_range,
+    upload_missing,
+)
+from blenderfarm.protocol.hashing import sha256_bytes, sha256_file
+from blenderfarm.protocol.jobspec import SpecError, validate_spec
+
+EXPECTED = {"shots/shot.blend", "textures/checker.png", "lib/props.blend"}
+
+
+@pytest.fixture(scope="module")
+def textured(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pristine ``textured`` project; tests that change files copy it first."""
+    return make_scene("textured", tmp_path_factory.mktemp("textured")).parents[1]
+
+
+@pytest.fixture(scope="module")
+def original_frame(textured: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    (path,) = render_frames(textured / "shots" / "shot.blend", [1],
+                            tmp_path_factory.mktemp("original"))
+    return read_rgba(path)
+
+
+@pytest.fixture
+def project(textured: Path, tmp_path: Path) -> Path:
+    """A private copy of the project, free to change or delete."""
+    return Path(shutil.copytree(textured, tmp_path / "artist" / "project"))
+
+
+def render_packed(packed: PackResult, out: Path) -> Any:
+    (path,) = render_frames(packed.root / packed.blend, [1], out)
+    assert textured_colors(path)["yellow"] > 300, "the texture is not in the packed render"
+    return read_rgba(path)
+
+
+class TestTexturedProject:
+    pytestmark = needs_blender
+
+    def test_manifest_holds_every_dependency(self, project: Path, tmp_path: Path) -> None:
+        packed = pack_project(project / "shots" / "shot.blend", workdir=tmp_path / "pack")
+        assert set(packed.manifest) == EXPECTED
+        assert packed.blend == "shots/shot.blend"
+        assert packed.missing == []
+        assert packed.project_root == project
+        for rel, digest in packed.manifest.items():
+            assert digest == sha256_file(project / rel)
+            assert packed.sizes[rel] == (project / rel).stat().st_size
+        assert not (packed.root / "pack-info.txt").exists()
+
+    def test_pack_renders_like_the_original(self, project: Path, tmp_path: Path,
+                                            original_frame: Any) -> None:
+        packed = pack_project(project / "shots" / "shot.blend", workdir=tmp_path / "pack")
+        shutil.rmtree(project)  # the pack must not lean on the artist's files
+        assert np.array_equal(render_packed(packed, tmp_path / "out"), original_frame)
+
+    def test_files_outside_the_project_root(self, project: Path, tmp_path: Path,
+                                            original_frame: Any) -> None:
+        # With the shot's own folder as the root, the texture and the library lie
+        # outside it: BAT copies them under _outside_project/ and rewrites the paths.
+        packed = pack_project(project / "shots" / "shot.blend",
+                              project_root=project / "shots", workdir=tmp_path / "pack")
+        assert packed.blend == "shot.blend"
+        outside = sorted(r for r in packed.manifest if r.startswith("_outside_project/"))
+        assert [r.rsplit("/", 1)[1] for r in outside] == ["props.blend", "checker.png"]
+        assert packed.manifest["shot.blend"] != sha256_file(project / "shots" / "shot.blend")
+        shutil.rmtree(project)
+        assert np.array_equal(render_packed(packed, tmp_path / "out"), original_frame)
+
+    def test_missing_texture_is_reported(self, project: Path, tmp_path: Path) -> None:
+        texture = project / "textures" / "checker.png"
+        texture.unlink()
+        packed = pack_project(project / "shots" / "shot.blend", workdir=tmp_path / "pack")
+        assert packed.missing == [str(texture)]
+        assert set(packed.manifest) == EXPECTED - {"textures/checker.png"}
+
+    def test_scene_frame_range(self, textured: Path) -> None:
+        shot = textured / "shots" / "shot.blend"
+        assert scene_frame_range(shot) == (1, 3)
+        assert scene_frame_range(shot, "Scene") == (1, 3)
+        with pytest.raises(PackError, match="no scene named"):
+            scene_frame_range(shot, "Nope")
+
+    def test_workdir_must_be_empty(self, project: Path, tmp_path: Path) -> None:
+        (tmp_path / "pack").mkdir()
+        (tmp_path / "pack" / "stale.txt").write_text("old")
+        with pytest.raises(PackError, match="empty"):
+            pack_project(project / "shots" / "shot.blend", workdir=tmp_path / "pack")
+
+    def test_spec_from_a_real_pack(self, project: Path, tmp_path: Path) -> None:
+        packed = pack_project(project / "shots" / "shot.blend", workdir=tmp_path / "pack")
+        spec = build_spec(packed, frames="1-3", chunk=2, overrides={"samples": 2})
+        assert validate_spec(spec).blend == "shots/shot.blend"
+        assert spec["manifest"] == packed.manifest and spec["name"] == "shot"
+
+
+def test_not_a_blend_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.blend"
+    junk.write_bytes(b"this is not a blend file" * 10)
+    with pytest.raises(PackError, match="not a readable .blend") as info:
+        pack_project(junk, workdir=tmp_path / "pack")
+    assert info.value.path == str(junk)
+    with pytest.raises(PackError):
+        scene_frame_range(junk)
+
+
+def test_no_such_file(tmp_path: Path) -> None:
+    with pytest.raises(PackError, match="no such .blend"):
+        pack_project(tmp_path / "nope.blend", workdir=tmp_path / "pack")
+
+
+# --- build_spec and upload_missing: pure, no Blender ------------------------------------------
+
+A, B = sha256_bytes(b"a"), sha256_bytes(b"b")
+
+
+def fake_pack(root: Path) -> PackResult:
+    files = {"shots/shot.blend": b"a", "tex/one.png": b"b", "tex/same-as-one.png": b"b"}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return PackResult(root=root, blend="shots/shot.blend",
+                      manifest={r: sha256_bytes(d) for r, d in files.items()},
+                      missing=[], sizes={r: len(d) for r, d in files.items()})
+
+
+def test_build_spec_normalises(tmp_path: Path) -> None:
+    spec = build_spec(fake_pack(tmp_path), name="My shot", frames=" 1-10x2 ",
+                      priority=70, overrides={"format": "open_exr", "samples": None,
+                                              "denoise": False}, scene="Scene", paused=True)
+    assert spec["frames"] == "1-10x2"
+    assert spec["overrides"] == {"format": "OPEN_EXR", "denoise": False}
+    assert (spec["name"], spec["priority"], spec["scene"], spec["paused"]) == (
+        "My shot", 70, "Scene", True)
+
+
+@pytest.mark.parametrize(("kwargs", "path"), [
+    ({"frames": "10-1"}, "frames"),
+    ({"frames": "1-x"}, "frames"),
+    ({"frames": "1", "priority": 101}, "priority"),
+    ({"frames": "1", "chunk": 0}, "chunk"),
+    ({"frames": "1", "overrides": {"format": "TIFF"}}, "overrides.format"),
+    ({"frames": "1", "overrides": {"samples": 0}}, "overrides.samples"),
+    ({"frames": "1", "overrides": {"bogus": 1}}, "overrides.bogus"),
+    ({"frames": "1", "name": "a\nb"}, "name"),
+])
+def test_build_spec_rejects(tmp_path: Path, kwargs: dict[str, Any], path: str) -> None:
+    with pytest.raises(SpecError) as info:
+        build_spec(fake_pack(tmp_path), **kwargs)
+    assert info.value.path == path
+
+
+class RecordingServer:
+    """Stands in for api.Client in this unit test of the dedupe logic only."""
+
+    def __init__(self, stored: set[str]) -> None:
+        self.stored = stored
+        self.asked: list[list[str]] = []
+        self.put: list[str] = []
+
+    def missing_blobs(self, hashes: list[str]) -> list[str]:
+        self.asked.append(list(hashes))
+        return [h for h in hashes if h not in self.stored]
+
+    def put_blob(self, sha: str, path: Path, on_bytes: Any = None) -> dict[str, Any]:
+        assert sha256_file(path) == sha
+        self.put.append(sha)
+        if on_bytes is not None:
+            on_bytes(path.stat().st_size)
+        return {"sha256": sha, "size": path.stat().st_size}
+
+
+def test_upload_sends_each_missing_hash_once(tmp_path: Path) -> None:
+    server = RecordingServer(stored=set())
+    seen: list[tuple[int, int]] = []
+    stats = upload_missing(server, fake_pack(tmp_path),  # type: ignore[arg-type]
+                           on_progress=lambda sent, total: seen.append((sent, total)))
+    assert sorted(server.put) == sorted([A, B])
+    assert sorted(server.asked[0]) == sorted([A, B])
+    assert stats == UploadStats(files_sent=2, bytes_sent=2, files_skipped=1, bytes_skipped=1)
+    assert seen[-1] == (2, 2)
+
+
+def test_upload_skips_what_the_server_has(tmp_path: Path) -> None:
+    server = RecordingServer(stored={A, B})
+    stats = upload_missing(server, fake_pack(tmp_path))  # type: ignore[arg-type]
+    assert server.put == []
+    assert stats == UploadStats(files_sent=0, bytes_sent=0, files_skipped=3, bytes_skipped=3)
