@@ -264,8 +264,7 @@ class Agent:
             return m.TaskFailed(task_id=a.task_id, error=_disk_message(exc, "download the files"),
                                 reason="download_failed", retryable=True)
         out_dir = self.config.work_dir / "out" / a.task_id
-        shutil.rmtree(out_dir, ignore_errors=True)
-        out_dir.mkdir(parents=True)
+        await asyncio.to_thread(_fresh_dir, out_dir)
         state = _Rendering(held)
         try:
             runner = await self._runner_for(a)
@@ -290,7 +289,7 @@ class Agent:
             if not self.config.persistent:
                 await self._drop_runner()
         self.frames_rendered += len(outputs)
-        shutil.rmtree(out_dir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, out_dir, True)
         return m.TaskDone(task_id=a.task_id, outputs=outputs, seconds=time.monotonic() - t0)
 
     def _overrides(self, a: m.Assign) -> dict[str, Any]:
@@ -304,7 +303,7 @@ class Agent:
             return self.runner
         await self._drop_runner()
         logs = self.config.work_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(logs.mkdir, parents=True, exist_ok=True)
         self.runner = await Runner.start(
             self.blender.path, str(self.job_dir(a.job_id) / a.blend), cwd=str(self.job_dir(a.job_id)),
             log_path=str(logs / f"{a.job_id}.log"),
@@ -339,7 +338,7 @@ class Agent:
         """Check a written frame, upload it (retrying through outages), announce it."""
         await asyncio.to_thread(check_image, path)
         sha = await asyncio.to_thread(sha256_file, path)
-        size = os.path.getsize(path)
+        size = await asyncio.to_thread(os.path.getsize, path)
         await self._upload(sha, path, size)
         name = os.path.basename(path)
         self.send(m.FrameDone(task_id=a.task_id, frame=frame, sha256=sha, size=size, name=name))
@@ -350,18 +349,20 @@ class Agent:
         url = f"{self.config.server.rstrip('/')}/api/blobs/{sha}"
         delay = 0.5
         while True:
+            f = await asyncio.to_thread(open, path, "rb")
             try:
-                with open(path, "rb") as f:
-                    async with self._http.put(url, data=f, headers={
-                            "Content-Length": str(size),
-                            "Content-Type": "application/octet-stream"}) as resp:
-                        if resp.status in (200, 201):
-                            return
-                        text = await resp.text()
-                        if resp.status < 500:
-                            raise OSError(f"the server refused the frame: {resp.status} {text[:200]}")
+                async with self._http.put(url, data=f, headers={
+                        "Content-Length": str(size),
+                        "Content-Type": "application/octet-stream"}) as resp:
+                    if resp.status in (200, 201):
+                        return
+                    text = await resp.text()
+                    if resp.status < 500:
+                        raise OSError(f"the server refused the frame: {resp.status} {text[:200]}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("upload of %s failed (%s); retrying", os.path.basename(path), exc)
+            finally:
+                await asyncio.to_thread(f.close)
             await asyncio.sleep(delay)  # the server may be restarting: keep the frame, retry
             delay = min(delay * 2, self.config.reconnect_max)
 
@@ -369,6 +370,11 @@ class Agent:
 def _hash_write(h: Any, f: Any, chunk: bytes) -> None:
     h.update(chunk)
     f.write(chunk)
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
 
 
 def _disk_message(exc: BaseException, doing: str) -> str:

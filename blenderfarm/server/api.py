@@ -14,6 +14,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -99,8 +100,9 @@ async def blob_put(request: web.Request) -> web.Response:
         raise FarmError("not a lowercase hex sha256", "bad_hash")
     if request.content_length is not None and request.content_length > blobs.max_size:
         raise BlobError(f"blob larger than {blobs.max_size} bytes", sha, "too_large")
-    if await asyncio.to_thread(blobs.exists, sha):
-        return web.json_response({"sha256": sha, "size": blobs.path(sha).stat().st_size})
+    size = await asyncio.to_thread(blobs.size, sha)
+    if size is not None:  # already stored: the body need not be read
+        return web.json_response({"sha256": sha, "size": size})
 
     async def chunks() -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_chunked(1 << 20):
@@ -173,28 +175,32 @@ async def job_outputs_zip(request: web.Request) -> web.StreamResponse:
     farm = request.app[FARM]
     job = farm.job(request.match_info["job_id"])
     files = [(o.name, farm.output_path(job.id, o.name)) for o in job.outputs.values()]
-    fd, tmp = tempfile.mkstemp(suffix=".zip", dir=farm.blobs.tmp)
-    os.close(fd)
-
-    def build() -> None:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-            for name, path in sorted(files):
-                z.write(path, name)
-
+    tmp = await asyncio.to_thread(_build_zip, files, farm.blobs.tmp)
     try:
-        await asyncio.to_thread(build)
         resp = web.StreamResponse(headers={
             "Content-Type": "application/zip",
             "Content-Disposition": f'attachment; filename="{job.output_name}.zip"'})
-        resp.content_length = os.path.getsize(tmp)
+        resp.content_length = await asyncio.to_thread(os.path.getsize, tmp)
         await resp.prepare(request)
-        with open(tmp, "rb") as f:
+        f = await asyncio.to_thread(open, tmp, "rb")
+        try:
             while chunk := await asyncio.to_thread(f.read, 1 << 20):
                 await resp.write(chunk)
+        finally:
+            await asyncio.to_thread(f.close)
         await resp.write_eof()
         return resp
     finally:
-        os.unlink(tmp)
+        await asyncio.to_thread(os.unlink, tmp)
+
+
+def _build_zip(files: list[tuple[str, Path]], tmp_dir: Path) -> str:
+    """Frames are already compressed: store them (fast, and the size is known up front)."""
+    fd, tmp = tempfile.mkstemp(suffix=".zip", dir=tmp_dir)
+    with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED) as z:
+        for name, path in sorted(files):
+            z.write(path, name)
+    return tmp
 
 
 @routes.get("/api/jobs/{job_id}/outputs/{name}")

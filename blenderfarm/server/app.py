@@ -1,4 +1,7 @@
-"""``make_app(config)``: the one factory that builds bf-server's aiohttp application."""
+"""``make_app(config)``: the one factory that builds bf-server's aiohttp application.
+
+It does no I/O: folders and the database are opened when the app starts.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,6 @@ from .store import Store
 
 
 def make_app(config: ServerConfig) -> web.Application:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(config.data_dir / "farm.db")
     blobs = BlobStore(config.data_dir / "blobs", max_size=config.max_blob_size)
     farm = Farm(config, store, blobs)

@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..protocol.hashing import is_sha256
 
@@ -31,9 +32,15 @@ class BlobStore:
     def __init__(self, root: Path, max_size: int = 64 * 1024**3) -> None:
         self.root = root
         self.tmp = root / "tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True)
         self.max_size = max_size
         self.bytes_received = 0
+
+    def prepare(self) -> None:
+        """Create the folders and drop temporary files a crash left behind."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def path(self, sha256: str) -> Path:
         if not is_sha256(sha256):
@@ -43,28 +50,32 @@ class BlobStore:
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
+    def size(self, sha256: str) -> int | None:
+        try:
+            return self.path(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
+
     def missing(self, hashes: list[str]) -> list[str]:
         return [h for h in dict.fromkeys(hashes) if not self.exists(h)]
 
     async def write(self, sha256: str, chunks: AsyncIterator[bytes]) -> int:
         """Store the streamed bytes under ``sha256``; raise BlobError if they hash otherwise."""
         final = self.path(sha256)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix=sha256[:12] + ".")
+        f, tmp_name = await asyncio.to_thread(self._open_temp, sha256)
         h = hashlib.sha256()
         size = 0
         buf = bytearray()
         try:
-            with os.fdopen(fd, "wb") as f:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > self.max_size:
-                        raise BlobError(f"blob larger than {self.max_size} bytes", sha256,
-                                        "too_large")
-                    buf += chunk
-                    if len(buf) >= 1 << 20:
-                        await asyncio.to_thread(_write_hash, f, h, bytes(buf))
-                        buf.clear()
-                await asyncio.to_thread(_write_hash, f, h, bytes(buf), True)
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > self.max_size:
+                    raise BlobError(f"blob larger than {self.max_size} bytes", sha256, "too_large")
+                buf += chunk
+                if len(buf) >= 1 << 20:  # hash and write in 1 MiB steps, off the loop
+                    await asyncio.to_thread(_write_hash, f, h, bytes(buf))
+                    buf.clear()
+            await asyncio.to_thread(_write_hash, f, h, bytes(buf), True)
             digest = h.hexdigest()
             if digest != sha256:
                 raise BlobError(f"content hashes to {digest}, not {sha256}", sha256, "hash_mismatch")
@@ -72,8 +83,11 @@ class BlobStore:
             self.bytes_received += size
             return size
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
+            await asyncio.to_thread(_discard, f, tmp_name)
+
+    def _open_temp(self, sha256: str) -> tuple[BinaryIO, str]:
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=sha256[:12] + ".")
+        return os.fdopen(fd, "wb"), name
 
     def link_to(self, sha256: str, dest: Path) -> None:
         """Make ``dest`` a copy of the blob (hard link where the file system allows)."""
@@ -91,12 +105,18 @@ class BlobStore:
         os.replace(tmp, dest)
 
 
-def _write_hash(f: object, h: hashlib._Hash, data: bytes, final: bool = False) -> None:
+def _write_hash(f: BinaryIO, h: hashlib._Hash, data: bytes, final: bool = False) -> None:
     h.update(data)
-    f.write(data)  # type: ignore[attr-defined]
+    f.write(data)
     if final:
-        f.flush()  # type: ignore[attr-defined]
-        os.fsync(f.fileno())  # type: ignore[attr-defined]
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _discard(f: BinaryIO, tmp_name: str) -> None:
+    f.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp_name)  # gone already when the blob was placed
 
 
 def _place(tmp: Path, final: Path) -> None:

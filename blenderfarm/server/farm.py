@@ -78,6 +78,8 @@ class Farm:
 
     # --- start-up and shutdown --------------------------------------------------------------
     async def start(self) -> None:
+        await asyncio.to_thread(self.config.data_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self.blobs.prepare)
         loaded = await self.store.open()
         for job in loaded.jobs:
             self.jobs[job.id] = job
