@@ -6,6 +6,7 @@ so a pack that still pointed at the artist's files would fail here.
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,23 @@ class TestTexturedProject:
         shutil.rmtree(project)
         assert np.array_equal(render_packed(packed, tmp_path / "out"), original_frame)
 
+    @pytest.mark.parametrize("root", [None, "shots"])
+    def test_by_reference_matches_a_full_copy(self, project: Path, tmp_path: Path,
+                                              root: str | None) -> None:
+        shot = project / "shots" / "shot.blend"
+        proot = project / root if root else None
+        full = pack_project(shot, project_root=proot, workdir=tmp_path / "full")
+        light = pack_project(shot, project_root=proot, workdir=tmp_path / "light", copy=False)
+        assert light.manifest == full.manifest and light.sizes == full.sizes
+        assert light.blend == full.blend
+        # Only .blend files were copied; the texture is read from the artist's folder.
+        copied = {p.name for p in light.root.rglob("*") if p.is_file()}
+        assert copied == {"shot.blend", "props.blend"}
+        texture = next(r for r in light.manifest if r.endswith("checker.png"))
+        assert light.path_of(texture) == project / "textures" / "checker.png"
+        for rel, digest in light.manifest.items():
+            assert sha256_file(light.path_of(rel)) == digest
+
     def test_missing_texture_is_reported(self, project: Path, tmp_path: Path) -> None:
         texture = project / "textures" / "checker.png"
         texture.unlink()
@@ -106,6 +124,25 @@ class TestTexturedProject:
         (tmp_path / "pack" / "stale.txt").write_text("old")
         with pytest.raises(PackError, match="empty"):
             pack_project(project / "shots" / "shot.blend", workdir=tmp_path / "pack")
+
+    def test_damaged_blend_is_one_error(self, project: Path, tmp_path: Path) -> None:
+        # Flips bytes in the first half only: BAT 1.23 can loop forever on a damaged
+        # DNA name (it sits at the end of the file), which no caller can catch.
+        shot = project / "shots" / "shot.blend"
+        data = shot.read_bytes()
+        rnd = random.Random(7)
+        for i in range(16):
+            damaged = bytearray(data)
+            for _ in range(rnd.randint(1, 30)):
+                damaged[rnd.randrange(12, len(data) // 2)] = rnd.randrange(256)
+            if i % 3 == 0:
+                damaged = damaged[: rnd.randrange(12, len(data))]
+            shot.write_bytes(damaged)
+            try:
+                pack_project(shot, workdir=tmp_path / f"pack{i}")
+                scene_frame_range(shot)
+            except PackError as exc:
+                assert "shot.blend" in exc.path or "props.blend" in exc.path
 
     def test_spec_from_a_real_pack(self, project: Path, tmp_path: Path) -> None:
         packed = pack_project(project / "shots" / "shot.blend", workdir=tmp_path / "pack")

@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     debug, as_json = getattr(args, "debug", False), getattr(args, "json", False)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not debug:  # BAT warns of what bf reports itself (missing files, damaged .blend)
+        logging.getLogger("blender_asset_tracer").setLevel(logging.ERROR)
     try:
         ctx = _make_ctx(args, as_json)
         return int(args.func(args, ctx))
@@ -254,8 +256,9 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
     _prevalidate(args, frames, overrides)
     _check_server(ctx)  # before packing: a long pack then "unreachable" wastes minutes
     with tempfile.TemporaryDirectory(prefix="bf-pack-") as tmp:
+        # copy=False: textures are hashed and sent from where they lie, not duplicated.
         packed = pack_project(blend, project_root=args.project_root,
-                              workdir=pathlib.Path(tmp, "pack"))
+                              workdir=pathlib.Path(tmp, "pack"), copy=False)
         ctx.say(f"Packed {len(packed.manifest)} file(s), {fmt.format_bytes(packed.total_bytes)}, "
                 f"from {packed.project_root}")
         for path in packed.missing:

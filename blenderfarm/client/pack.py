@@ -2,7 +2,8 @@
 
 :func:`pack_project` copies the .blend with its dependencies (textures, linked
 libraries, caches; also files outside the project folder) into a work folder with
-blender-asset-tracer (BAT) and hashes every file there into a manifest;
+blender-asset-tracer (BAT), or with ``copy=False`` copies only the .blend files and
+notes where the others lie, and hashes every file into a manifest;
 :func:`build_spec` turns the result into a validated job spec; :func:`upload_missing`
 sends the server only the blobs it does not have yet.
 
@@ -13,17 +14,23 @@ BAT keeps a process-wide cache of open .blend files, so one pack runs at a time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import struct
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from blender_asset_tracer import blendfile, bpathlib, trace
-from blender_asset_tracer.blendfile.exceptions import BlendFileError
-from blender_asset_tracer.pack import Aborted, Packer
+from blender_asset_tracer.blendfile.exceptions import (
+    BlendFileError,
+    NoReaderImplemented,
+    SegmentationFault,
+)
+from blender_asset_tracer.pack import Aborted, Packer, filesystem, transfer
 from blender_asset_tracer.pack import progress as bat_progress
 
 from ..protocol.hashing import sha256_file
@@ -58,10 +65,16 @@ class PackResult:
     missing: list[str]  # absolute paths of dependencies that do not exist
     sizes: dict[str, int]  # relpath -> bytes
     project_root: pathlib.Path = field(default_factory=pathlib.Path)  # where it came from
+    # Files left where they are (``copy=False``): relpath -> the original to read.
+    sources: dict[str, pathlib.Path] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
         return sum(self.sizes.values())
+
+    def path_of(self, rel: str) -> pathlib.Path:
+        """The file holding the bytes of manifest entry ``rel``."""
+        return self.sources.get(rel) or self.root / rel
 
 
 @dataclass
@@ -80,12 +93,16 @@ def pack_project(
     *,
     project_root: str | os.PathLike[str] | None = None,
     workdir: str | os.PathLike[str],
+    copy: bool = True,
     progress_cb: bat_progress.Callback | None = None,
 ) -> PackResult:
     """Copy ``blend_path`` and its dependencies into ``workdir`` and hash them.
 
     ``workdir`` must be missing or empty (stale files would enter the manifest).
-    ``project_root`` defaults to :func:`guess_project_root`. Raises PackError.
+    ``project_root`` defaults to :func:`guess_project_root`. With ``copy=False`` only
+    .blend files are copied (BAT may rewrite them, and an artist may save one during
+    the upload); other files are hashed where they lie and listed in ``sources``, so
+    a submit does not duplicate gigabytes of textures. Raises PackError.
     """
     blend = _check_blend(blend_path)
     target = bpathlib.make_absolute(pathlib.Path(workdir))
@@ -101,7 +118,7 @@ def pack_project(
             if not _is_inside(blend, root):
                 raise PackError(f"the .blend is not inside the project folder {root}", blend)
             target.mkdir(parents=True, exist_ok=True)
-            missing, out = _run_packer(blend, root, target, progress_cb)
+            missing, out, sources = _run_packer(blend, root, target, copy, progress_cb)
         finally:
             # BAT caches open files process-wide: a long-lived add-on would otherwise
             # keep handles open (Windows then refuses to save) and read stale data.
@@ -109,14 +126,15 @@ def pack_project(
     info = target / BAT_INFO_FILE
     if info.exists():
         info.unlink()
-    manifest, sizes = hash_tree(target)
+    manifest, sizes = hash_tree(target, sources)
     return PackResult(
         root=target,
-        blend=normalize_relpath(out.relative_to(target).as_posix()),
+        blend=_relpath(out, target),
         manifest=manifest,
         missing=missing,
         sizes=sizes,
         project_root=root,
+        sources=sources,
     )
 
 
@@ -135,26 +153,90 @@ def _is_inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
     return True
 
 
+# What BAT's reader raises on damaged bytes: besides its own errors, whatever a bad
+# length or offset makes struct, bytes.decode or a list index raise on the way.
+_DAMAGED = (BlendFileError, SegmentationFault, NoReaderImplemented, struct.error, EOFError,
+            IndexError, KeyError, ValueError, AssertionError)
+
+
+@contextlib.contextmanager
+def _reading(blend: pathlib.Path) -> Iterator[None]:
+    """Turn any failure to parse a .blend (or a library it links) into PackError."""
+    try:
+        yield
+    except PackError:
+        raise
+    except (*_DAMAGED, OSError) as exc:
+        path = getattr(exc, "filepath", None) or blend
+        detail = str(exc) if isinstance(exc, BlendFileError) else f"{type(exc).__name__}: {exc}"
+        raise PackError(f"not a readable .blend file ({detail})", path) from exc
+
+
+class _ReferencingCopier(filesystem.FileCopier):
+    """BAT's copier, except that it notes, not copies, files other than .blend files.
+
+    ``_copy`` is the hook BAT's own CompressedFileCopier overrides. Should a BAT
+    release stop calling it, files are simply copied again: slower, still right.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.referenced: dict[pathlib.Path, pathlib.Path] = {}  # pack path -> original
+        self._lock = threading.Lock()
+
+    def _copy(self, srcpath: pathlib.Path, dstpath: pathlib.Path) -> None:
+        if srcpath.suffix.lower() == ".blend":
+            super()._copy(srcpath, dstpath)
+            return
+        with self._lock:
+            self.referenced[pathlib.Path(dstpath)] = pathlib.Path(srcpath)
+
+
+class _Packer(Packer):
+    def __init__(self, *args: Any, copy: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.copy = copy
+        self.referencing: _ReferencingCopier | None = None
+
+    def _create_file_transferer(self) -> transfer.FileTransferer:
+        if self.copy:
+            return super()._create_file_transferer()
+        self.referencing = _ReferencingCopier()
+        return self.referencing
+
+
 def _run_packer(
     blend: pathlib.Path,
     root: pathlib.Path,
     target: pathlib.Path,
+    copy: bool,
     progress_cb: bat_progress.Callback | None,
-) -> tuple[list[str], pathlib.Path]:
-    try:
-        with Packer(blend, root, str(target)) as packer:
-            if progress_cb is not None:
-                packer.progress_cb = progress_cb
+) -> tuple[list[str], pathlib.Path, dict[str, pathlib.Path]]:
+    packer = _Packer(blend, root, str(target), copy=copy)
+    with packer:
+        if progress_cb is not None:
+            packer.progress_cb = progress_cb
+        with _reading(blend):
             packer.strategise()
+        try:
             packer.execute()
-            missing = sorted(str(p) for p in packer.missing_files)
-            return missing, pathlib.Path(packer.output_path)
-    except BlendFileError as exc:
-        raise PackError(f"not a readable .blend file ({exc})", exc.filepath) from exc
-    except Aborted as exc:
-        raise PackError(f"packing stopped: {exc or 'aborted'}", blend) from exc
-    except OSError as exc:
-        raise PackError(f"cannot copy the project: {exc}", exc.filename or blend) from exc
+        except _DAMAGED as exc:  # rewriting paths re-reads the files
+            raise PackError(f"not a readable .blend file ({exc})", blend) from exc
+        except Aborted as exc:
+            raise PackError(f"packing stopped: {exc or 'aborted'}", blend) from exc
+        except OSError as exc:
+            raise PackError(f"cannot copy the project: {exc}", exc.filename or blend) from exc
+        missing = sorted(str(p) for p in packer.missing_files)
+        referenced = packer.referencing.referenced if packer.referencing else {}
+        sources = {_relpath(dst, target): src for dst, src in referenced.items()}
+        return missing, pathlib.Path(packer.output_path), sources
+
+
+def _relpath(path: pathlib.Path, root: pathlib.Path) -> str:
+    try:
+        return normalize_relpath(path.relative_to(root).as_posix())
+    except PathError as exc:
+        raise PackError(f"the farm cannot carry this file name: {exc}", path) from exc
 
 
 def guess_project_root(blend: pathlib.Path) -> pathlib.Path:
@@ -168,12 +250,10 @@ def guess_project_root(blend: pathlib.Path) -> pathlib.Path:
     """
     folder = blend.parent
     folders = [folder]
-    try:
+    with _reading(blend):
         for usage in trace.deps(blend):
             if usage.asset_path.is_blendfile_relative():
                 folders.append(bpathlib.make_absolute(usage.abspath).parent)
-    except BlendFileError as exc:
-        raise PackError(f"not a readable .blend file ({exc})", exc.filepath) from exc
     try:
         common = pathlib.Path(os.path.commonpath([str(f) for f in folders]))
     except ValueError:  # different drives
@@ -183,17 +263,16 @@ def guess_project_root(blend: pathlib.Path) -> pathlib.Path:
     return common
 
 
-def hash_tree(root: pathlib.Path) -> tuple[dict[str, str], dict[str, int]]:
-    """SHA-256 and size of every file under ``root``, keyed by normalised relpath."""
-    files: dict[str, pathlib.Path] = {}
+def hash_tree(
+    root: pathlib.Path, sources: Mapping[str, pathlib.Path] | None = None
+) -> tuple[dict[str, str], dict[str, int]]:
+    """SHA-256 and size of every file under ``root`` plus those in ``sources``
+    (normalised relpath -> a file elsewhere), keyed by normalised relpath."""
+    files: dict[str, pathlib.Path] = dict(sources or {})
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
             path = pathlib.Path(dirpath, name)
-            raw = path.relative_to(root).as_posix()
-            try:
-                files[normalize_relpath(raw)] = path
-            except PathError as exc:
-                raise PackError(f"the farm cannot carry this file name: {exc}", path) from exc
+            files[_relpath(path, root)] = path
     # hashlib releases the GIL on big buffers, so threads do overlap here.
     workers = min(8, (os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bf-hash") as pool:
@@ -214,15 +293,12 @@ def scene_frame_range(
     missing or unreadable file or an unknown scene name.
     """
     blend = _check_blend(blend_path)
-    try:
-        with blendfile.BlendFile(blend) as bfile:
-            block = _find_scene(bfile, scene)
-            if block is None:
-                what = f"no scene named {scene!r}" if scene else "no scene"
-                raise PackError(f"{what} in {blend.name}", blend)
-            return int(block.get((b"r", b"sfra"))), int(block.get((b"r", b"efra")))
-    except BlendFileError as exc:
-        raise PackError(f"not a readable .blend file ({exc})", exc.filepath) from exc
+    with _reading(blend), blendfile.BlendFile(blend) as bfile:
+        block = _find_scene(bfile, scene)
+        if block is None:
+            what = f"no scene named {scene!r}" if scene else "no scene"
+            raise PackError(f"{what} in {blend.name}", blend)
+        return int(block.get((b"r", b"sfra"))), int(block.get((b"r", b"efra")))
 
 
 def _find_scene(bfile: blendfile.BlendFile, name: str | None) -> Any:
@@ -300,6 +376,6 @@ def upload_missing(
             on_progress(stats.bytes_sent, total)
 
     for digest, rel in to_send:
-        client.put_blob(digest, pack_result.root / rel, on_bytes=sent)
+        client.put_blob(digest, pack_result.path_of(rel), on_bytes=sent)
         stats.files_sent += 1
     return stats
