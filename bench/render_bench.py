@@ -85,7 +85,7 @@ def farm(blend: Path, frames: int, work: Path, persistent: bool, url: str) -> fl
             time.sleep(0.1)
         t0 = time.perf_counter()  # the user's wait: pack, upload, render, every frame stored
         with tempfile.TemporaryDirectory() as tmp:
-            packed = pack_project(blend, workdir=Path(tmp) / "pack")
+            packed = pack_project(blend, workdir=Path(tmp) / "pack", copy=False)
             upload_missing(client, packed)
             spec = build_spec(packed, name=node_dir.name, frames=f"1-{frames}", chunk=1,
                               priority=50, overrides={})

@@ -243,3 +243,17 @@ async def test_state_survives_a_restart(tmp_path) -> None:
         await node.finish(assign)
         await node.close()
         await asyncio.sleep(0)
+
+
+async def test_a_lone_node_gets_its_failed_task_back_after_the_ack(farm) -> None:
+    a = farm.node()
+    await a.connect()
+    j = await submit(farm, frames="1")
+    first = await a.expect(m.Assign)
+    await a.send(m.TaskFailed(task_id=first.task_id, error="flaky disk"))
+    ack = await a.inbox.get()
+    again = await a.inbox.get()
+    assert isinstance(ack, m.Ack) and isinstance(again, m.Assign)  # in that order
+    assert again.task_id == first.task_id and again.attempt == 2
+    await a.finish(again)
+    assert (await job(farm, j["id"]))["status"] == "completed"

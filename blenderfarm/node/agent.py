@@ -75,6 +75,7 @@ class Agent:
         self.runner_job: str | None = None
         self._outbox: asyncio.Queue[bytes] | None = None
         self._wake = asyncio.Event()
+        self._job_locks: dict[str, asyncio.Lock] = {}
         self._http: aiohttp.ClientSession | None = None
         self.connected = asyncio.Event()
         self.frames_rendered = 0
@@ -169,8 +170,10 @@ class Agent:
 
     def _handle(self, msg: m.Message) -> None:
         if isinstance(msg, m.Assign):
-            if msg.task_id in self.held or msg.task_id in self.reports:
+            if msg.task_id in self.held:
                 return
+            # a new attempt supersedes the report of an earlier one
+            self.reports.pop(msg.task_id, None)
             held = Held(msg)
             held.prepare = asyncio.create_task(self._prepare(msg))
             self.held[msg.task_id] = held
@@ -204,7 +207,9 @@ class Agent:
         for sha in dict.fromkeys(a.manifest.values()):
             if not await asyncio.to_thread(self.cache.has, sha):
                 await self._download(sha)
-        await asyncio.to_thread(self.cache.materialise, a.manifest, self.job_dir(a.job_id))
+        lock = self._job_locks.setdefault(a.job_id, asyncio.Lock())
+        async with lock:  # prefetched tasks of one job lay out the same folder
+            await asyncio.to_thread(self.cache.materialise, a.manifest, self.job_dir(a.job_id))
 
     async def _download(self, sha: str) -> None:
         assert self._http is not None

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from ..protocol.hashing import is_sha256
@@ -70,7 +71,7 @@ class BlobCache:
                 if os.path.samefile(src, dest):
                     continue
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".bf-tmp")
+            tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.bf-tmp")
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             try:

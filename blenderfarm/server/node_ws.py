@@ -112,10 +112,11 @@ async def _handle(farm: Farm, session: NodeSession, data: bytes) -> None:
         elif isinstance(msg, m.TaskDone):
             await _task_done(farm, session, msg)
         elif isinstance(msg, m.TaskFailed):
+            # ack first: a retry of this task may be assigned back to the same node
+            session.send(m.Ack(task_id=msg.task_id))
             task = farm.held_by(rec, msg.task_id)
             if task is not None:
                 farm.fail_task(rec, task, msg)
-            session.send(m.Ack(task_id=msg.task_id))
         elif isinstance(msg, m.Log):
             pass  # live logs arrive with the dashboard work
         else:
