@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
-import threading
 from pathlib import Path
 
-from ..protocol.hashing import is_sha256
+from ..protocol.hashing import is_sha256, link_or_copy
 from ..protocol.paths import normalize_relpath
 
 
@@ -70,13 +68,5 @@ class BlobCache:
             with contextlib.suppress(FileNotFoundError):
                 if os.path.samefile(src, dest):
                     continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.bf-tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
+            link_or_copy(src, dest)
 

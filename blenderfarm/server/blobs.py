@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ..protocol.hashing import is_sha256
+from ..protocol.hashing import is_sha256, link_or_copy
 
 
 class BlobError(ValueError):
@@ -91,18 +91,7 @@ class BlobStore:
 
     def link_to(self, sha256: str, dest: Path) -> None:
         """Make ``dest`` a copy of the blob (hard link where the file system allows)."""
-        src = self.path(sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            import shutil
-
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        link_or_copy(self.path(sha256), dest)
 
 
 def _write_hash(f: BinaryIO, h: hashlib._Hash, data: bytes, final: bool = False) -> None:

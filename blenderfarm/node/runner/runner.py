@@ -369,6 +369,8 @@ def _error_event(task_id, exc: TaskError) -> dict:
 
 
 def parse_fraction(stats: str) -> float | None:
+    # Twin of runner_proc.parse_fraction: this script runs inside Blender and can import
+    # nothing of blenderfarm, so the few lines live in both places.
     for pattern in _FRACTIONS:
         m = pattern.search(stats)
         if m and int(m.group(2)) > 0:
