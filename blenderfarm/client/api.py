@@ -229,6 +229,30 @@ class Client:
         nodes: list[dict[str, Any]] = self._json("GET", "/api/nodes")["nodes"]
         return nodes
 
+    # --- control ----------------------------------------------------------------------------
+
+    def job_action(self, job_id: str, action: str, payload: Any = None) -> dict[str, Any]:
+        """``pause`` (payload {"stop": bool}), ``resume``, ``requeue`` ({"which":
+        "failed"|"all"}), ``priority`` ({"priority": n}) or ``cancel``."""
+        if action not in ("pause", "resume", "requeue", "priority", "cancel"):
+            raise ValueError(f"unknown job action {action!r}")
+        job: dict[str, Any] = self._json("POST", f"/api/jobs/{_q(job_id)}/{action}",
+                                         payload if payload is not None else {})["job"]
+        return job
+
+    def delete_job(self, job_id: str) -> None:
+        self._json("DELETE", f"/api/jobs/{_q(job_id)}")
+
+    def node_action(self, node: str, action: str) -> dict[str, Any]:
+        """``drain``, ``disable`` or ``enable`` a node (by id or name)."""
+        if action not in ("drain", "disable", "enable"):
+            raise ValueError(f"unknown node action {action!r}")
+        rec: dict[str, Any] = self._json("POST", f"/api/nodes/{_q(node)}/{action}", {})["node"]
+        return rec
+
+    def task_log(self, task_id: str) -> str:
+        return str(self._json("GET", f"/api/tasks/{_q(task_id)}/log")["text"])
+
     # --- transport ------------------------------------------------------------------------
 
     def _json(

@@ -32,6 +32,7 @@ from typing import Any, TextIO
 from ..protocol.frames import FrameRangeError, parse_frames
 from ..protocol.jobspec import FORMATS, SpecError, validate_spec
 from ..protocol.version import __version__
+from . import control_cli
 from . import progress as fmt
 from .api import ApiError, Client, ServerUnreachable
 from .pack import PackError, build_spec, pack_project, scene_frame_range, upload_missing
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("cancel", cmd_cancel, "cancel a job").add_argument("job")
     command("nodes", cmd_nodes, "list render nodes")
     command("info", cmd_info, "show the server's version and state")
+    control_cli.add_commands(command)
     return parser
 
 
@@ -154,6 +156,9 @@ def _submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project-root", help="folder the project's paths are relative to "
                    "(default: the smallest folder holding the .blend and its files)")
     p.add_argument("--paused", action="store_true", help="queue the job paused")
+    p.add_argument("--allow-scripts", action="store_true",
+                   help="let Blender run the file's Python (drivers, scripts) on nodes that "
+                        "were started with --allow-scripts")
     p.add_argument("--wait", action="store_true", help="then follow it like `bf wait`")
     _wait_arguments(p)
 
@@ -265,7 +270,7 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
             ctx.say(f"warning: missing file, the render will lack it: {path}")
         spec = build_spec(packed, name=args.name, frames=frames, chunk=args.chunk,
                           priority=args.priority, overrides=overrides, scene=args.scene,
-                          paused=args.paused)
+                          paused=args.paused, scripts=args.allow_scripts)
         stats = upload_missing(ctx.client, packed, on_progress=_upload_meter(ctx))
     ctx.say(f"Uploaded {stats.files_sent} file(s), {fmt.format_bytes(stats.bytes_sent)}; "
             f"skipped {stats.files_skipped} already on the server "

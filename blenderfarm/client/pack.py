@@ -362,6 +362,7 @@ def build_spec(
     overrides: Overrides | Mapping[str, Any] | None = None,
     scene: str | None = None,
     paused: bool = False,
+    scripts: bool = False,
 ) -> dict[str, Any]:
     """The job spec for a packed project, validated; raises protocol's SpecError."""
     if isinstance(overrides, Overrides):
@@ -376,6 +377,7 @@ def build_spec(
         "priority": priority,
         "overrides": override_dict,
         "paused": paused,
+        "scripts": scripts,
     }
     if name is not None:
         data["name"] = name

@@ -271,8 +271,11 @@ class Agent:
         out_dir = self.config.work_dir / "out" / a.task_id
         await asyncio.to_thread(_fresh_dir, out_dir)
         state = _Rendering(held)
+        lines: list[str] = []
+        forward = asyncio.create_task(self._forward_log(a.task_id, lines))
         try:
             runner = await self._runner_for(a)
+            runner.on_log = lines.append
             await runner.render(a.task_id, a.frames, scene=a.scene, overrides=self._overrides(a),
                                 output_dir=str(out_dir), output_name=a.output_name,
                                 on_event=self._on_event(state), watchdog=self.config.watchdog)
@@ -291,11 +294,36 @@ class Agent:
             return m.TaskFailed(task_id=a.task_id, error=_disk_message(exc, "deliver a frame"),
                                 reason="bad_output", retryable=True)
         finally:
+            forward.cancel()
+            self._send_log(a.task_id, lines)
+            if self.runner is not None:
+                self.runner.on_log = None
             if not self.config.persistent:
                 await self._drop_runner()
         self.frames_rendered += len(outputs)
         await asyncio.to_thread(shutil.rmtree, out_dir, True)
         return m.TaskDone(task_id=a.task_id, outputs=outputs, seconds=time.monotonic() - t0)
+
+    async def _forward_log(self, task_id: str, lines: list[str]) -> None:
+        """Ship what Blender printed about once a second: the dashboard's live log."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._send_log(task_id, lines)
+
+    def _send_log(self, task_id: str, lines: list[str]) -> None:
+        if lines:
+            self.send(m.Log(task_id=task_id, text="\n".join(lines)[-200_000:]))
+            lines.clear()
+
+    async def hand_back(self) -> None:
+        """On shutdown: give every held task back to the farm, unfinished, at once."""
+        for task_id, held in list(self.held.items()):
+            held.canceled = True
+            self.send(m.TaskFailed(task_id=task_id, error="the node is shutting down",
+                                   reason="node_stopping", retryable=True))
+        if self.runner is not None:
+            self.runner.kill()
+        await asyncio.sleep(0.2)  # let the sender flush before the socket closes
 
     def _overrides(self, a: m.Assign) -> dict[str, Any]:
         overrides = dict(a.overrides)

@@ -78,12 +78,19 @@ async def _main(cfg: NodeConfig) -> int:
     agent = Agent(cfg, info)
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stopping.set)
+    stopper = asyncio.create_task(stopping.wait())
     try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            log.info("stopping: handing unfinished tasks back to the farm")
+            await agent.hand_back()
+            task.cancel()
         await task
     except asyncio.CancelledError:
-        log.info("stopping")
+        log.info("stopped")
     except FatalError as exc:
         print(f"bf-node: the server refused this node: {exc}", file=sys.stderr)
         return 1

@@ -132,6 +132,8 @@ class Runner:
         self._last_progress = 0.0
         self._frame: int | None = None  # the frame being rendered, for progress
         self.hello: dict[str, Any] = {}
+        #: called with each line Blender prints (the agent forwards them as live logs)
+        self.on_log: Callable[[str], None] | None = None
 
     # --- starting ------------------------------------------------------------------------
 
@@ -261,6 +263,8 @@ class Runner:
         if not line:
             return
         self._tail.append(line)
+        if self.on_log is not None:
+            self.on_log(line)
         m = _STATS_LINE.match(line)
         if m and self._busy:
             self._events.put_nowait({"ev": "progress", "frame": int(m.group(1)),

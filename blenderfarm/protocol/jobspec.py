@@ -58,6 +58,9 @@ class JobSpec:
     priority: int = 50
     overrides: Overrides = field(default_factory=Overrides)
     paused: bool = False
+    #: let Blender run Python inside the .blend (drivers, startup scripts); only nodes
+    #: started with --allow-scripts honour it
+    scripts: bool = False
 
     @property
     def frame_list(self) -> list[int]:
@@ -170,9 +173,9 @@ def validate_spec(data: Any) -> JobSpec:
     name = _str(data, "name", "") or blend.rsplit("/", 1)[-1][: -len(".blend")]
     if any(ord(c) < 32 for c in name):
         raise SpecError("name", "control character in name")
-    paused = data.get("paused", False)
-    if not isinstance(paused, bool):
-        raise SpecError("paused", "must be true or false")
+    for flag in ("paused", "scripts"):
+        if not isinstance(data.get(flag, False), bool):
+            raise SpecError(flag, "must be true or false")
     return JobSpec(
         name=name,
         blend=blend,
@@ -182,7 +185,8 @@ def validate_spec(data: Any) -> JobSpec:
         chunk=_int(data, "chunk", "", 1, 10_000, 1),
         priority=_int(data, "priority", "", 0, 100, 50),
         overrides=validate_overrides(data.get("overrides")),
-        paused=paused,
+        paused=data.get("paused", False),
+        scripts=data.get("scripts", False),
     )
 
 

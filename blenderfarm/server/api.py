@@ -23,6 +23,8 @@ from ..protocol import PROTOCOL_VERSION
 from ..protocol.hashing import is_sha256
 from ..protocol.jobspec import SpecError, validate_spec
 from ..protocol.version import __version__
+from . import control
+from .auth import AUTH
 from .blobs import BlobError
 from .farm import FarmError
 from .keys import FARM
@@ -75,7 +77,7 @@ async def read_json(request: web.Request) -> Any:
 async def info(request: web.Request) -> web.Response:
     farm = request.app[FARM]
     return web.json_response({"server_version": __version__, "protocol": PROTOCOL_VERSION,
-                              "auth_required": False, **farm.info()})
+                              "auth_required": request.app[AUTH].required, **farm.info()})
 
 
 # --- blobs -----------------------------------------------------------------------------------
@@ -162,6 +164,55 @@ async def job_cancel(request: web.Request) -> web.Response:
     return web.json_response({"job": farm.job_json(farm.cancel(request.match_info["job_id"]))})
 
 
+@routes.post("/api/jobs/{job_id}/pause")
+async def job_pause(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    body = await read_json(request) if request.can_read_body else {}
+    stop = bool(body.get("stop")) if isinstance(body, dict) else False
+    return web.json_response({"job": farm.job_json(control.pause(
+        farm, request.match_info["job_id"], stop=stop))})
+
+
+@routes.post("/api/jobs/{job_id}/resume")
+async def job_resume(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    return web.json_response({"job": farm.job_json(control.resume(farm, request.match_info["job_id"]))})
+
+
+@routes.post("/api/jobs/{job_id}/requeue")
+async def job_requeue(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    body = await read_json(request) if request.can_read_body else {}
+    which = body.get("which", "failed") if isinstance(body, dict) else None
+    return web.json_response({"job": farm.job_json(control.requeue(
+        farm, request.match_info["job_id"], str(which)))})
+
+
+@routes.post("/api/jobs/{job_id}/priority")
+async def job_priority(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    body = await read_json(request)
+    priority = body.get("priority") if isinstance(body, dict) else None
+    return web.json_response({"job": farm.job_json(control.set_priority(
+        farm, request.match_info["job_id"], priority))})
+
+
+@routes.delete("/api/jobs/{job_id}")
+async def job_delete(request: web.Request) -> web.Response:
+    await control.delete(request.app[FARM], request.match_info["job_id"])
+    return web.json_response({"deleted": request.match_info["job_id"]})
+
+
+@routes.get("/api/tasks/{task_id}/log")
+async def task_log(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    task = farm.tasks.get(request.match_info["task_id"])
+    if task is None:
+        raise FarmError(f"no task {request.match_info['task_id']!r}", "not_found", 404)
+    text = await asyncio.to_thread(farm.read_log, task)
+    return web.json_response({"text": text, "task_id": task.id, "status": task.status})
+
+
 @routes.get("/api/jobs/{job_id}/outputs")
 async def job_outputs(request: web.Request) -> web.Response:
     farm = request.app[FARM]
@@ -214,7 +265,14 @@ async def job_output_file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(farm.output_path(job.id, out.name))
 
 
-# --- nodes -----------------------------------------------------------------------------------
+# --- nodes ---------------------------------------------------------------------------------
+@routes.post("/api/nodes/{node_id}/{action:drain|disable|enable}")
+async def node_action(request: web.Request) -> web.Response:
+    farm = request.app[FARM]
+    act = {"drain": control.drain, "disable": control.disable, "enable": control.enable}
+    rec = act[request.match_info["action"]](farm, request.match_info["node_id"])
+    return web.json_response({"node": rec.to_json()})
+
 @routes.get("/api/nodes")
 async def node_list(request: web.Request) -> web.Response:
     farm = request.app[FARM]

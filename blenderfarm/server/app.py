@@ -11,12 +11,14 @@ from aiohttp import web
 
 from ..protocol import messages as m
 from .api import errors_middleware, routes
+from .auth import AUTH, Auth, auth_middleware, refresh_ctx
 from .blobs import BlobStore
 from .config import ServerConfig
 from .farm import Farm
 from .keys import FARM
 from .node_ws import node_socket
 from .store import Store
+from .tokens import TokenCache
 
 
 def make_app(config: ServerConfig) -> web.Application:
@@ -24,11 +26,14 @@ def make_app(config: ServerConfig) -> web.Application:
     blobs = BlobStore(config.data_dir / "blobs", max_size=config.max_blob_size)
     farm = Farm(config, store, blobs)
     # Blob uploads stream, so the body limit only bounds JSON bodies read whole.
-    app = web.Application(middlewares=[errors_middleware], client_max_size=m.MAX_MESSAGE * 4)
+    app = web.Application(middlewares=[auth_middleware, errors_middleware],
+                          client_max_size=m.MAX_MESSAGE * 4)
     app[FARM] = farm
+    app[AUTH] = Auth(TokenCache(config.data_dir / "farm.db"))
     app.add_routes(routes)
     app.router.add_get("/ws/node", node_socket)
     app.cleanup_ctx.append(_farm_ctx)
+    app.cleanup_ctx.append(refresh_ctx)
     app.on_shutdown.append(_close_sockets)
     return app
 

@@ -27,6 +27,8 @@ class ServerConfig:
     grace_period: float = 30.0
     #: failures of one task before it (and its job) fail
     max_attempts: int = 3
+    #: failed tasks of one job after which a node gets no more of that job
+    blocklist_after: int = 3
     #: websocket ping interval; a node silent for twice this is dropped
     heartbeat: float = 10.0
     #: tasks a node may hold beyond the one it renders (downloads ahead)

@@ -309,12 +309,18 @@ class Farm:
 
     def _may_run(self, rec: NodeRecord, job_id: str) -> bool:
         job = self.jobs[job_id]
-        return not (job.needs_oidn and not rec.oidn)
+        return not (rec.disabled or rec.uid in job.blocklist or (job.needs_oidn and not rec.oidn))
+
+    def capable_nodes(self, job: Job) -> list[NodeRecord]:
+        return [s.record for s in self.sessions.values() if self._may_run(s.record, job.id)]
 
     def _may_retry(self, rec: NodeRecord, task_id: str) -> bool:
-        """A node that failed a task gets it again only when every online node has failed it."""
-        failed = self.tasks[task_id].failed_nodes
-        return rec.uid not in failed or all(uid in failed for uid in self.sessions)
+        """A node that failed a task gets it again only when every capable node has."""
+        task = self.tasks[task_id]
+        failed = task.failed_nodes
+        if rec.uid not in failed:
+            return True
+        return all(n.uid in failed for n in self.capable_nodes(self.jobs[task.job_id]))
 
     def _assign(self, session: NodeSession, task: Task) -> Task:
         job = self.jobs[task.job_id]
@@ -329,7 +335,8 @@ class Farm:
         session.send(m.Assign(task_id=task.id, job_id=job.id, frames=task.frames,
                               blend=spec.blend, manifest=spec.manifest,
                               output_name=job.output_name, scene=spec.scene,
-                              overrides=spec.overrides.to_dict(), attempt=task.attempts))
+                              overrides=spec.overrides.to_dict(), attempt=task.attempts,
+                              allow_scripts=spec.scripts))
         return task
 
     def _release(self, task: Task) -> None:
@@ -391,6 +398,28 @@ class Farm:
     def output_path(self, job_id: str, name: str) -> Path:
         return self.jobs_dir / job_id / name
 
+    def log_path(self, task: Task) -> Path:
+        return self.config.data_dir / "logs" / task.job_id / f"{task.id}.log"
+
+    async def append_log(self, task: Task, text: str) -> None:
+        def write() -> None:
+            path = self.log_path(task)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8", errors="replace") as f:
+                f.write(text if text.endswith("\n") else text + "\n")
+
+        await asyncio.to_thread(write)
+
+    def read_log(self, task: Task, limit: int = 256 * 1024) -> str:
+        """Blocking: the last ``limit`` bytes of a task's log, or its failure tail."""
+        try:
+            with open(self.log_path(task), "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - limit))
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return task.log_tail
+
     def add_outputs(self, task: Task, outputs: list[Output]) -> list[Any]:
         job = self.jobs[task.job_id]
         ops = []
@@ -432,6 +461,15 @@ class Farm:
         task.error, task.log_tail = msg.error[:2000], msg.log_tail[-20_000:]
         task.node = None
         task.failures += 1
+        if msg.reason in ("node_stopping", "canceled"):  # handed back, not failed
+            task.failures -= 1
+            task.failed_nodes.pop(rec.uid, None)
+            self._requeue(task)
+            self._persist(job, [task])
+            self.dispatch()
+            return
+        if msg.reason != "needs_denoise":
+            self._count_node_failure(job, rec)
         log.warning("task %s failed on %s (%s): %s", task.id, rec.name, msg.reason, msg.error)
         if msg.reason == "needs_denoise":
             job.needs_oidn = True
@@ -450,9 +488,30 @@ class Farm:
             return
         else:
             self._requeue(task)
+            if not self.capable_nodes(job):
+                task.status = "failed"
+                self._stop_job(job, "failed", self._no_capable_node(job))
+                return
         self._persist(job, [task])
         self.emit("job", job=self.job_json(job))
         self.dispatch()
+
+    def _count_node_failure(self, job: Job, rec: NodeRecord) -> None:
+        job.node_failures[rec.uid] = job.node_failures.get(rec.uid, 0) + 1
+        if job.node_failures[rec.uid] >= self.config.blocklist_after and \
+                rec.uid not in job.blocklist:
+            job.blocklist.append(rec.uid)
+            log.warning("node %s failed %d tasks of job %s: it gets no more of it", rec.name,
+                        job.node_failures[rec.uid], job.id)
+
+    def _no_capable_node(self, job: Job) -> str:
+        names = [self.nodes[u].name for u in job.blocklist if u in self.nodes]
+        last = next((self.tasks[t].error for t in reversed(job.task_ids)
+                     if self.tasks[t].error), None)
+        return (f"no connected node can render this job any more: "
+                f"{', '.join(names) or 'every node'} failed it too often"
+                + (f" (last error: {last})" if last else "")
+                + "; fix the cause, then requeue it (bf requeue JOB)")
 
     # --- views ---------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

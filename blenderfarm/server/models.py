@@ -76,6 +76,8 @@ class Job:
     error: str | None = None
     needs_oidn: bool = False
     frames_total: int = 0
+    node_failures: dict[str, int] = field(default_factory=dict)  # node uid -> failed tasks
+    blocklist: list[str] = field(default_factory=list)  # nodes that get no more of this job
     # Derived, rebuilt from tasks and outputs on load:
     outputs: dict[str, Output] = field(default_factory=dict)  # by file name
     task_ids: list[str] = field(default_factory=list)
@@ -87,7 +89,8 @@ class Job:
     def to_row(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("id", "seq", "output_name", "status", "priority",
                                             "created", "updated", "started", "finished",
-                                            "error", "needs_oidn", "frames_total")}
+                                            "error", "needs_oidn", "frames_total",
+                                            "node_failures", "blocklist")}
         d["spec"] = self.spec.to_dict()
         return d
 
@@ -115,6 +118,7 @@ class Job:
             "tasks_total": len(self.task_ids), "tasks_done": counts["done"],
             "tasks_failed": counts["failed"], "tasks_running": counts["running"] + counts["assigned"],
             "tasks_queued": counts["queued"], "files": len(spec.manifest),
+            "blocklisted_nodes": list(self.blocklist), "scripts": spec.scripts,
         }
 
 
@@ -126,7 +130,8 @@ class NodeRecord:
     name: str
     info: dict[str, Any] = field(default_factory=dict)
     online: bool = False
-    drained: bool = False
+    drained: bool = False  # finishes what it renders, takes nothing new
+    disabled: bool = False  # stopped at once, takes nothing new
     last_seen: float = field(default_factory=time.time)
     connected_at: float | None = None
     lost_at: float | None = None
@@ -141,13 +146,15 @@ class NodeRecord:
         blender = self.info.get("blender", {})
         if not self.online:
             state = "offline"
+        elif self.disabled:
+            state = "disabled"
         elif self.drained:
             state = "drained"
         else:
             state = "rendering" if self.tasks else "idle"
         return {
             "id": self.uid, "name": self.name, "state": state, "online": self.online,
-            "drained": self.drained, "last_seen": self.last_seen, "tasks": list(self.tasks),
+            "drained": self.drained, "disabled": self.disabled, "last_seen": self.last_seen, "tasks": list(self.tasks),
             "blender": blender.get("version"), "oidn": self.oidn,
             "threads": self.info.get("threads"), "gpus": self.info.get("gpus", []),
             "tags": self.info.get("tags", []), "frames_rendered": self.frames_rendered,

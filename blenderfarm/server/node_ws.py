@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 from ..protocol import PROTOCOL_VERSION
 from ..protocol import messages as m
 from ..protocol.version import __version__
+from .auth import AUTH
 from .farm import Farm, FarmError, NodeSession
 from .keys import FARM
 from .models import NodeRecord
@@ -31,7 +32,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=farm.config.heartbeat, max_msg_size=m.MAX_MESSAGE)
     await ws.prepare(request)
     hello = await _read_hello(ws)
-    if hello is None:
+    if hello is None or not await _admit(request, ws, hello):
         await ws.close()
         return ws
     rec = farm.nodes.get(hello.uid) or NodeRecord(uid=hello.uid, name=hello.name)
@@ -60,6 +61,28 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
             await sender
         await ws.close()
     return ws
+
+
+async def _admit(request: web.Request, ws: web.WebSocketResponse, hello: m.Hello) -> bool:
+    """Check the node token (when the farm requires tokens), counting failures."""
+    auth = request.app[AUTH]
+    peer = request.remote or "?"
+    if not auth.required:
+        return True
+    if auth.limited(peer):
+        message = "too many failed attempts from this address; wait a minute"
+    else:
+        info = await auth.lookup(hello.token)
+        if info is not None and info.kind == "node":
+            return True
+        auth.failed(peer)
+        message = ("a user token cannot enroll a node; create a node token with "
+                   "`bf-server token create --node`" if info is not None else
+                   "this node's token is missing, wrong or revoked; create one with "
+                   "`bf-server token create --node` and start bf-node with --token")
+    log.warning("refused node %r from %s: %s", hello.name, peer, message)
+    await ws.send_bytes(m.encode(m.Error(code="unauthorized", message=message, fatal=True)))
+    return False
 
 
 async def _read_hello(ws: web.WebSocketResponse) -> m.Hello | None:
@@ -118,7 +141,9 @@ async def _handle(farm: Farm, session: NodeSession, data: bytes) -> None:
             if task is not None:
                 farm.fail_task(rec, task, msg)
         elif isinstance(msg, m.Log):
-            pass  # live logs arrive with the dashboard work
+            task = farm.held_by(rec, msg.task_id)
+            if task is not None:
+                await farm.append_log(task, msg.text[:1_000_000])
         else:
             session.send(m.Error(code="unexpected", message=f"{msg.T} is not expected now"))
     except FarmError as exc:

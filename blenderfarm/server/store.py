@@ -176,6 +176,7 @@ class Store:
     @staticmethod
     def node_op(n: NodeRecord) -> _Op:
         data = {"uid": n.uid, "name": n.name, "info": n.info, "drained": n.drained,
+                "disabled": n.disabled,
                 "last_seen": n.last_seen, "frames_rendered": n.frames_rendered}
         return ("INSERT OR REPLACE INTO nodes (uid, data) VALUES (?, ?)", (n.uid, json.dumps(data)))
 
@@ -200,6 +201,7 @@ class Store:
             d = json.loads(data)
             out.nodes.append(NodeRecord(uid=d["uid"], name=d["name"], info=d.get("info", {}),
                                         drained=d.get("drained", False),
+                                        disabled=d.get("disabled", False),
                                         last_seen=d.get("last_seen", 0.0),
                                         frames_rendered=d.get("frames_rendered", 0)))
         return out

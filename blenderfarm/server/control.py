@@ -1,0 +1,183 @@
+"""What people do to jobs and nodes: pause, resume, requeue, reprioritise, delete;
+drain, disable, enable. Each is a synchronous change of the farm's state (plus
+``delete``'s file clean-up in a thread), persisted and announced like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+
+from ..protocol import messages as m
+from .farm import Farm, FarmError
+from .models import JOB_FINAL, TASK_HELD, Job, NodeRecord, Task
+from .store import Store
+
+
+def pause(farm: Farm, job_id: str, stop: bool = False) -> Job:
+    """No new tasks start; running ones finish, or with ``stop`` go back to the queue."""
+    job = farm.job(job_id)
+    if job.status in JOB_FINAL:
+        raise FarmError(f"job {job_id} is {job.status}; only queued or active jobs pause",
+                        "conflict", 409)
+    job.status = "paused"
+    farm.sched.remove_job(job.id)
+    changed: list[Task] = []
+    if stop:
+        for task in _held(farm, job):
+            _cancel_on_node(farm, task, "job paused")
+            farm._requeue(task)
+            changed.append(task)
+    farm._persist(job, changed)
+    farm.emit("job", job=farm.job_json(job))
+    return job
+
+
+def resume(farm: Farm, job_id: str) -> Job:
+    job = farm.job(job_id)
+    if job.status != "paused":
+        raise FarmError(f"job {job_id} is {job.status}, not paused", "conflict", 409)
+    _schedule(farm, job)
+    farm._persist(job)
+    farm.emit("job", job=farm.job_json(job))
+    farm.dispatch()
+    return job
+
+
+def requeue(farm: Farm, job_id: str, which: str = "failed") -> Job:
+    """Render again the failed (and canceled) tasks, or every task with ``all``."""
+    if which not in ("failed", "all"):
+        raise FarmError("which must be 'failed' or 'all'", field="which")
+    job = farm.job(job_id)
+    states = ("failed", "canceled") if which == "failed" else ("failed", "canceled", "done")
+    again = [farm.tasks[t] for t in job.task_ids if farm.tasks[t].status in states]
+    ops = []
+    for task in again:
+        task.status, task.node, task.progress = "queued", None, 0.0
+        task.failures, task.failed_nodes, task.error = 0, {}, None
+        for name in [n for n, o in job.outputs.items() if o.task_id == task.id]:
+            del job.outputs[name]  # it will be rendered again; the file stays until then
+            ops.append(("DELETE FROM outputs WHERE job_id=? AND name=?", (job.id, name)))
+    if again or job.status in ("failed", "canceled"):
+        job.node_failures, job.blocklist, job.error, job.finished = {}, [], None, None
+        if job.status != "paused":
+            _schedule(farm, job)
+    farm._persist(job, again, ops)
+    farm.emit("job", job=farm.job_json(job))
+    farm.dispatch()
+    return job
+
+
+def set_priority(farm: Farm, job_id: str, priority: object) -> Job:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
+        raise FarmError("priority must be an integer from 0 to 100", field="priority")
+    job = farm.job(job_id)
+    job.priority = priority
+    farm.sched.set_priority(job.id, priority)
+    farm._persist(job)
+    farm.emit("job", job=farm.job_json(job))
+    farm.dispatch()
+    return job
+
+
+async def delete(farm: Farm, job_id: str) -> None:
+    """Forget a job, its outputs and every blob no other job uses."""
+    job = farm.job(job_id)
+    if job.status not in JOB_FINAL:
+        farm.cancel(job_id)
+    orphans = set(job.spec.manifest.values()) | {o.sha256 for o in job.outputs.values()}
+    del farm.jobs[job_id]
+    for tid in job.task_ids:
+        farm.tasks.pop(tid, None)
+    for other in farm.jobs.values():
+        orphans -= set(other.spec.manifest.values())
+        orphans -= {o.sha256 for o in other.outputs.values()}
+    await farm._persist(extra=Store.delete_job_ops(job_id))
+    await asyncio.to_thread(_remove_files, farm, job_id, orphans)
+    farm.emit("job_deleted", job_id=job_id)
+
+
+def _remove_files(farm: Farm, job_id: str, blobs: set[str]) -> None:
+    shutil.rmtree(farm.jobs_dir / job_id, ignore_errors=True)
+    shutil.rmtree(farm.config.data_dir / "logs" / job_id, ignore_errors=True)
+    for sha in blobs:
+        with contextlib.suppress(FileNotFoundError):
+            farm.blobs.path(sha).unlink()
+
+
+# --- nodes ---------------------------------------------------------------------------------
+
+
+def node(farm: Farm, uid: str) -> NodeRecord:
+    rec = farm.nodes.get(uid) or next((n for n in farm.nodes.values() if n.name == uid), None)
+    if rec is None:
+        raise FarmError(f"no node {uid!r}", "not_found", 404)
+    return rec
+
+
+def drain(farm: Farm, uid: str) -> NodeRecord:
+    """Finish the task it renders; tasks it only holds in advance go back to the queue."""
+    rec = node(farm, uid)
+    rec.drained = True
+    changed = []
+    for tid in list(rec.tasks[1:]):
+        task = farm.tasks[tid]
+        _cancel_on_node(farm, task, "node drained")
+        farm._requeue(task)
+        changed.append(task)
+    return _node_changed(farm, rec, changed)
+
+
+def disable(farm: Farm, uid: str) -> NodeRecord:
+    """Stop at once: every task it holds goes back to the queue."""
+    rec = node(farm, uid)
+    rec.disabled = True
+    changed = []
+    for tid in list(rec.tasks):
+        task = farm.tasks[tid]
+        _cancel_on_node(farm, task, "node disabled")
+        farm._requeue(task)
+        changed.append(task)
+    return _node_changed(farm, rec, changed)
+
+
+def enable(farm: Farm, uid: str) -> NodeRecord:
+    rec = node(farm, uid)
+    rec.drained = rec.disabled = False
+    return _node_changed(farm, rec, [])
+
+
+def _node_changed(farm: Farm, rec: NodeRecord, tasks: list[Task]) -> NodeRecord:
+    farm._persist(tasks=tasks, extra=[Store.node_op(rec)])
+    farm.emit("node", node=rec.to_json())
+    farm.dispatch()
+    return rec
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _held(farm: Farm, job: Job) -> list[Task]:
+    return [farm.tasks[t] for t in job.task_ids if farm.tasks[t].status in TASK_HELD]
+
+
+def _cancel_on_node(farm: Farm, task: Task, reason: str) -> None:
+    session = farm.sessions.get(task.node or "")
+    if session is not None:
+        session.send(m.Cancel(task_id=task.id, reason=reason))
+
+
+def _schedule(farm: Farm, job: Job) -> None:
+    """(Re)enter a job into the scheduler with its queued tasks in order."""
+    done = all(farm.tasks[t].status == "done" for t in job.task_ids)
+    if done:
+        job.status, job.finished = "completed", job.finished or time.time()
+        return
+    started = any(farm.tasks[t].status != "queued" for t in job.task_ids)
+    job.status = "active" if started else "queued"
+    farm.sched.add_job(job.id, job.priority, job.seq)
+    for tid in job.task_ids:
+        if farm.tasks[tid].status == "queued":
+            farm.sched.push(job.id, tid)

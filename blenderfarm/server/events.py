@@ -1,0 +1,300 @@
+"""``/ws/events``: live farm events (JSON) for the dashboard and the add-on; also serves
+the dashboard itself (``/`` and ``/static/``).
+
+The farm calls :meth:`EventHub.publish` synchronously for every change; the hub
+only files the event into each browser's bounded buffer and wakes that browser's
+sender task. It must never await, block or grow without bound: a slow or stalled
+browser costs the farm nothing but a dropped progress update or, past the bound, a
+``resync`` message that tells the browser to reload the whole state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Hashable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from yarl import URL
+
+from .auth import user_allowed
+from .farm import Farm
+from .keys import FARM
+from .models import TASK_HELD
+
+log = logging.getLogger(__name__)
+
+DASHBOARD_DIR = Path(__file__).parent / "dashboard"
+#: events waiting for one browser; past this, progress is dropped and others force a resync
+MAX_PENDING = 256
+#: the browser's first frame (the token) must come this soon, and be this small
+HELLO_TIMEOUT = 10.0
+MAX_CLIENT_MSG = 16 * 1024
+STATS_INTERVAL = 2.0
+RATE_WINDOW = 300.0  # seconds of finished frames behind "frames per minute"
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_BAD_HELLO = 4400
+
+
+def event_key(event: dict[str, Any]) -> Hashable | None:
+    """What a newer event of the same key supersedes; None for events that never do.
+
+    Job and node events carry a whole snapshot and progress the latest fraction, so
+    only the newest of each matters to a browser that has fallen behind.
+    """
+    kind = event.get("type")
+    if kind == "job":
+        return ("job", (event.get("job") or {}).get("id"))
+    if kind == "node":
+        return ("node", (event.get("node") or {}).get("id"))
+    if kind == "progress":
+        return ("progress", event.get("task_id"))
+    if kind == "stats":
+        return ("stats",)
+    return None
+
+
+class EventClient:
+    """One browser: a bounded, coalescing buffer of encoded events and a wake-up flag."""
+
+    def __init__(self, ws: web.WebSocketResponse, token: str | None) -> None:
+        self.ws = ws
+        self.token = token
+        self.pending: OrderedDict[Hashable, str] = OrderedDict()
+        self.wake = asyncio.Event()
+        self.dropped = 0
+        self.resyncs = 0
+        self._seq = 0
+
+    def put(self, key: Hashable | None, text: str, progress: bool) -> None:
+        if key is None:
+            self._seq += 1
+            key = ("seq", self._seq)
+        if key in self.pending:
+            del self.pending[key]  # the newer one goes to the back, keeping order
+        elif len(self.pending) >= MAX_PENDING:
+            if progress:  # a later progress (or the job's end) makes up for it
+                self.dropped += 1
+                return
+            # Falling this far behind means the browser's picture is stale anyway:
+            # forget the backlog and have it reload everything once it catches up.
+            self.resyncs += 1
+            self.pending.clear()
+            key, text = ("resync",), json.dumps({"type": "resync", "time": time.time()})
+        self.pending[key] = text
+        self.wake.set()
+
+    def take(self) -> list[str]:
+        texts = list(self.pending.values())
+        self.pending.clear()
+        self.wake.clear()
+        return texts
+
+
+class EventHub:
+    """Fans farm events out to every connected browser; keeps the frame rate."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+        self.clients: set[EventClient] = set()
+        self.started = time.time()
+        self._frames: deque[list[float]] = deque()  # [second, count], oldest first
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """The farm's listener: never blocks, never raises into the farm."""
+        if event.get("type") == "frame":
+            self._count_frame(event.get("time") or time.time())
+        if not self.clients:
+            return
+        text = json.dumps(event, default=str)
+        key, progress = event_key(event), event.get("type") == "progress"
+        for client in self.clients:
+            client.put(key, text, progress)
+
+    def _count_frame(self, now: float) -> None:
+        second = float(int(now))
+        if self._frames and self._frames[-1][0] == second:
+            self._frames[-1][1] += 1
+        else:
+            self._frames.append([second, 1])
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._frames and self._frames[0][0] < now - RATE_WINDOW:
+            self._frames.popleft()
+
+    def frames_per_minute(self, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        self._trim(now)
+        count = sum(c for _, c in self._frames)
+        # Over the window, or since start-up when younger: a farm that started a
+        # minute ago and made 30 frames runs at 30/min, not 6/min.
+        span = min(RATE_WINDOW, max(60.0, now - self.started))
+        return round(count * 60.0 / span, 1)
+
+    def stats(self) -> dict[str, Any]:
+        farm = self.farm
+        running = sum(1 for rec in farm.nodes.values() for tid in rec.tasks
+                      if tid in farm.tasks and farm.tasks[tid].status in TASK_HELD)
+        info = farm.info()
+        return {"nodes_online": info["nodes_online"], "nodes_known": info["nodes_known"],
+                "tasks_queued": info["tasks_queued"], "tasks_running": running,
+                "jobs_active": info["jobs_active"], "frames_per_minute": self.frames_per_minute()}
+
+
+EVENTS = web.AppKey("events", EventHub)
+
+
+async def events_socket(request: web.Request) -> web.StreamResponse:
+    hub = request.app[EVENTS]
+    if not _same_origin(request):
+        # Websockets ignore the same-origin policy; without this check any web page a
+        # user visits could read the farm's events from a server running open.
+        raise web.HTTPForbidden(text="cross-origin websocket refused")
+    ws = web.WebSocketResponse(heartbeat=hub.farm.config.heartbeat, max_msg_size=MAX_CLIENT_MSG)
+    await ws.prepare(request)
+    token = await _read_token(ws)
+    if token is False:
+        await ws.close(code=CLOSE_BAD_HELLO, message=b"first frame must be {\"token\": ...}")
+        return ws
+    assert not isinstance(token, bool)
+    if not user_allowed(request.app, token):
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
+        return ws
+    client = EventClient(ws, token)
+    hub.clients.add(client)
+    sender = asyncio.create_task(_sender(client))
+    try:
+        await ws.send_str(json.dumps({"type": "hello", "auth": "ok", "time": time.time(),
+                                      "stats": hub.stats()}))
+        async for msg in ws:  # browsers only talk at hello; this waits for the close
+            if msg.type == WSMsgType.ERROR:
+                log.debug("events socket error: %s", ws.exception())
+    finally:
+        hub.clients.discard(client)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        await ws.close()
+    return ws
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if not origin:  # not a browser (the add-on, scripts)
+        return True
+    try:
+        return URL(origin).host_port_subcomponent == request.url.host_port_subcomponent
+    except ValueError:
+        return False
+
+
+async def _read_token(ws: web.WebSocketResponse) -> str | None | bool:
+    """The token of the browser's first frame; False when that frame is not one."""
+    try:
+        msg = await ws.receive(timeout=HELLO_TIMEOUT)
+    except TimeoutError:
+        return False
+    if msg.type != WSMsgType.TEXT:
+        return False
+    try:
+        data = json.loads(msg.data)
+    except ValueError:
+        return False
+    if not isinstance(data, dict) or "token" not in data:
+        return False
+    token = data["token"]
+    return token if isinstance(token, str) and token else None
+
+
+async def _sender(client: EventClient) -> None:
+    """Write what piled up for one browser; only this task waits on its socket."""
+    while True:
+        await client.wake.wait()
+        for text in client.take():
+            try:
+                await client.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return
+
+
+async def _stats_loop(app: web.Application) -> None:
+    """Header numbers every few seconds, and a revoked token ends its socket."""
+    hub = app[EVENTS]
+    last: dict[str, Any] | None = None
+    while True:
+        await asyncio.sleep(STATS_INTERVAL)
+        for client in list(hub.clients):
+            if not user_allowed(app, client.token):
+                hub.clients.discard(client)
+                asyncio.create_task(client.ws.close(code=CLOSE_UNAUTHORIZED,
+                                                    message=b"token revoked"))
+        stats = hub.stats()
+        if stats != last and hub.clients:
+            hub.publish({"type": "stats", "time": time.time(), **stats})
+            last = stats
+
+
+async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = app[EVENTS]
+    hub.farm.listeners.append(hub.publish)
+    task = asyncio.create_task(_stats_loop(app))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    with contextlib.suppress(ValueError):
+        hub.farm.listeners.remove(hub.publish)
+
+
+async def _close_events(app: web.Application) -> None:
+    """On shutdown: say goodbye to every browser, but never wait on a stalled one."""
+    closing = [asyncio.wait_for(c.ws.close(code=1001, message=b"server shutting down"), 2.0)
+               for c in list(app[EVENTS].clients)]
+    await asyncio.gather(*closing, return_exceptions=True)
+
+
+def setup_events(app: web.Application) -> None:
+    """Add ``/ws/events`` and its hub; call after ``app[FARM]`` is set."""
+    app[EVENTS] = EventHub(app[FARM])
+    app.router.add_get("/ws/events", events_socket)
+    app.cleanup_ctx.append(_events_ctx)
+    app.on_shutdown.append(_close_events)
+
+
+# --- the dashboard's files ---------------------------------------------------------------------
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self' blob: data:; "
+                                "connect-src 'self' ws: wss:; style-src 'self'; "
+                                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",  # revalidate (ETag), so an upgrade shows at once
+}
+
+
+async def dashboard_index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(DASHBOARD_DIR / "index.html", headers=SECURITY_HEADERS)
+
+
+async def dashboard_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    # Only the few flat files we ship: no folders, no dotfiles, no Python.
+    if "/" in name or name.startswith(".") or not name.endswith((".js", ".css", ".svg")):
+        raise web.HTTPNotFound()
+    path = DASHBOARD_DIR / name
+    if not await asyncio.to_thread(path.is_file):
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers=SECURITY_HEADERS)
+
+
+def setup_dashboard(app: web.Application) -> None:
+    """Serve the dashboard at ``/`` (files from ``dashboard/``, no build step)."""
+    app.router.add_get("/", dashboard_index)
+    app.router.add_get("/static/{name}", dashboard_file)

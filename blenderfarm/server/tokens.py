@@ -1,0 +1,101 @@
+"""API and node tokens: created once, shown once, stored only as SHA-256 hashes.
+
+Kept in the ``tokens`` table of ``farm.db`` so that ``bf-server token ...`` can
+manage them from a shell while the server runs; the server re-reads the table
+every few seconds (:class:`TokenCache`), so a revocation takes effect within
+that time without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KINDS = ("user", "node")
+PREFIX = {"user": "bfu_", "node": "bfn_"}
+_SCHEMA = """CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL, revoked REAL)"""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    kind: str
+    name: str
+    created: float
+    revoked: float | None = None
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _connect(db_path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(db_path, timeout=10)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(_SCHEMA)
+    return db
+
+
+def create(db_path: Path, kind: str, name: str) -> tuple[TokenInfo, str]:
+    """Make a token; return its record and the secret, which is never stored."""
+    if kind not in KINDS:
+        raise ValueError(f"token kind must be one of {', '.join(KINDS)}")
+    secret = PREFIX[kind] + secrets.token_urlsafe(32)
+    info = TokenInfo(id=secrets.token_hex(4), kind=kind, name=name, created=time.time())
+    with _connect(db_path) as db:
+        db.execute("INSERT INTO tokens (id, kind, name, hash, created) VALUES (?, ?, ?, ?, ?)",
+                   (info.id, kind, name, token_hash(secret), info.created))
+    return info, secret
+
+
+def list_tokens(db_path: Path) -> list[TokenInfo]:
+    with _connect(db_path) as db:
+        rows = db.execute("SELECT id, kind, name, created, revoked FROM tokens ORDER BY created")
+        return [TokenInfo(*row) for row in rows]
+
+
+def revoke(db_path: Path, token_id: str) -> bool:
+    with _connect(db_path) as db:
+        cur = db.execute("UPDATE tokens SET revoked=? WHERE id=? AND revoked IS NULL",
+                         (time.time(), token_id))
+        return cur.rowcount > 0
+
+
+class TokenCache:
+    """The server's view of the tokens table, refreshed at most every ``ttl`` seconds."""
+
+    def __init__(self, db_path: Path, ttl: float = 2.0) -> None:
+        self.db_path = db_path
+        self.ttl = ttl
+        self._by_hash: dict[str, TokenInfo] = {}
+        self._loaded = 0.0
+
+    def refresh(self) -> None:
+        """Blocking: call from a thread."""
+        with _connect(self.db_path) as db:
+            rows = db.execute("SELECT hash, id, kind, name, created, revoked FROM tokens").fetchall()
+        self._by_hash = {h: TokenInfo(*rest) for h, *rest in rows}
+        self._loaded = time.monotonic()
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self._loaded > self.ttl
+
+    @property
+    def required(self) -> bool:
+        """Tokens are required as soon as one valid token exists."""
+        return any(t.revoked is None for t in self._by_hash.values())
+
+    def lookup(self, secret: str | None) -> TokenInfo | None:
+        if not secret:
+            return None
+        info = self._by_hash.get(token_hash(secret))
+        if info is None or info.revoked is not None:
+            return None
+        return info
