@@ -29,6 +29,7 @@ class FakeNode:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.inbox: asyncio.Queue[m.Message] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        self._stash: list[m.Message] = []
 
     async def connect(self, running: list[str] | None = None, protocol: int = PROTOCOL_VERSION
                       ) -> m.Message:
@@ -60,10 +61,15 @@ class FakeNode:
             await self.ws.send_bytes(data)
 
     async def expect(self, cls: type[m.Message], timeout: float = 5) -> Any:
+        """The next message of type ``cls``; others wait their turn, none is dropped."""
+        for i, msg in enumerate(self._stash):
+            if isinstance(msg, cls):
+                return self._stash.pop(i)
         while True:
             msg = await asyncio.wait_for(self.inbox.get(), timeout)
             if isinstance(msg, cls):
                 return msg
+            self._stash.append(msg)
 
     async def upload(self, data: bytes) -> str:
         assert self.http is not None

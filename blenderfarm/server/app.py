@@ -14,8 +14,10 @@ from .api import errors_middleware, routes
 from .auth import AUTH, Auth, auth_middleware, refresh_ctx
 from .blobs import BlobStore
 from .config import ServerConfig
+from .events import setup_dashboard, setup_events
 from .farm import Farm
 from .keys import FARM
+from .metrics import setup_metrics
 from .node_ws import node_socket
 from .store import Store
 from .tokens import TokenCache
@@ -35,6 +37,9 @@ def make_app(config: ServerConfig) -> web.Application:
     app.cleanup_ctx.append(_farm_ctx)
     app.cleanup_ctx.append(refresh_ctx)
     app.on_shutdown.append(_close_sockets)
+    setup_events(app)
+    setup_dashboard(app)
+    setup_metrics(app)
     return app
 
 

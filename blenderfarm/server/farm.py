@@ -503,6 +503,11 @@ class Farm:
             job.blocklist.append(rec.uid)
             log.warning("node %s failed %d tasks of job %s: it gets no more of it", rec.name,
                         job.node_failures[rec.uid], job.id)
+            session = self.sessions.get(rec.uid)
+            for tid in [t for t in rec.tasks if self.tasks[t].job_id == job.id]:
+                if session is not None:  # what it holds of the job goes to other nodes
+                    session.send(m.Cancel(task_id=tid, reason="node blocklisted for this job"))
+                self._requeue(self.tasks[tid])
 
     def _no_capable_node(self, job: Job) -> str:
         names = [self.nodes[u].name for u in job.blocklist if u in self.nodes]

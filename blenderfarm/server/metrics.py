@@ -1,0 +1,126 @@
+"""``/metrics``: the farm in Prometheus' text format (prometheus-client).
+
+Counts of jobs, tasks and nodes by state, frames rendered and open websockets are
+read from the farm at scrape time by :class:`FarmCollector`, so they can never
+drift from the truth. What the farm's state does not keep (render seconds, bytes
+uploaded, dispatch latency) it feeds through the small ``FarmMetrics`` methods.
+Each app has its own ``CollectorRegistry``: tests build many apps in one process,
+and the global registry would refuse the second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from .keys import FARM
+from .models import JOB_STATES, TASK_STATES
+
+if TYPE_CHECKING:
+    from .farm import Farm
+
+NODE_STATES = ("idle", "rendering", "drained", "disabled", "offline")
+#: a dispatch decision is in-memory work: microseconds, a slow one milliseconds
+DISPATCH_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                    0.05, 0.1, 0.25, 1.0)
+
+
+class FarmMetrics:
+    """The numbers the farm feeds as things happen; cheap enough to call on every event."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.render_seconds = Counter(
+            "blenderfarm_render_seconds", "Seconds nodes spent rendering finished tasks.",
+            registry=self.registry)
+        self.uploaded_bytes = Counter(
+            "blenderfarm_uploaded_bytes", "Bytes of new blobs stored (uploads by users and nodes).",
+            registry=self.registry)
+        self.dispatch_latency = Histogram(
+            "blenderfarm_dispatch_latency_seconds",
+            "Time one dispatch pass took to hand queued tasks to nodes.",
+            buckets=DISPATCH_BUCKETS, registry=self.registry)
+
+    def observe_dispatch(self, seconds: float) -> None:
+        self.dispatch_latency.observe(max(0.0, seconds))
+
+    def add_render_seconds(self, seconds: float) -> None:
+        if seconds > 0:  # a node's clock gone wrong must not make a counter go down
+            self.render_seconds.inc(seconds)
+
+    def add_uploaded_bytes(self, size: int) -> None:
+        if size > 0:
+            self.uploaded_bytes.inc(size)
+
+
+class FarmCollector(Collector):
+    """Reads the app's farm at scrape time; O(jobs + tasks + nodes), no I/O."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        farm: Farm = self.app[FARM]
+        yield _by_state("blenderfarm_jobs", "Jobs by status.", JOB_STATES,
+                        (j.status for j in farm.jobs.values()))
+        yield _by_state("blenderfarm_tasks", "Tasks by status.", TASK_STATES,
+                        (t.status for t in farm.tasks.values()))
+        yield _by_state("blenderfarm_nodes", "Known nodes by state.", NODE_STATES,
+                        (n.to_json()["state"] for n in farm.nodes.values()))
+        frames = CounterMetricFamily("blenderfarm_frames_rendered",
+                                     "Frames rendered by all nodes (kept across restarts).")
+        frames.add_metric([], sum(n.frames_rendered for n in farm.nodes.values()))
+        yield frames
+        queued = GaugeMetricFamily("blenderfarm_tasks_ready",
+                                   "Tasks in the scheduler's queues, waiting for a node.")
+        queued.add_metric([], farm.sched.queued)
+        yield queued
+        sockets = GaugeMetricFamily("blenderfarm_open_websockets", "Open websockets by kind.",
+                                    labels=["kind"])
+        sockets.add_metric(["node"], len(farm.sessions))
+        sockets.add_metric(["events"], _event_clients(self.app))
+        yield sockets
+
+
+def _by_state(name: str, doc: str, states: tuple[str, ...], values: Iterable[str]
+              ) -> GaugeMetricFamily:
+    counts = dict.fromkeys(states, 0)
+    for state in values:
+        counts[state] = counts.get(state, 0) + 1
+    family = GaugeMetricFamily(name, doc, labels=["state"])
+    for state, count in counts.items():
+        family.add_metric([state], count)
+    return family
+
+
+def _event_clients(app: web.Application) -> int:
+    from .events import EVENTS  # events imports the farm too; only look it up when there
+
+    hub = app.get(EVENTS)
+    return len(hub.clients) if hub is not None else 0
+
+
+METRICS = web.AppKey("metrics", FarmMetrics)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def setup_metrics(app: web.Application) -> FarmMetrics:
+    """Add ``/metrics``; use the farm's ``metrics`` (``FarmMetrics``) when it has one."""
+    farm = app[FARM]
+    metrics = getattr(farm, "metrics", None)
+    if not isinstance(metrics, FarmMetrics):
+        metrics = FarmMetrics()
+    metrics.registry.register(FarmCollector(app))
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", metrics_handler)
+    return metrics
