@@ -20,7 +20,8 @@ from blenderfarm.protocol import messages as m
 
 class FakeNode:
     def __init__(self, base_url: str, name: str = "fake", oidn: bool = False,
-                 uid: str | None = None) -> None:
+                 uid: str | None = None, token: str | None = None) -> None:
+        self.token = token
         self.base = base_url.rstrip("/")
         self.name = name
         self.uid = uid or uuid.uuid4().hex[:12]
@@ -36,7 +37,7 @@ class FakeNode:
         self.http = self.http or aiohttp.ClientSession()
         self.ws = await self.http.ws_connect(self.base.replace("http", "ws", 1) + "/ws/node")
         await self.send(m.Hello(protocol=protocol, name=self.name, uid=self.uid,
-                                blender={"version": "3.4.1", "oidn": self.oidn},
+                                blender={"version": "3.4.1", "oidn": self.oidn}, token=self.token,
                                 running=running or []))
         first = await self.ws.receive(timeout=5)
         msg = m.decode(first.data)

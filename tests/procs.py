@@ -82,7 +82,7 @@ class ServerProc(Proc):
         super().start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if re.search(rf"listening on http://\S+:{self.port}\b", self.text()):
+            if re.search(rf"listening on https?://\S+:{self.port}\b", self.text()):
                 return
             if not self.alive:
                 raise RuntimeError("bf-server exited:\n" + self.text())

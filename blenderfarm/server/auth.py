@@ -106,7 +106,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                        "--token or BLENDERFARM_TOKEN")
     if info.kind not in _kinds_for(request):
         return _refuse(403, "forbidden", f"a {info.kind} token cannot use {request.path}")
-    request["token"] = info
     return await handler(request)
 
 

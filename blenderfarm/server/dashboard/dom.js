@@ -10,6 +10,8 @@ export function h(tag, attrs, ...children) {
       el.addEventListener(name.slice(2), value);
     } else if (name === "value") {
       el.value = value;
+    } else if (name === "style") {
+      el.style.cssText = value; // CSSOM: allowed by the CSP, unlike a style attribute
     } else {
       el.setAttribute(name, value === true ? "" : String(value));
     }

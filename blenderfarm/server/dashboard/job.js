@@ -1,0 +1,200 @@
+// #/jobs/<id>: one job: progress, actions, the latest frame and a strip of finished
+// ones, the frame grid, its tasks and a live log (the last three in tasks.js).
+
+import { api, apiBlob, enc, getToken } from "./api.js";
+import { badge, clock, duration, eta, h, persist, progressBar, toast } from "./dom.js";
+import { frameImage } from "./images.js";
+import { invalidate, state } from "./state.js";
+import { frameGrid, logPanel, taskTable } from "./tasks.js";
+
+const STRIP_MAX = 48; // finished frames shown in the strip (the newest)
+
+export function jobView() {
+  const page = state.page;
+  const job = page && state.jobs.get(page.id);
+  if (!page || page.missing) return notFound(page ? page.id : "");
+  if (!job || page.tasks === null) return h("p", { class: "muted loading" }, "Loading job…");
+  const now = Date.now() / 1000;
+  return h("article", { class: "job-page", "data-job-id": job.id },
+    header(job),
+    summary(job, now),
+    h("div", { class: "job-columns" },
+      previewPanel(job, page),
+      detailsPanel(job)),
+    stripPanel(job, page),
+    frameGrid(job, page),
+    h("div", { class: "job-columns bottom" }, taskTable(job, page), logPanel(page)));
+}
+
+function notFound(id) {
+  return h("section", { class: "panel empty" },
+    h("h1", null, "Job not found"),
+    h("p", null, `There is no job ${id} (any more).`),
+    h("p", null, h("a", { href: "#/jobs" }, "Back to all jobs")));
+}
+
+function header(job) {
+  return h("div", { class: "job-head" },
+    h("a", { href: "#/jobs", class: "back", "aria-label": "Back to all jobs" }, "← Jobs"),
+    h("h1", { id: "job-title" }, job.name || job.id),
+    badge(job.status, job.error || undefined),
+    h("div", { class: "actions", role: "toolbar", "aria-label": "Job actions" }, actions(job)));
+}
+
+function button(label, key, onclick, opts) {
+  const o = opts || {};
+  return h("button", { type: "button", class: `btn ${o.cls || ""}`, "data-key": key,
+    disabled: o.disabled, title: o.title, onclick }, label);
+}
+
+function actions(job) {
+  const final = ["completed", "failed", "canceled"].includes(job.status);
+  const post = (path, body, done) => run(() => api(`/api/jobs/${enc(job.id)}/${path}`,
+    { method: "POST", body: body || {} }), done);
+  return [
+    job.status === "paused"
+      ? button("Resume", "act-resume", () => post("resume", null, "Resumed"))
+      : button("Pause", "act-pause", () => post("pause", null, "Paused: running tasks finish"),
+        { disabled: final }),
+    button("Cancel", "act-cancel", () => confirm(`Cancel job “${job.name}”? Running renders stop.`)
+      && post("cancel", null, "Canceled"), { disabled: final, cls: "warn" }),
+    button("Requeue failed", "act-requeue", () => post("requeue", { which: "failed" }, "Requeued"),
+      { disabled: !(job.tasks_failed || ["failed", "canceled"].includes(job.status)) }),
+    priorityForm(job),
+    button("Download zip", "act-zip", () => downloadZip(job), { disabled: !job.frames_done }),
+    button("Delete", "act-delete", () => deleteJob(job), { cls: "danger" }),
+  ];
+}
+
+async function run(call, done) {
+  try {
+    const data = await call();
+    if (data && data.job) state.jobs.set(data.job.id, data.job);
+    if (done) toast(done);
+    invalidate(true);
+  } catch (exc) {
+    toast(exc.message, "error");
+  }
+}
+
+function priorityForm(job) {
+  // Kept across redraws so a number being typed is not replaced by the live value.
+  const input = persist(`prio-${job.id}`, () => h("input", {
+    type: "number", min: 0, max: 100, step: 1, value: job.priority, id: "priority",
+    "data-key": "prio-input", class: "prio-input" }));
+  const submit = (e) => {
+    e.preventDefault();
+    const priority = Number(input.value);
+    run(() => api(`/api/jobs/${enc(job.id)}/priority`, { method: "POST", body: { priority } }),
+      `Priority set to ${priority}`);
+  };
+  return h("form", { class: "prio", onsubmit: submit },
+    h("label", { for: "priority" }, "Priority"), input,
+    h("button", { type: "submit", class: "btn", "data-key": "act-prio" }, "Set"));
+}
+
+async function deleteJob(job) {
+  if (!confirm(`Delete job “${job.name}” and all its frames? This cannot be undone.`)) return;
+  try {
+    await api(`/api/jobs/${enc(job.id)}`, { method: "DELETE" });
+    state.jobs.delete(job.id);
+    toast(`Deleted ${job.name}`);
+    location.hash = "#/jobs";
+  } catch (exc) {
+    toast(exc.message, "error");
+  }
+}
+
+async function downloadZip(job) {
+  const url = `/api/jobs/${enc(job.id)}/outputs.zip`;
+  const a = h("a", { href: url, download: `${job.output_name}.zip`, hidden: true });
+  if (getToken()) {
+    // A link cannot carry the token: fetch with it and hand the browser the bytes.
+    toast("Preparing the zip…");
+    try {
+      a.href = URL.createObjectURL(await apiBlob(url));
+    } catch (exc) {
+      toast(exc.message, "error");
+      return;
+    }
+    setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
+  }
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+}
+
+function summary(job, now) {
+  const fraction = job.frames_total ? job.frames_done / job.frames_total : 0;
+  const left = eta(job, now);
+  return h("div", { class: "job-summary" },
+    progressBar(fraction, `${job.frames_done} of ${job.frames_total} frames`,
+      `big s-${job.status}`),
+    h("div", { class: "summary-line" },
+      h("strong", { class: "frames-count" }, `${job.frames_done} / ${job.frames_total} frames`),
+      ` · ${job.tasks_running} running · ${job.tasks_queued} queued · ${job.tasks_failed} failed`,
+      left === null ? "" : ` · ETA ${duration(left)}`),
+    job.error ? h("p", { class: "job-error", role: "alert" }, job.error) : null);
+}
+
+function latest(outputs) {
+  let best = null;
+  for (const o of outputs) {
+    if (!best || (o.created || 0) > (best.created || 0)) best = o;
+  }
+  return best;
+}
+
+function previewPanel(job, page) {
+  const pinned = page.preview && page.outputs.find((o) => o.name === page.preview);
+  const out = pinned || latest(page.outputs);
+  return h("section", { class: "panel preview", "aria-label": "Preview" },
+    h("div", { class: "panel-head" },
+      h("h2", null, pinned ? `Frame ${out.frame}` : "Latest frame"),
+      out ? h("span", { class: "muted" }, out.name) : null,
+      pinned ? h("button", { type: "button", class: "btn small", "data-key": "follow-latest",
+        onclick: () => { page.preview = null; invalidate(true); } }, "Follow latest") : null),
+    out
+      ? h("div", { class: "preview-box" },
+        frameImage(job.id, out, "preview", `Frame ${out.frame} of ${job.name}`))
+      : h("div", { class: "preview-box empty-frame" }, "No finished frame yet"));
+}
+
+function detailsPanel(job) {
+  const o = job.overrides || {};
+  const overrides = Object.entries(o).filter(([, v]) => v !== null && v !== undefined)
+    .map(([k, v]) => `${k}=${v}`).join(", ") || "none";
+  const blocked = (job.blocklisted_nodes || []).map((id) => nodeName(id));
+  const rows = [
+    ["Frames", `${job.frames} (chunk ${job.chunk})`], ["File", job.blend],
+    ["Scene", job.scene || "(the file's)"], ["Overrides", overrides],
+    ["Output", `${job.output_name}_####`], ["Files", String(job.files ?? "—")],
+    ["Created", clock(job.created)], ["Started", clock(job.started)],
+    ["Finished", clock(job.finished)], ["Job id", job.id],
+  ];
+  if (blocked.length) rows.push(["Blocklisted", blocked.join(", ")]);
+  if (job.needs_oidn) rows.push(["Denoise", "needs a node with OpenImageDenoise"]);
+  return h("section", { class: "panel details", "aria-label": "Details" },
+    h("dl", null, rows.map(([k, v]) => [h("dt", null, k), h("dd", null, v)])));
+}
+
+export function nodeName(id) {
+  const node = state.nodes.get(id);
+  return node ? node.name : id;
+}
+
+function stripPanel(job, page) {
+  const outs = [...page.outputs].sort((a, b) => a.frame - b.frame || (a.name < b.name ? -1 : 1));
+  const shown = outs.slice(-STRIP_MAX);
+  const current = page.preview;
+  return h("section", { class: "panel strip-panel", "aria-label": "Finished frames" },
+    h("div", { class: "panel-head" },
+      h("h2", null, "Finished frames"),
+      h("span", { class: "muted" }, outs.length > shown.length
+        ? `the last ${shown.length} of ${outs.length}` : `${outs.length}`)),
+    h("div", { class: "strip", role: "list" }, shown.map((o) =>
+      h("button", { type: "button", role: "listitem", class: `thumb${o.name === current ? " on" : ""}`,
+        "data-key": `thumb-${o.name}`, title: o.name, "aria-label": `Show frame ${o.frame}`,
+        onclick: () => { page.preview = o.name; invalidate(true); } },
+      frameImage(job.id, o, "strip", ""), h("span", null, String(o.frame))))));
+}
