@@ -171,8 +171,9 @@ async def _task_done(farm: Farm, session: NodeSession, msg: m.TaskDone) -> None:
     try:
         outputs = await farm.record_outputs(task, msg.outputs)
     except FarmError as exc:
-        farm.fail_task(rec, task, m.TaskFailed(task_id=task.id, error=str(exc), reason="bad_output"))
+        session.send(m.Error(code="bad_output", message=str(exc)))
         session.send(m.Ack(task_id=msg.task_id))
+        farm.fail_task(rec, task, m.TaskFailed(task_id=task.id, error=str(exc), reason="bad_output"))
         return
     if task.status in ("done", "canceled", "failed"):  # changed while we linked files
         session.send(m.Ack(task_id=msg.task_id))

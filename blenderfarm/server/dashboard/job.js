@@ -4,7 +4,7 @@
 import { api, apiBlob, enc, getToken } from "./api.js";
 import { badge, clock, duration, eta, h, persist, progressBar, toast } from "./dom.js";
 import { frameImage } from "./images.js";
-import { invalidate, state } from "./state.js";
+import { invalidate, nodeName, state } from "./state.js";
 import { frameGrid, logPanel, taskTable } from "./tasks.js";
 
 const STRIP_MAX = 48; // finished frames shown in the strip (the newest)
@@ -178,10 +178,6 @@ function detailsPanel(job) {
     h("dl", null, rows.map(([k, v]) => [h("dt", null, k), h("dd", null, v)])));
 }
 
-export function nodeName(id) {
-  const node = state.nodes.get(id);
-  return node ? node.name : id;
-}
 
 function stripPanel(job, page) {
   const outs = [...page.outputs].sort((a, b) => a.frame - b.frame || (a.name < b.name ? -1 : 1));

@@ -15,6 +15,11 @@ export const state = {
   page: null,            // the open job page: {id, tasks, outputs, missing, selected, log}
 };
 
+export function nodeName(id) {
+  const node = id && state.nodes.get(id);
+  return node ? node.name : id || "";
+}
+
 let redraw = () => {};
 let scheduled = null;
 let lastDraw = 0;

@@ -2,15 +2,11 @@
 
 import { api, enc } from "./api.js";
 import { duration, frameRanges, h, persist, progressBar } from "./dom.js";
-import { invalidate, state } from "./state.js";
+import { invalidate, nodeName, state } from "./state.js";
 
 const HELD = ["assigned", "running"];
 const LOG_POLL_MS = 2000;
 
-function nodeName(id) {
-  const node = id && state.nodes.get(id);
-  return node ? node.name : id || "";
-}
 
 /** Each frame's status: its task's, or done as soon as its file arrived. */
 function frameStates(page) {
