@@ -220,11 +220,15 @@ class Agent:
                     if resp.status == 404:
                         raise CacheError(f"the server has no file {sha[:12]}", sha)
                     resp.raise_for_status()
-                    fd, tmp = self.cache.open_temp()
+                    fd, tmp = await asyncio.to_thread(self.cache.open_temp)
                     h = hashlib.sha256()
-                    with os.fdopen(fd, "wb") as f:
-                        async for chunk in resp.content.iter_chunked(1 << 20):
-                            await asyncio.to_thread(_hash_write, h, f, chunk)
+                    try:
+                        with os.fdopen(fd, "wb") as f:
+                            async for chunk in resp.content.iter_chunked(1 << 20):
+                                await asyncio.to_thread(_hash_write, h, f, chunk)
+                    except BaseException:
+                        await asyncio.to_thread(_unlink, tmp)  # a full disk keeps no scraps
+                        raise
                     await asyncio.to_thread(self.cache.commit, tmp, sha, h.hexdigest())
                     return
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -405,6 +409,11 @@ def _hash_write(h: Any, f: Any, chunk: bytes) -> None:
     f.write(chunk)
 
 
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def _fresh_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -412,7 +421,8 @@ def _fresh_dir(path: Path) -> None:
 
 def _disk_message(exc: BaseException, doing: str) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return f"the node's disk is full: could not {doing} ({exc.filename or ''})"
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"the node's disk is full: could not {doing}{where}"
     return f"could not {doing}: {exc}"
 
 
