@@ -257,3 +257,27 @@ async def test_a_lone_node_gets_its_failed_task_back_after_the_ack(farm) -> None
     assert again.task_id == first.task_id and again.attempt == 2
     await a.finish(again)
     assert (await job(farm, j["id"]))["status"] == "completed"
+
+
+async def test_restart_requeues_every_task_a_returning_node_no_longer_has(tmp_path) -> None:
+    """Found by the chaos run: a node that held two tasks when the server died, and
+    comes back with none, must see both requeued (not one of them kept forever)."""
+    cfg = ServerConfig(data_dir=tmp_path / "d", grace_period=30)
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        node = FakeNode(str(client.make_url("")))
+        await node.connect()
+        j = await submit(client, frames="1-3")
+        held = await drain(node)
+        assert len(held) == 2
+        await node.close()
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        again = FakeNode(str(client.make_url("")), uid=node.uid)
+        await again.connect(running=[])
+        got = await drain(again)
+        assert {a.task_id for a in got} <= {a.task_id for a in held} | {f"{j['id']}-00002"}
+        for assign in got:
+            await again.finish(assign)
+        for assign in await drain(again):
+            await again.finish(assign)
+        assert (await job(client, j["id"]))["status"] == "completed"
+        await again.close()

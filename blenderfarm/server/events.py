@@ -38,6 +38,7 @@ HELLO_TIMEOUT = 10.0
 MAX_CLIENT_MSG = 16 * 1024
 STATS_INTERVAL = 2.0
 RATE_WINDOW = 300.0  # seconds of finished frames behind "frames per minute"
+CLOSE_TIMEOUT = 2.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_BAD_HELLO = 4400
 
@@ -63,9 +64,11 @@ def event_key(event: dict[str, Any]) -> Hashable | None:
 class EventClient:
     """One browser: a bounded, coalescing buffer of encoded events and a wake-up flag."""
 
-    def __init__(self, ws: web.WebSocketResponse, token: str | None) -> None:
+    def __init__(self, ws: web.WebSocketResponse, token: str | None,
+                 transport: asyncio.BaseTransport | None = None) -> None:
         self.ws = ws
         self.token = token
+        self.transport = transport
         self.pending: OrderedDict[Hashable, str] = OrderedDict()
         self.wake = asyncio.Event()
         self.dropped = 0
@@ -86,7 +89,7 @@ class EventClient:
             # forget the backlog and have it reload everything once it catches up.
             self.resyncs += 1
             self.pending.clear()
-            key, text = ("resync",), json.dumps({"type": "resync", "time": time.time()})
+            self.pending[("resync",)] = json.dumps({"type": "resync", "time": time.time()})
         self.pending[key] = text
         self.wake.set()
 
@@ -103,6 +106,7 @@ class EventHub:
     def __init__(self, farm: Farm) -> None:
         self.farm = farm
         self.clients: set[EventClient] = set()
+        self.closing: set[asyncio.Task[None]] = set()
         self.started = time.time()
         self._frames: deque[list[float]] = deque()  # [second, count], oldest first
 
@@ -132,7 +136,7 @@ class EventHub:
     def frames_per_minute(self, now: float | None = None) -> float:
         now = time.time() if now is None else now
         self._trim(now)
-        count = sum(c for _, c in self._frames)
+        count = sum(c for second, c in self._frames if second >= now - RATE_WINDOW)
         # Over the window, or since start-up when younger: a farm that started a
         # minute ago and made 30 frames runs at 30/min, not 6/min.
         span = min(RATE_WINDOW, max(60.0, now - self.started))
@@ -167,7 +171,7 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
     if not user_allowed(request.app, token):
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
-    client = EventClient(ws, token)
+    client = EventClient(ws, token, request.transport)
     hub.clients.add(client)
     sender = asyncio.create_task(_sender(client))
     try:
@@ -181,8 +185,18 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sender
-        await ws.close()
+        await hang_up(client)
     return ws
+
+
+async def hang_up(client: EventClient, code: int = 1000, message: bytes = b"") -> None:
+    """Close politely, but drop a peer that stopped reading instead of waiting on it."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.ws.close(code=code, message=message), CLOSE_TIMEOUT)
+    transport = client.transport
+    # A transport still holding bytes would wait for the peer to read them, forever.
+    if isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size():
+        transport.abort()
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -233,8 +247,9 @@ async def _stats_loop(app: web.Application) -> None:
         for client in list(hub.clients):
             if not user_allowed(app, client.token):
                 hub.clients.discard(client)
-                asyncio.create_task(client.ws.close(code=CLOSE_UNAUTHORIZED,
-                                                    message=b"token revoked"))
+                task = asyncio.create_task(hang_up(client, CLOSE_UNAUTHORIZED, b"token revoked"))
+                hub.closing.add(task)  # keep a reference until it is done
+                task.add_done_callback(hub.closing.discard)
         stats = hub.stats()
         if stats != last and hub.clients:
             hub.publish({"type": "stats", "time": time.time(), **stats})
@@ -255,9 +270,8 @@ async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_events(app: web.Application) -> None:
     """On shutdown: say goodbye to every browser, but never wait on a stalled one."""
-    closing = [asyncio.wait_for(c.ws.close(code=1001, message=b"server shutting down"), 2.0)
-               for c in list(app[EVENTS].clients)]
-    await asyncio.gather(*closing, return_exceptions=True)
+    await asyncio.gather(*(hang_up(c, 1001, b"server shutting down")
+                           for c in list(app[EVENTS].clients)), return_exceptions=True)
 
 
 def setup_events(app: web.Application) -> None:

@@ -243,7 +243,7 @@ class Farm:
                 changed.append(task)
             task.node = rec.uid
             kept.append(tid)
-        for tid in rec.tasks:
+        for tid in list(rec.tasks):  # a copy: _requeue removes from rec.tasks
             if tid not in kept and tid in self.tasks and self.tasks[tid].node == rec.uid:
                 self._requeue(self.tasks[tid])  # the node lost it (restarted)
                 changed.append(self.tasks[tid])
