@@ -79,10 +79,11 @@ class ServerProc(Proc):
                           "--grace-period", "3", *(extra or [])], data_dir / "server.log")
 
     def start(self, timeout: float = 20) -> None:
+        seen = len(self.text()) if self.log_path.exists() else 0  # a restart appends
         super().start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if re.search(rf"listening on https?://\S+:{self.port}\b", self.text()):
+            if re.search(rf"listening on https?://\S+:{self.port}\b", self.text()[seen:]):
                 return
             if not self.alive:
                 raise RuntimeError("bf-server exited:\n" + self.text())
