@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
+
 from procs import NodeProc, ServerProc, bin_path, free_port, get_json, nodes_online, wait_for  # noqa: E402
 from scenes import make_scene, read_rgba, render_frames  # noqa: E402
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import msgpack
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from fakenode import FakeNode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,7 @@ from blenderfarm.protocol.jobspec import SpecError, validate_spec
 from blenderfarm.server.app import make_app
 from blenderfarm.server.config import ServerConfig
 from blenderfarm.server.keys import FARM
+from fakenode import FakeNode
 
 BLEND = b"BLENDER pretend file for hostile-input tests"
 SHA = hashlib.sha256(BLEND).hexdigest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from chaos import run_chaos
 from scenes import needs_blender
 

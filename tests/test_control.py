@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_server import SHA, drain, farm, job, submit  # noqa: F401 - fixtures and helpers
 
 from blenderfarm.protocol import messages as m
+from test_server import SHA, drain, farm, job, submit  # noqa: F401 - fixtures and helpers
 
 
 async def post(client, path: str, body: dict | None = None) -> dict:

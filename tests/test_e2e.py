@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from procs import bin_path, get_json, wait_for
 from scenes import make_scene, needs_blender, read_rgba, render_frames, textured_colors
 

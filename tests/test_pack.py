@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from scenes import make_scene, needs_blender, read_rgba, render_frames, textured_colors
 
 from blenderfarm.client.pack import (
     PackError,
@@ -26,6 +25,7 @@ from blenderfarm.client.pack import (
 )
 from blenderfarm.protocol.hashing import sha256_bytes, sha256_file
 from blenderfarm.protocol.jobspec import SpecError, validate_spec
+from scenes import make_scene, needs_blender, read_rgba, render_frames, textured_colors
 
 EXPECTED = {"shots/shot.blend", "textures/checker.png", "lib/props.blend"}
 

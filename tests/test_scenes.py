@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from scenes import (
     blender_eval,
     make_scene,

@@ -9,11 +9,11 @@ from pathlib import Path
 import msgpack
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from fakenode import FakeNode
 
 from blenderfarm.protocol import messages as m
 from blenderfarm.server.app import make_app
 from blenderfarm.server.config import ServerConfig
+from fakenode import FakeNode
 
 BLEND = b"BLENDER-v300 pretend .blend for server tests"
 SHA = hashlib.sha256(BLEND).hexdigest()
