@@ -117,7 +117,8 @@ def _frames_done(server: str, job_id: str) -> int:
 
 
 def _blender_pids(work_dir: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", str(work_dir)], capture_output=True, text=True)
+    """Blender processes rendering from a node's work dir (not the node agent itself)."""
+    out = subprocess.run(["pgrep", "-f", f"{work_dir}/jobs/"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
@@ -176,3 +177,19 @@ def test_denoise_scene_without_oidn_says_what_to_do(farm_procs, tmp_path) -> Non
     assert "--no-denoise" in proc.stderr + proc.stdout
     job_id2, _ = submit(server.url, blend, "--frames", "1", "--no-denoise")
     assert wait_job(server.url, job_id2)["status"] == "completed"
+
+
+def test_cancel_kills_running_renders_within_two_seconds(farm_procs, tmp_path) -> None:
+    blend = make_scene("anim", tmp_path / "slow", frames=30, res=96, samples=64)
+    server = farm_procs.server()
+    farm_procs.node("a")
+    farm_procs.wait_nodes(1)
+    job_id, _ = submit(server.url, blend, "--frames", "1-30")
+    wait_for(lambda: _frames_done(server.url, job_id) >= 1, 120, "a first frame")
+    assert _blender_pids(tmp_path / "node-a"), "Blender should be rendering"
+    t0 = time.monotonic()
+    assert bf(server.url, "cancel", job_id).returncode == 0
+    wait_for(lambda: not _blender_pids(tmp_path / "node-a"), 2.0, "Blender to stop", 0.05)
+    assert time.monotonic() - t0 <= 2.0
+    job = get_json(f"{server.url}/api/jobs/{job_id}")["job"]
+    assert job["status"] == "canceled" and job["frames_done"] < 30
