@@ -209,7 +209,7 @@ async def task_log(request: web.Request) -> web.Response:
     task = farm.tasks.get(request.match_info["task_id"])
     if task is None:
         raise FarmError(f"no task {request.match_info['task_id']!r}", "not_found", 404)
-    text = await asyncio.to_thread(farm.read_log, task)
+    text = await asyncio.to_thread(farm.logs.read, task)
     return web.json_response({"text": text, "task_id": task.id, "status": task.status})
 
 

@@ -101,7 +101,7 @@ async def delete(farm: Farm, job_id: str) -> None:
 
 def _remove_files(farm: Farm, job_id: str, blobs: set[str]) -> None:
     shutil.rmtree(farm.jobs_dir / job_id, ignore_errors=True)
-    shutil.rmtree(farm.config.data_dir / "logs" / job_id, ignore_errors=True)
+    farm.logs.remove_job(job_id)
     for sha in blobs:
         with contextlib.suppress(FileNotFoundError):
             farm.blobs.path(sha).unlink()

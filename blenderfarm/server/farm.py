@@ -22,6 +22,7 @@ from ..protocol.paths import PathError, normalize_relpath
 from .blobs import BlobStore
 from .compiler import compile_job
 from .config import ServerConfig
+from .logs import TaskLogs
 from .models import JOB_FINAL, TASK_FINAL, TASK_HELD, Job, NodeRecord, Output, Task
 from .scheduler import Scheduler
 from .store import Store
@@ -66,6 +67,7 @@ class Farm:
         self.store = store
         self.blobs = blobs
         self.jobs_dir = config.data_dir / "jobs"
+        self.logs = TaskLogs(config.data_dir / "logs")
         self.jobs: dict[str, Job] = {}
         self.tasks: dict[str, Task] = {}
         self.nodes: dict[str, NodeRecord] = {}
@@ -397,28 +399,6 @@ class Farm:
 
     def output_path(self, job_id: str, name: str) -> Path:
         return self.jobs_dir / job_id / name
-
-    def log_path(self, task: Task) -> Path:
-        return self.config.data_dir / "logs" / task.job_id / f"{task.id}.log"
-
-    async def append_log(self, task: Task, text: str) -> None:
-        def write() -> None:
-            path = self.log_path(task)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8", errors="replace") as f:
-                f.write(text if text.endswith("\n") else text + "\n")
-
-        await asyncio.to_thread(write)
-
-    def read_log(self, task: Task, limit: int = 256 * 1024) -> str:
-        """Blocking: the last ``limit`` bytes of a task's log, or its failure tail."""
-        try:
-            with open(self.log_path(task), "rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - limit))
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return task.log_tail
 
     def add_outputs(self, task: Task, outputs: list[Output]) -> list[Any]:
         job = self.jobs[task.job_id]

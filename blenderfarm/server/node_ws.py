@@ -143,7 +143,7 @@ async def _handle(farm: Farm, session: NodeSession, data: bytes) -> None:
         elif isinstance(msg, m.Log):
             task = farm.held_by(rec, msg.task_id)
             if task is not None:
-                await farm.append_log(task, msg.text[:1_000_000])
+                await farm.logs.append(task, msg.text[:1_000_000])
         else:
             session.send(m.Error(code="unexpected", message=f"{msg.T} is not expected now"))
     except FarmError as exc:

@@ -2,7 +2,7 @@
 // the header and the live connection to /ws/events.
 
 import { api, eventsUrl, getToken, setToken, whenUnauthorized } from "./api.js";
-import { forgetPersisted, mount, toast } from "./dom.js";
+import { mount, toast } from "./dom.js";
 import { clearImages } from "./images.js";
 import { jobView } from "./job.js";
 import { jobsView } from "./jobs.js";
@@ -23,7 +23,6 @@ function parseRoute() {
 
 function onRoute() {
   state.route = parseRoute();
-  forgetPersisted();
   state.page = null;
   if (state.route.name === "job" && state.signedIn) {
     loadPage(state.route.id).catch((exc) => toast(exc.message, "error"));

@@ -7,7 +7,7 @@ export function h(tag, attrs, ...children) {
   for (const [name, value] of Object.entries(attrs || {})) {
     if (value === null || value === undefined || value === false) continue;
     if (name.startsWith("on") && typeof value === "function") {
-      el.addEventListener(name.slice(2), value);
+      el[name] = value; // a property, so that morph() can hand it to the live element
     } else if (name === "value") {
       el.value = value;
     } else if (name === "style") {
@@ -29,35 +29,76 @@ function append(el, children) {
   }
 }
 
-// Elements that must survive re-renders (inputs being typed in, the log, images).
-const kept = new Map();
-
-export function persist(key, make) {
-  if (!kept.has(key)) kept.set(key, make());
-  return kept.get(key);
-}
-
-export function forgetPersisted() {
-  kept.clear();
-}
-
-/** Swap ``root``'s content for ``tree`` without losing keyboard focus or a scrolled log. */
+/**
+ * Make ``root`` show ``tree`` by changing the live DOM in place (a small morphdom).
+ * Redraws come several times a second; replacing elements would lose a click whose
+ * button vanished between press and release, keyboard focus, text being typed, scroll
+ * positions and loaded images. Children with a ``data-key`` are matched by key.
+ */
 export function mount(root, tree) {
-  const active = document.activeElement;
-  const key = active && active.dataset ? active.dataset.key : null;
-  const selection = active && "selectionStart" in active
-    ? [active.selectionStart, active.selectionEnd] : null;
-  const scrolls = [...root.querySelectorAll("[data-keep-scroll]")].map((el) => [el, el.scrollTop]);
-  root.replaceChildren(tree);
-  for (const [el, top] of scrolls) if (el.isConnected) el.scrollTop = top;
-  let target = active && active.isConnected && active !== document.body ? active : null;
-  if (!target && key) target = root.querySelector(`[data-key="${CSS.escape(key)}"]`);
-  if (target && target !== document.activeElement) {
-    target.focus({ preventScroll: true });
-    if (selection && selection[0] !== null) {
-      try { target.setSelectionRange(selection[0], selection[1]); } catch { /* not text */ }
+  if (root.childNodes.length === 1 && root.firstChild.nodeName === tree.nodeName) {
+    morph(root.firstChild, tree);
+  } else {
+    root.replaceChildren(tree);
+  }
+}
+
+const HANDLERS = ["onclick", "onsubmit", "oninput", "onchange", "onkeydown"];
+
+function keyOf(node) {
+  return node.nodeType === Node.ELEMENT_NODE ? node.getAttribute("data-key") : null;
+}
+
+function morph(old, neu) {
+  if (old.nodeType !== neu.nodeType || old.nodeName !== neu.nodeName || keyOf(old) !== keyOf(neu)) {
+    old.replaceWith(neu);
+    return;
+  }
+  if (old.nodeType !== Node.ELEMENT_NODE) {
+    if (old.nodeValue !== neu.nodeValue) old.nodeValue = neu.nodeValue;
+    return;
+  }
+  syncAttributes(old, neu);
+  for (const name of HANDLERS) if (old[name] !== neu[name]) old[name] = neu[name];
+  if ("value" in old && old !== document.activeElement && old.value !== neu.value) {
+    old.value = neu.value; // never under the user's fingers
+  }
+  syncChildren(old, neu);
+}
+
+function syncAttributes(old, neu) {
+  for (const { name } of [...old.attributes]) {
+    if (!neu.hasAttribute(name)) old.removeAttribute(name);
+  }
+  for (const { name, value } of [...neu.attributes]) {
+    if (name === "style") {
+      if (old.style.cssText !== neu.style.cssText) old.style.cssText = neu.style.cssText;
+    } else if (old.getAttribute(name) !== value) {
+      old.setAttribute(name, value);
     }
   }
+}
+
+function syncChildren(old, neu) {
+  const byKey = new Map();
+  for (const child of old.childNodes) {
+    const key = keyOf(child);
+    if (key) byKey.set(key, child);
+  }
+  const wanted = [...neu.childNodes];
+  wanted.forEach((node, i) => {
+    const key = keyOf(node);
+    const here = old.childNodes[i] || null;
+    const match = key ? byKey.get(key) : here && !keyOf(here) ? here : null;
+    if (!match) {
+      old.insertBefore(node, here);
+      return;
+    }
+    if (key) byKey.delete(key);
+    if (match !== here) old.insertBefore(match, here);
+    morph(match, node);
+  });
+  while (old.childNodes.length > wanted.length) old.lastChild.remove();
 }
 
 export function progressBar(fraction, label, extraClass) {

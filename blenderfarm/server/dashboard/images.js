@@ -1,53 +1,51 @@
-// Rendered frames as <img> elements, kept across redraws so they never flicker.
-// When the server needs a token an <img src> cannot send it, so the bytes are fetched
-// with the token and shown from a blob: URL (revoked when the image leaves the cache).
+// Rendered frames for <img>. Without sign-in an image is its plain URL (the browser
+// caches it). With sign-in an <img src> cannot send the token, so the bytes are fetched
+// with it and shown from a blob: URL, kept in a small cache and revoked on eviction.
 
 import { apiBlob, enc, getToken } from "./api.js";
 import { h } from "./dom.js";
+import { invalidate } from "./state.js";
 
-const MAX_IMAGES = 96;
-const cache = new Map(); // key -> {img, url}; Map order = least recently used first
+const MAX_BLOBS = 96;
+const blobs = new Map(); // url -> blob: URL, or "" while loading; Map order = LRU first
 
 export function frameUrl(jobId, name) {
   return `/api/jobs/${enc(jobId)}/outputs/${enc(name)}`;
 }
 
-/** The <img> for one output; `role` keeps the preview and the strip apart. */
-export function frameImage(jobId, output, role, alt) {
-  const key = `${role}|${jobId}|${output.name}|${output.sha256}`;
-  let entry = cache.get(key);
-  if (entry) {
-    cache.delete(key); // most recently used goes last
-  } else {
-    entry = { img: h("img", { alt, decoding: "async", draggable: "false" }), url: null };
-    load(entry, frameUrl(jobId, output.name), output.sha256);
-  }
-  cache.set(key, entry);
-  evict();
-  return entry.img;
+/** An <img> for one output; the hash makes a re-rendered frame a new URL. */
+export function frameImage(jobId, output, alt) {
+  const url = `${frameUrl(jobId, output.name)}?v=${output.sha256.slice(0, 12)}`;
+  return h("img", { src: getToken() ? viaBlob(url) : url, alt, decoding: "async",
+    draggable: "false" });
 }
 
-function load(entry, url, sha) {
-  if (!getToken()) {
-    // The hash makes a re-rendered frame a new URL while the old one stays cached.
-    entry.img.src = `${url}?v=${sha.slice(0, 12)}`;
-    return;
+function viaBlob(url) {
+  if (blobs.has(url)) {
+    const src = blobs.get(url);
+    blobs.delete(url); // most recently used goes last
+    blobs.set(url, src);
+    return src || null;
   }
+  blobs.set(url, "");
   apiBlob(url).then((blob) => {
-    entry.url = URL.createObjectURL(blob);
-    entry.img.src = entry.url;
-  }).catch(() => entry.img.classList.add("broken"));
+    if (!blobs.has(url)) return;
+    blobs.set(url, URL.createObjectURL(blob));
+    invalidate();
+  }).catch(() => blobs.delete(url));
+  evict();
+  return null;
 }
 
 function evict() {
-  while (cache.size > MAX_IMAGES) {
-    const [key, entry] = cache.entries().next().value;
-    cache.delete(key);
-    if (entry.url) URL.revokeObjectURL(entry.url);
+  while (blobs.size > MAX_BLOBS) {
+    const [url, src] = blobs.entries().next().value;
+    blobs.delete(url);
+    if (src) URL.revokeObjectURL(src);
   }
 }
 
 export function clearImages() {
-  for (const entry of cache.values()) if (entry.url) URL.revokeObjectURL(entry.url);
-  cache.clear();
+  for (const src of blobs.values()) if (src) URL.revokeObjectURL(src);
+  blobs.clear();
 }

@@ -2,7 +2,7 @@
 // ones, the frame grid, its tasks and a live log (the last three in tasks.js).
 
 import { api, apiBlob, enc, getToken } from "./api.js";
-import { badge, clock, duration, eta, h, persist, progressBar, toast } from "./dom.js";
+import { badge, clock, duration, eta, h, progressBar, toast } from "./dom.js";
 import { frameImage } from "./images.js";
 import { invalidate, nodeName, state } from "./state.js";
 import { frameGrid, logPanel, taskTable } from "./tasks.js";
@@ -15,7 +15,7 @@ export function jobView() {
   if (!page || page.missing) return notFound(page ? page.id : "");
   if (!job || page.tasks === null) return h("p", { class: "muted loading" }, "Loading job…");
   const now = Date.now() / 1000;
-  return h("article", { class: "job-page", "data-job-id": job.id },
+  return h("article", { class: "job-page", "data-job-id": job.id, "data-key": `view-job-${job.id}` },
     header(job),
     summary(job, now),
     h("div", { class: "job-columns" },
@@ -43,7 +43,7 @@ function header(job) {
 
 function button(label, key, onclick, opts) {
   const o = opts || {};
-  return h("button", { type: "button", class: `btn ${o.cls || ""}`, "data-key": key,
+  return h("button", { type: "button", class: `btn ${o.cls || ""}`, "data-action": key,
     disabled: o.disabled, title: o.title, onclick }, label);
 }
 
@@ -78,19 +78,18 @@ async function run(call, done) {
 }
 
 function priorityForm(job) {
-  // Kept across redraws so a number being typed is not replaced by the live value.
-  const input = persist(`prio-${job.id}`, () => h("input", {
-    type: "number", min: 0, max: 100, step: 1, value: job.priority, id: "priority",
-    "data-key": "prio-input", class: "prio-input" }));
+  // morph() leaves the value alone while the field has focus, so typing is not undone.
+  const input = h("input", { type: "number", min: 0, max: 100, step: 1, value: job.priority,
+    id: "priority", class: "prio-input" });
   const submit = (e) => {
     e.preventDefault();
-    const priority = Number(input.value);
+    const priority = Number(e.target.elements.priority.value);
     run(() => api(`/api/jobs/${enc(job.id)}/priority`, { method: "POST", body: { priority } }),
       `Priority set to ${priority}`);
   };
   return h("form", { class: "prio", onsubmit: submit },
     h("label", { for: "priority" }, "Priority"), input,
-    h("button", { type: "submit", class: "btn", "data-key": "act-prio" }, "Set"));
+    h("button", { type: "submit", class: "btn" }, "Set"));
 }
 
 async function deleteJob(job) {
@@ -152,11 +151,11 @@ function previewPanel(job, page) {
     h("div", { class: "panel-head" },
       h("h2", null, pinned ? `Frame ${out.frame}` : "Latest frame"),
       out ? h("span", { class: "muted" }, out.name) : null,
-      pinned ? h("button", { type: "button", class: "btn small", "data-key": "follow-latest",
+      pinned ? h("button", { type: "button", class: "btn small",
         onclick: () => { page.preview = null; invalidate(true); } }, "Follow latest") : null),
     out
       ? h("div", { class: "preview-box" },
-        frameImage(job.id, out, "preview", `Frame ${out.frame} of ${job.name}`))
+        frameImage(job.id, out, `Frame ${out.frame} of ${job.name}`))
       : h("div", { class: "preview-box empty-frame" }, "No finished frame yet"));
 }
 
@@ -192,5 +191,5 @@ function stripPanel(job, page) {
       h("button", { type: "button", role: "listitem", class: `thumb${o.name === current ? " on" : ""}`,
         "data-key": `thumb-${o.name}`, title: o.name, "aria-label": `Show frame ${o.frame}`,
         onclick: () => { page.preview = o.name; invalidate(true); } },
-      frameImage(job.id, o, "strip", ""), h("span", null, String(o.frame))))));
+      frameImage(job.id, o, ""), h("span", null, String(o.frame))))));
 }

@@ -8,7 +8,7 @@ export function jobsView() {
   const now = Date.now() / 1000;
   const jobs = [...state.jobs.values()].sort((a, b) => b.created - a.created);
   const rows = jobs.map((job) => jobRow(job, now));
-  return h("section", { class: "panel", "aria-labelledby": "jobs-title" },
+  return h("section", { class: "panel", "aria-labelledby": "jobs-title", "data-key": "view-jobs" },
     h("div", { class: "panel-head" },
       h("h1", { id: "jobs-title" }, "Jobs"),
       h("span", { class: "muted" }, summary(jobs))),
@@ -36,10 +36,10 @@ function jobRow(job, now) {
   const done = job.frames_total ? job.frames_done / job.frames_total : 0;
   const label = `${job.frames_done} of ${job.frames_total} frames`;
   const title = job.error || undefined;
-  return h("tr", { "data-job-id": job.id, class: `row s-${job.status}`,
+  return h("tr", { "data-job-id": job.id, "data-key": `job-${job.id}`, class: `row s-${job.status}`,
     onclick: (e) => { if (!e.target.closest("a,button")) location.hash = href; } },
   h("td", { class: "name" },
-    h("a", { href, "data-key": `job-link-${job.id}` }, job.name || job.id),
+    h("a", { href }, job.name || job.id),
     h("div", { class: "sub" }, job.blend, job.scene ? ` · ${job.scene}` : "")),
   h("td", null, badge(job.status, title)),
   h("td", { class: "wide" },

@@ -9,7 +9,7 @@ export function nodesView() {
   const nodes = [...state.nodes.values()].sort((a, b) =>
     (b.online - a.online) || a.name.localeCompare(b.name));
   const online = nodes.filter((n) => n.online).length;
-  return h("section", { class: "panel", "aria-labelledby": "nodes-title" },
+  return h("section", { class: "panel", "aria-labelledby": "nodes-title", "data-key": "view-nodes" },
     h("div", { class: "panel-head" }, h("h1", { id: "nodes-title" }, "Nodes"),
       h("span", { class: "muted" }, `${online} of ${nodes.length} online`)),
     nodes.length ? table(nodes.map((n) => nodeRow(n, now))) : h("div", { class: "empty" },
@@ -35,7 +35,7 @@ function blocklistedIn(node) {
 
 function nodeRow(node, now) {
   const blocked = blocklistedIn(node);
-  return h("tr", { "data-node-id": node.id, class: `s-${node.state}` },
+  return h("tr", { "data-node-id": node.id, "data-key": `node-${node.id}`, class: `s-${node.state}` },
     h("td", { class: "name" }, node.name,
       node.tags && node.tags.length ? h("div", { class: "sub" }, node.tags.join(", ")) : null),
     h("td", null, badge(node.state),
@@ -89,13 +89,13 @@ function nodeActions(node) {
   const stopped = node.drained || node.disabled;
   return [
     stopped
-      ? h("button", { type: "button", class: "btn small", "data-key": `enable-${node.id}`,
+      ? h("button", { type: "button", class: "btn small", "data-action": "enable",
         onclick: call("enable", "enabled") }, "Enable")
-      : h("button", { type: "button", class: "btn small", "data-key": `drain-${node.id}`,
+      : h("button", { type: "button", class: "btn small", "data-action": "drain",
         title: "finish the current task, then take no more",
         onclick: call("drain", "draining") }, "Drain"),
     node.disabled ? null : h("button", { type: "button", class: "btn small warn",
-      "data-key": `disable-${node.id}`, title: "stop now; its tasks go back to the queue",
+      "data-action": "disable", title: "stop now; its tasks go back to the queue",
       onclick: () => confirm(`Disable ${node.name} now? Its tasks go back to the queue.`)
         && call("disable", "disabled")() }, "Disable"),
   ];

@@ -1,7 +1,7 @@
 // The job page's lower half: the frame grid, the task table and the live log viewer.
 
 import { api, enc } from "./api.js";
-import { duration, frameRanges, h, persist, progressBar } from "./dom.js";
+import { duration, frameRanges, h, progressBar } from "./dom.js";
 import { invalidate, nodeName, state } from "./state.js";
 
 const HELD = ["assigned", "running"];
@@ -52,7 +52,7 @@ function taskRow(task, page, now) {
   const running = HELD.includes(task.status);
   const fraction = running ? (p ? p.fraction : task.progress) : null;
   return h("tr", { class: `s-${task.status}${page.selected === task.id ? " sel" : ""}`,
-    "data-task-id": task.id },
+    "data-task-id": task.id, "data-key": `task-${task.id}` },
   h("td", { class: "num" }, String(task.index + 1)),
   h("td", null, frameRanges(task.frames)),
   h("td", null, h("span", { class: `badge s-${task.status}` }, task.status)),
@@ -64,7 +64,7 @@ function taskRow(task, page, now) {
   h("td", { class: "num" }, String(task.attempts), task.failures
     ? h("span", { class: "fail-count", title: "failures" }, ` (${task.failures}✗)`) : null),
   h("td", { class: "err", title: task.error || undefined }, task.error || ""),
-  h("td", null, h("button", { type: "button", class: "btn small", "data-key": `log-${task.id}`,
+  h("td", null, h("button", { type: "button", class: "btn small",
     "aria-pressed": String(page.selected === task.id),
     onclick: () => selectTask(page, task.id) }, "Log")));
 }
@@ -75,7 +75,7 @@ export function taskTable(job, page) {
   return h("section", { class: "panel tasks", "aria-labelledby": "tasks-title" },
     h("div", { class: "panel-head" }, h("h2", { id: "tasks-title" }, "Tasks"),
       h("span", { class: "muted" }, `${page.tasks.length}`)),
-    h("div", { class: "table-wrap scroll", "data-keep-scroll": "" },
+    h("div", { class: "table-wrap scroll" },
       h("table", { class: "grid-table" },
         h("thead", null, h("tr", null, ["#", "Frames", "Status", "Node", "Time", "Attempts",
           "Error", ""].map((t) => h("th", { scope: "col" }, t)))),
@@ -106,35 +106,34 @@ async function pollLog(page, log) {
   } catch (exc) {
     log.text = log.text || `(no log: ${exc.message})`;
   }
-  showLog(log);
+  showLog();
   const task = page.tasks && page.tasks.find((t) => t.id === log.taskId);
-  const live = HELD.includes(log.status || (task && task.status));
-  if (live || (task && HELD.includes(task.status))) {
+  if (HELD.includes(log.status) || (task && HELD.includes(task.status))) {
     setTimeout(() => pollLog(page, log), LOG_POLL_MS);
   }
 }
 
-function logPre() {
-  return persist("log-pre", () => h("pre", { class: "log", tabindex: "0",
-    "aria-label": "Task log", "data-keep-scroll": "" }));
+/** Redraw now; keep following the tail unless the reader scrolled up. */
+function showLog() {
+  const pre = document.querySelector("pre.log");
+  const atBottom = !pre || pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
+  invalidate(true);
+  const now = document.querySelector("pre.log");
+  if (now && atBottom) now.scrollTop = now.scrollHeight;
 }
 
-function showLog(log) {
-  const pre = logPre();
-  const text = log.text === null ? "Loading…" : (log.text || "(the log is empty so far)");
-  if (pre.textContent === text) return;
-  const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
-  pre.textContent = text;
-  if (atBottom) pre.scrollTop = pre.scrollHeight; // follow the tail unless scrolled up
+function logText(page, task) {
+  if (!task) return "Choose a task (its Log button, or a frame) to see its log.";
+  const log = page.log;
+  if (!log || log.taskId !== task.id || log.text === null) return "Loading…";
+  return log.text || "(the log is empty so far)";
 }
 
 export function logPanel(page) {
-  const pre = logPre();
   const task = page.selected && page.tasks.find((t) => t.id === page.selected);
-  if (!task) pre.textContent = "Choose a task (its Log button, or a frame) to see its log.";
   const title = task ? `Log · task ${task.index + 1} (frames ${frameRanges(task.frames)})` : "Log";
   return h("section", { class: "panel log-panel", "aria-labelledby": "log-title" },
     h("div", { class: "panel-head" }, h("h2", { id: "log-title" }, title),
       task && HELD.includes(task.status) ? h("span", { class: "live-dot" }, "live") : null),
-    pre);
+    h("pre", { class: "log", tabindex: "0", "aria-label": "Task log" }, logText(page, task)));
 }
