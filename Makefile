@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps venv blender test lint typecheck pytest demo bench clean
+.PHONY: all deps venv blender chromium test lint typecheck pytest demo bench clean
 
 all: test
 
@@ -26,13 +26,19 @@ blender:
 
 deps: venv blender
 
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; never `playwright install`).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then echo "using /usr/bin/chromium"; \
+	else echo "installing Debian's chromium"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; fi
+
 lint: venv
 	$(BIN)/ruff check blenderfarm tests bench examples
 
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: deps
+pytest: deps chromium
 	$(BIN)/pytest -q
 
 test: deps lint typecheck pytest

@@ -111,6 +111,7 @@ async def blob_put(request: web.Request) -> web.Response:
             yield chunk
 
     size = await blobs.write(sha, chunks())
+    request.app[FARM].metrics.add_uploaded_bytes(size)
     return web.json_response({"sha256": sha, "size": size}, status=201)
 
 

@@ -39,7 +39,7 @@ def make_app(config: ServerConfig) -> web.Application:
     app.on_shutdown.append(_close_sockets)
     setup_events(app)
     setup_dashboard(app)
-    setup_metrics(app)
+    setup_metrics(app, farm)
     return app
 
 

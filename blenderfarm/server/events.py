@@ -23,10 +23,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from .auth import user_allowed
+from .auth import AUTH, user_allowed
 from .farm import Farm
 from .keys import FARM
-from .models import TASK_HELD
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +143,9 @@ class EventHub:
 
     def stats(self) -> dict[str, Any]:
         farm = self.farm
+        # Rendering now; tasks assigned ahead (prefetch) still count as queued work.
         running = sum(1 for rec in farm.nodes.values() for tid in rec.tasks
-                      if tid in farm.tasks and farm.tasks[tid].status in TASK_HELD)
+                      if tid in farm.tasks and farm.tasks[tid].status == "running")
         info = farm.info()
         return {"nodes_online": info["nodes_online"], "nodes_known": info["nodes_known"],
                 "tasks_queued": info["tasks_queued"], "tasks_running": running,
@@ -157,18 +157,19 @@ EVENTS = web.AppKey("events", EventHub)
 
 async def events_socket(request: web.Request) -> web.StreamResponse:
     hub = request.app[EVENTS]
-    if not _same_origin(request):
-        # Websockets ignore the same-origin policy; without this check any web page a
-        # user visits could read the farm's events from a server running open.
+    if not request.app[AUTH].required and not _same_origin(request):
+        # Websockets ignore the same-origin policy: without this, any web page a user
+        # visits could read the events of a farm running open. With tokens, another
+        # site's page has no token to send (local storage is per origin).
         raise web.HTTPForbidden(text="cross-origin websocket refused")
     ws = web.WebSocketResponse(heartbeat=hub.farm.config.heartbeat, max_msg_size=MAX_CLIENT_MSG)
     await ws.prepare(request)
-    token = await _read_token(ws)
-    if token is False:
+    try:
+        token = await _read_token(ws)
+    except BadHello:
         await ws.close(code=CLOSE_BAD_HELLO, message=b"first frame must be {\"token\": ...}")
         return ws
-    assert not isinstance(token, bool)
-    if not user_allowed(request.app, token):
+    if not await _admit(request, token):
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
     client = EventClient(ws, token, request.transport)
@@ -204,27 +205,44 @@ def _same_origin(request: web.Request) -> bool:
     if not origin:  # not a browser (the add-on, scripts)
         return True
     try:
-        return URL(origin).host_port_subcomponent == request.url.host_port_subcomponent
+        host = URL(origin).host_port_subcomponent
     except ValueError:
         return False
+    # A page cannot set X-Forwarded-Host on a websocket; a proxy in front of us can.
+    return host in (request.url.host_port_subcomponent, request.headers.get("X-Forwarded-Host"))
 
 
-async def _read_token(ws: web.WebSocketResponse) -> str | None | bool:
-    """The token of the browser's first frame; False when that frame is not one."""
+class BadHello(Exception):
+    """The browser's first frame was missing, late, or not ``{"token": ...}``."""
+
+
+async def _read_token(ws: web.WebSocketResponse) -> str | None:
+    """The token of the browser's first frame (None: it has none)."""
     try:
         msg = await ws.receive(timeout=HELLO_TIMEOUT)
-    except TimeoutError:
-        return False
+    except TimeoutError as exc:
+        raise BadHello("no first frame") from exc
     if msg.type != WSMsgType.TEXT:
-        return False
+        raise BadHello("first frame not text")
     try:
         data = json.loads(msg.data)
-    except ValueError:
-        return False
+    except ValueError as exc:
+        raise BadHello("first frame not JSON") from exc
     if not isinstance(data, dict) or "token" not in data:
-        return False
+        raise BadHello("first frame has no token field")
     token = data["token"]
     return token if isinstance(token, str) and token else None
+
+
+async def _admit(request: web.Request, token: str | None) -> bool:
+    """A user token (or an open farm); failures count toward the API's rate limit."""
+    auth, peer = request.app[AUTH], request.remote or "?"
+    if auth.required and auth.limited(peer):
+        return False
+    if user_allowed(request.app, token):
+        return True
+    auth.failed(peer)
+    return False
 
 
 async def _sender(client: EventClient) -> None:

@@ -23,6 +23,7 @@ from .blobs import BlobStore
 from .compiler import compile_job
 from .config import ServerConfig
 from .logs import TaskLogs
+from .metrics import FarmMetrics
 from .models import JOB_FINAL, TASK_FINAL, TASK_HELD, Job, NodeRecord, Output, Task
 from .scheduler import Scheduler
 from .store import Store
@@ -68,6 +69,7 @@ class Farm:
         self.blobs = blobs
         self.jobs_dir = config.data_dir / "jobs"
         self.logs = TaskLogs(config.data_dir / "logs")
+        self.metrics = FarmMetrics()
         self.jobs: dict[str, Job] = {}
         self.tasks: dict[str, Task] = {}
         self.nodes: dict[str, NodeRecord] = {}
@@ -293,6 +295,7 @@ class Farm:
         """Give queued tasks to nodes with room: first every idle node, then prefetch slots."""
         if self.sched.queued == 0:
             return
+        started = time.perf_counter()
         assigned: list[Task] = []
         for slot in range(1, self.config.prefetch + 2):
             for session in list(self.sessions.values()):
@@ -308,6 +311,7 @@ class Farm:
                     break
         if assigned:
             self._persist(tasks=assigned)
+            self.metrics.observe_dispatch(time.perf_counter() - started)
 
     def _may_run(self, rec: NodeRecord, job_id: str) -> bool:
         job = self.jobs[job_id]
@@ -425,6 +429,7 @@ class Farm:
         task.status, task.node, task.progress = "done", rec.uid, 1.0
         task.finished = time.time()
         rec.frames_rendered += len(task.frames)
+        self.metrics.add_render_seconds(seconds)
         if all(self.tasks[t].status == "done" for t in job.task_ids):
             job.status, job.finished = "completed", time.time()
             self.sched.remove_job(job.id)

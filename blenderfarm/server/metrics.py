@@ -5,7 +5,8 @@ read from the farm at scrape time by :class:`FarmCollector`, so they can never
 drift from the truth. What the farm's state does not keep (render seconds, bytes
 uploaded, dispatch latency) it feeds through the small ``FarmMetrics`` methods.
 Each app has its own ``CollectorRegistry``: tests build many apps in one process,
-and the global registry would refuse the second.
+and the global registry would refuse the second. ``farm.py`` may import this module
+(for ``FarmMetrics``), so it imports nothing of the server's at run time but models.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from .keys import FARM
 from .models import JOB_STATES, TASK_STATES
 
 if TYPE_CHECKING:
@@ -60,13 +60,14 @@ class FarmMetrics:
 
 
 class FarmCollector(Collector):
-    """Reads the app's farm at scrape time; O(jobs + tasks + nodes), no I/O."""
+    """Reads the farm at scrape time; O(jobs + tasks + nodes), no I/O."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, farm: Farm, app: web.Application) -> None:
+        self.farm = farm
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        farm: Farm = self.app[FARM]
+        farm = self.farm
         yield _by_state("blenderfarm_jobs", "Jobs by status.", JOB_STATES,
                         (j.status for j in farm.jobs.values()))
         yield _by_state("blenderfarm_tasks", "Tasks by status.", TASK_STATES,
@@ -100,7 +101,7 @@ def _by_state(name: str, doc: str, states: tuple[str, ...], values: Iterable[str
 
 
 def _event_clients(app: web.Application) -> int:
-    from .events import EVENTS  # events imports the farm too; only look it up when there
+    from .events import EVENTS  # not at the top: events imports farm, which imports us
 
     hub = app.get(EVENTS)
     return len(hub.clients) if hub is not None else 0
@@ -114,13 +115,12 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def setup_metrics(app: web.Application) -> FarmMetrics:
+def setup_metrics(app: web.Application, farm: Farm) -> FarmMetrics:
     """Add ``/metrics``; use the farm's ``metrics`` (``FarmMetrics``) when it has one."""
-    farm = app[FARM]
     metrics = getattr(farm, "metrics", None)
     if not isinstance(metrics, FarmMetrics):
         metrics = FarmMetrics()
-    metrics.registry.register(FarmCollector(app))
+    metrics.registry.register(FarmCollector(farm, app))
     app[METRICS] = metrics
     app.router.add_get("/metrics", metrics_handler)
     return metrics

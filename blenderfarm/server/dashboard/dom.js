@@ -36,11 +36,29 @@ function append(el, children) {
  * positions and loaded images. Children with a ``data-key`` are matched by key.
  */
 export function mount(root, tree) {
+  const following = [...root.querySelectorAll("[data-follow]")].filter(atEnd);
   if (root.childNodes.length === 1 && root.firstChild.nodeName === tree.nodeName) {
     morph(root.firstChild, tree);
   } else {
     root.replaceChildren(tree);
   }
+  // A log or a strip of frames keeps showing its newest end, unless the reader
+  // scrolled away from it; a new one starts there.
+  for (const el of root.querySelectorAll("[data-follow]")) {
+    if (following.includes(el) || !seen.has(el)) {
+      seen.add(el);
+      if (el.dataset.follow === "x") el.scrollLeft = el.scrollWidth;
+      else el.scrollTop = el.scrollHeight;
+    }
+  }
+}
+
+const seen = new WeakSet(); // [data-follow] elements already shown once
+
+function atEnd(el) {
+  return el.dataset.follow === "x"
+    ? el.scrollWidth - el.scrollLeft - el.clientWidth < 40
+    : el.scrollHeight - el.scrollTop - el.clientHeight < 40;
 }
 
 const HANDLERS = ["onclick", "onsubmit", "oninput", "onchange", "onkeydown"];

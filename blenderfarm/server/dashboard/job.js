@@ -17,7 +17,7 @@ export function jobView() {
   const now = Date.now() / 1000;
   return h("article", { class: "job-page", "data-job-id": job.id, "data-key": `view-job-${job.id}` },
     header(job),
-    summary(job, now),
+    summary(job, page.tasks, now),
     h("div", { class: "job-columns" },
       previewPanel(job, page),
       detailsPanel(job)),
@@ -38,7 +38,7 @@ function header(job) {
     h("a", { href: "#/jobs", class: "back", "aria-label": "Back to all jobs" }, "← Jobs"),
     h("h1", { id: "job-title" }, job.name || job.id),
     badge(job.status, job.error || undefined),
-    h("div", { class: "actions", role: "toolbar", "aria-label": "Job actions" }, actions(job)));
+    h("div", { class: "actions", role: "group", "aria-label": "Job actions" }, actions(job)));
 }
 
 function button(label, key, onclick, opts) {
@@ -123,7 +123,11 @@ async function downloadZip(job) {
   a.remove();
 }
 
-function summary(job, now) {
+function count(tasks, status) {
+  return tasks.filter((t) => t.status === status).length;
+}
+
+function summary(job, tasks, now) {
   const fraction = job.frames_total ? job.frames_done / job.frames_total : 0;
   const left = eta(job, now);
   return h("div", { class: "job-summary" },
@@ -131,7 +135,8 @@ function summary(job, now) {
       `big s-${job.status}`),
     h("div", { class: "summary-line" },
       h("strong", { class: "frames-count" }, `${job.frames_done} / ${job.frames_total} frames`),
-      ` · ${job.tasks_running} running · ${job.tasks_queued} queued · ${job.tasks_failed} failed`,
+      ` · ${count(tasks, "running")} rendering · ${count(tasks, "assigned")} assigned`,
+      ` · ${job.tasks_queued} queued · ${job.tasks_failed} failed`,
       left === null ? "" : ` · ETA ${duration(left)}`),
     job.error ? h("p", { class: "job-error", role: "alert" }, job.error) : null);
 }
@@ -187,7 +192,7 @@ function stripPanel(job, page) {
       h("h2", null, "Finished frames"),
       h("span", { class: "muted" }, outs.length > shown.length
         ? `the last ${shown.length} of ${outs.length}` : `${outs.length}`)),
-    h("div", { class: "strip", role: "list" }, shown.map((o) =>
+    h("div", { class: "strip", role: "list", "data-follow": "x" }, shown.map((o) =>
       h("button", { type: "button", role: "listitem", class: `thumb${o.name === current ? " on" : ""}`,
         "data-key": `thumb-${o.name}`, title: o.name, "aria-label": `Show frame ${o.frame}`,
         onclick: () => { page.preview = o.name; invalidate(true); } },

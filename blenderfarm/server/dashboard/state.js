@@ -83,7 +83,8 @@ export async function loadPage(jobId) {
 }
 
 function newPage(id) {
-  return { id, tasks: null, outputs: [], missing: false, selected: null, log: null, preview: null };
+  return { id, tasks: null, outputs: [], missing: false, selected: null, pinned: false,
+    log: null, preview: null };
 }
 
 async function refreshJob(id) {
@@ -103,16 +104,25 @@ async function refreshPart(part) {
   }
 }
 
+const FINAL = ["completed", "failed", "canceled"];
+
+/** Progress of a finished job's tasks means nothing any more; a long session adds up. */
+function forgetProgress(jobId) {
+  for (const [tid, p] of state.progress) if (p.job_id === jobId) state.progress.delete(tid);
+}
+
 /** Apply one event from /ws/events. */
 export function applyEvent(ev) {
   const page = state.page;
   switch (ev.type) {
     case "job":
       state.jobs.set(ev.job.id, ev.job);
+      if (FINAL.includes(ev.job.status)) forgetProgress(ev.job.id);
       if (page && page.id === ev.job.id) debounce("tasks", 300, () => refreshPart("tasks"));
       break;
     case "job_deleted":
       state.jobs.delete(ev.job_id);
+      forgetProgress(ev.job_id);
       if (page && page.id === ev.job_id) page.missing = true;
       break;
     case "node":

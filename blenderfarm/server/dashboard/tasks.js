@@ -82,19 +82,24 @@ export function taskTable(job, page) {
         h("tbody", null, page.tasks.map((t) => taskRow(t, page, now))))));
 }
 
-/** The first time a task runs, follow its log; never switch away from a choice. */
+/** Until the user picks a task, the log follows the newest task that is rendering. */
 function autoSelect(page) {
-  if (page.selected) return;
-  const running = page.tasks.find((t) => HELD.includes(t.status));
-  if (running) selectTask(page, running.id, true);
+  if (page.pinned) return;
+  const shown = page.tasks.find((t) => t.id === page.selected);
+  if (shown && shown.status === "running") return;
+  const rendering = page.tasks.filter((t) => t.status === "running")
+    .sort((a, b) => (b.started || 0) - (a.started || 0))[0];
+  const next = rendering || (shown ? null : page.tasks.find((t) => HELD.includes(t.status)));
+  if (next && next.id !== page.selected) selectTask(page, next.id, true);
 }
 
-export function selectTask(page, taskId, quiet) {
+export function selectTask(page, taskId, auto) {
+  if (!auto) page.pinned = true; // a task the user chose stays chosen
   if (page.selected === taskId && page.log) return;
   page.selected = taskId;
   page.log = { taskId, text: null, status: null };
   pollLog(page, page.log);
-  if (!quiet) invalidate(true);
+  if (!auto) invalidate(true);
 }
 
 async function pollLog(page, log) {
@@ -106,20 +111,11 @@ async function pollLog(page, log) {
   } catch (exc) {
     log.text = log.text || `(no log: ${exc.message})`;
   }
-  showLog();
+  invalidate(true);
   const task = page.tasks && page.tasks.find((t) => t.id === log.taskId);
   if (HELD.includes(log.status) || (task && HELD.includes(task.status))) {
     setTimeout(() => pollLog(page, log), LOG_POLL_MS);
   }
-}
-
-/** Redraw now; keep following the tail unless the reader scrolled up. */
-function showLog() {
-  const pre = document.querySelector("pre.log");
-  const atBottom = !pre || pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
-  invalidate(true);
-  const now = document.querySelector("pre.log");
-  if (now && atBottom) now.scrollTop = now.scrollHeight;
 }
 
 function logText(page, task) {
@@ -135,5 +131,6 @@ export function logPanel(page) {
   return h("section", { class: "panel log-panel", "aria-labelledby": "log-title" },
     h("div", { class: "panel-head" }, h("h2", { id: "log-title" }, title),
       task && HELD.includes(task.status) ? h("span", { class: "live-dot" }, "live") : null),
-    h("pre", { class: "log", tabindex: "0", "aria-label": "Task log" }, logText(page, task)));
+    h("pre", { class: "log", tabindex: "0", "aria-label": "Task log", "data-follow": "y",
+      "data-key": `log-${page.selected}` }, logText(page, task)));
 }

@@ -1,0 +1,255 @@
+"""The dashboard in a real browser (Debian's Chromium, driven by Playwright) against a
+real bf-server with a real bf-node rendering with real Blender.
+
+Set ``BLENDERFARM_SCREENSHOTS=docs`` to also write the README's screenshots
+(``test_docs_screenshots`` renders a bigger scene on two nodes for them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blenderfarm.server import tokens
+from procs import NodeProc, ServerProc, bin_path, free_port, get_json, nodes_online, wait_for
+from scenes import make_scene, needs_blender
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - make test installs it
+    sync_playwright = None  # type: ignore[assignment]
+
+pytestmark = [
+    *needs_blender,
+    pytest.mark.skipif(sync_playwright is None, reason="the playwright package is not installed "
+                       "(make test installs it)"),
+    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no Chromium at {CHROMIUM} "
+                       "(apt-get install chromium; make test installs it)"),
+]
+SCREENSHOTS = os.environ.get("BLENDERFARM_SCREENSHOTS")
+
+
+def bf(server: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([bin_path("bf"), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "BLENDERFARM_SERVER": server},
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def submit(server: str, blend: Path, *args: str) -> str:
+    proc = bf(server, "submit", str(blend), *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return str(json.loads(proc.stdout)["job"]["id"])
+
+
+class Live:
+    """One server and one node for the whole module; both die in teardown."""
+
+    scene: Path
+
+    def __init__(self, root: Path) -> None:
+        self.server = ServerProc(root / "server", free_port())
+        self.server.start()
+        self.url = self.server.url
+        self.node = NodeProc(self.url, root / "node", "render-01")
+        self.node.start()
+
+    def wait_ready(self) -> None:
+        wait_for(lambda: nodes_online(self.url) >= 1, 60, "the node online")
+
+    def job(self, job_id: str) -> dict:
+        return dict(get_json(f"{self.url}/api/jobs/{job_id}")["job"])
+
+    def stop(self) -> None:
+        self.node.stop()
+        self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory) -> Iterator[Live]:
+    root = tmp_path_factory.mktemp("dashboard")
+    farm = Live(root)
+    try:
+        # The node probes Blender while Blender makes the scene: a few seconds saved.
+        farm.scene = make_scene("anim", root / "scene", frames=200, res=64, samples=4)
+        farm.wait_ready()
+        yield farm
+    finally:
+        farm.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser profile per test; any script error on the page fails the test."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("dialog", lambda dialog: dialog.accept())  # "Cancel job ...?" -> yes
+    try:
+        yield pg
+    finally:
+        context.close()
+    assert not errors, f"errors on the page: {errors}"
+
+
+def test_a_job_renders_live_and_its_frames_show(live: Live, page: Page) -> None:
+    page.goto(f"{live.url}/#/jobs")
+    expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+    name = "shot010 <b>lighting</b>"  # user input: must show as text, never as markup
+    job_id = submit(live.url, live.scene, "--frames", "1-8", "--name", name)
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    expect(row).to_be_visible(timeout=10_000)  # arrived over /ws/events, no reload
+    expect(row.locator("td.name a")).to_have_text(name)
+    assert row.locator("b").count() == 0
+    expect(row.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100",
+                                                             timeout=60_000)
+    expect(row.locator(".badge")).to_have_text("completed")
+    expect(row.locator(".frames-count")).to_have_text("8/8")
+
+    row.locator("td.name a").click()
+    expect(page).to_have_url(f"{live.url}/#/jobs/{job_id}")
+    preview = page.locator(".preview-box img")
+    expect(preview).to_be_visible()
+    page.wait_for_function("img => img.complete && img.naturalWidth === 64",
+                           arg=preview.element_handle(), timeout=10_000)
+    expect(page.locator(".strip img")).to_have_count(8)
+    expect(page.locator(".frame-grid .cell.s-done")).to_have_count(8)
+    expect(page.locator("tr[data-task-id]").first).to_contain_text("render-01")
+    page.locator("tr[data-task-id]").first.get_by_role("button", name="Log").click()
+    expect(page.locator("pre.log")).to_contain_text("Fra:1", timeout=10_000)
+
+
+def test_actions_on_the_job_page_and_cancel_stops_the_job(live: Live, page: Page) -> None:
+    job_id = submit(live.url, live.scene, "--frames", "1-200", "--name", "long")
+    page.goto(f"{live.url}/#/jobs/{job_id}")
+    expect(page.locator(".frame-grid .cell")).to_have_count(200, timeout=10_000)
+    page.locator("#priority").fill("80")
+    page.get_by_role("button", name="Set", exact=True).click()
+    wait_for(lambda: live.job(job_id)["priority"] == 80, 5, "priority 80")
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator(".job-head .badge")).to_have_text("paused")
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator(".job-head .badge")).to_have_text("active")
+    expect(page.locator(".frame-grid .cell.s-done").first).to_be_visible(timeout=30_000)
+
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator(".job-head .badge")).to_have_text("canceled", timeout=10_000)
+    assert live.job(job_id)["status"] == "canceled"
+    node = wait_for(lambda: next((n for n in get_json(f"{live.url}/api/nodes")["nodes"]
+                                  if n["name"] == "render-01" and not n["tasks"]), None),
+                    15, "the node to hand back its tasks")
+    assert node["state"] == "idle"
+    done = live.job(job_id)["frames_done"]
+    time.sleep(1.0)
+    assert live.job(job_id)["frames_done"] == done < 200, "frames kept coming after cancel"
+    expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+
+
+def test_nodes_page_drains_enables_and_shows_a_stopped_node_offline(live: Live, page: Page
+                                                                     ) -> None:
+    page.goto(f"{live.url}/#/nodes")
+    row = page.locator("tr", has_text="render-01")
+    expect(row.locator(".badge").first).to_have_text("idle", timeout=10_000)
+    expect(row).to_contain_text("3.4")  # the Blender version
+    row.get_by_role("button", name="Drain").click()
+    expect(row.locator(".badge").first).to_have_text("drained")
+    row.get_by_role("button", name="Enable").click()
+    expect(row.locator(".badge").first).to_have_text("idle")
+    live.node.stop()
+    expect(row.locator(".badge").first).to_have_text("offline", timeout=15_000)
+    expect(page.locator("#st-nodes")).to_have_text("0", timeout=10_000)
+
+
+def test_sign_in_with_a_user_token_and_frames_still_show(live: Live, tmp_path: Path,
+                                                         page: Page) -> None:
+    """With tokens, <img> cannot send one: frames must come through fetch and blob URLs."""
+    data = tmp_path / "secure"
+    data.mkdir()
+    _, secret = tokens.create(data / "farm.db", "user", "artist")
+    _, node_token = tokens.create(data / "farm.db", "node", "render-02")
+    server = ServerProc(data, free_port())
+    server.start()
+    node = NodeProc(server.url, tmp_path / "node", "render-02", ["--token", node_token])
+    node.start()
+    try:
+        page.goto(f"{server.url}/")
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=10_000)
+        page.get_by_label("User token").fill("bfu_wrong")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator(".form-error")).to_contain_text("refused")
+        page.get_by_label("User token").fill(secret)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
+        expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+        assert page.evaluate("localStorage.getItem('blenderfarm.token')") == secret
+        assert secret not in page.url
+
+        job_id = submit(server.url, live.scene, "--frames", "1-2", "--token", secret)
+        page.goto(f"{server.url}/#/jobs/{job_id}")  # a reload: still signed in
+        expect(page.locator(".strip img")).to_have_count(2, timeout=60_000)
+        preview = page.locator(".preview-box img")
+        page.wait_for_function("img => img.complete && img.naturalWidth === 64",
+                               arg=preview.element_handle(), timeout=10_000)
+        assert preview.get_attribute("src").startswith("blob:")
+
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        assert page.evaluate("localStorage.getItem('blenderfarm.token')") is None
+    finally:
+        node.stop()
+        server.stop()
+
+
+@pytest.mark.skipif(not SCREENSHOTS, reason="set BLENDERFARM_SCREENSHOTS=docs to remake them")
+def test_docs_screenshots(farm_procs, page: Page, tmp_path: Path) -> None:
+    """A busier farm for the README: two nodes, several jobs, one mid-render."""
+    out = Path(SCREENSHOTS or ".")
+    scene = make_scene("anim", tmp_path / "scene", frames=96, res=200, samples=24)
+    server = farm_procs.server()
+    for name in ("render-01", "render-02"):
+        farm_procs.node(name)
+    farm_procs.wait_nodes(2)
+    done = submit(server.url, scene, "--frames", "1-12", "--name", "shot010_layout")
+    wait_for(lambda: get_json(f"{server.url}/api/jobs/{done}")["job"]["status"] == "completed",
+             120, "the first job")
+    canceled = submit(server.url, scene, "--frames", "1-40", "--name", "shot015_fx_test")
+    time.sleep(1.5)
+    bf(server.url, "cancel", canceled)
+    active = submit(server.url, scene, "--frames", "1-96", "--chunk", "2", "--priority", "70",
+                    "--name", "shot020_lighting_v03")
+    submit(server.url, scene, "--frames", "1-48", "--name", "shot030_comp", "--priority", "40")
+    wait_for(lambda: get_json(f"{server.url}/api/jobs/{active}")["job"]["frames_done"] >= 26,
+             240, "a third of the active job")
+    page.set_viewport_size({"width": 1440, "height": 1000})
+    page.goto(f"{server.url}/#/jobs")
+    expect(page.locator("#live")).to_have_text("live", timeout=10_000)
+    time.sleep(2.5)  # a stats tick and some progress events
+    box = page.locator("main .panel").bounding_box()
+    assert box is not None
+    page.screenshot(path=str(out / "dashboard-jobs.png"),
+                    clip={"x": 0, "y": 0, "width": 1440, "height": box["y"] + box["height"] + 14})
+    page.goto(f"{server.url}/#/jobs/{active}")
+    expect(page.locator(".preview-box img")).to_be_visible(timeout=10_000)
+    time.sleep(3)  # the running task's log fills in
+    page.screenshot(path=str(out / "dashboard-job.png"))
+    shutil.rmtree(tmp_path / "scene", ignore_errors=True)
