@@ -6,9 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import tomllib
+from dataclasses import fields
 from pathlib import Path
+
+import platformdirs
 
 from ..protocol.version import __version__
 from .agent import Agent, FatalError
@@ -35,28 +40,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds without progress before a render is killed (default 600)")
     p.add_argument("--no-persistent", action="store_true",
                    help="start a new Blender for every task (slower; for comparison)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="TOML file with a [node] table (default: node.toml in the user "
+                        "config folder, when it exists)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--version", action="version", version=f"bf-node {__version__}")
     return p.parse_args(argv)
 
 
 def make_config(args: argparse.Namespace) -> NodeConfig:
-    import os
-
+    """Defaults, then the TOML file's [node] table, then environment, then flags."""
     cfg = NodeConfig()
+    path = args.config or default_config_path()
+    if args.config is not None or path.exists():
+        _apply_file(cfg, path)
     cfg.server = args.server or os.environ.get("BLENDERFARM_SERVER") or cfg.server
-    cfg.token = args.token or os.environ.get("BLENDERFARM_NODE_TOKEN")
-    cfg.blender = args.blender
+    cfg.token = args.token or os.environ.get("BLENDERFARM_NODE_TOKEN") or cfg.token
+    cfg.blender = args.blender or cfg.blender
     cfg.name = args.name or cfg.name
-    cfg.threads = args.threads
+    cfg.threads = args.threads or cfg.threads
     if args.work_dir is not None:
-        cfg.work_dir = args.work_dir.expanduser().resolve()
-    cfg.tags = args.tag
-    cfg.allow_scripts = args.allow_scripts
+        cfg.work_dir = args.work_dir
+    cfg.work_dir = Path(cfg.work_dir).expanduser().resolve()
+    cfg.tags = args.tag or cfg.tags
+    cfg.allow_scripts = args.allow_scripts or cfg.allow_scripts
     if args.watchdog is not None:
         cfg.watchdog = args.watchdog if args.watchdog > 0 else None
-    cfg.persistent = not args.no_persistent
+    cfg.persistent = cfg.persistent and not args.no_persistent
     return cfg
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir("blenderfarm", appauthor=False)) / "node.toml"
+
+
+def _apply_file(cfg: NodeConfig, path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f).get("node", {})
+    except FileNotFoundError as exc:
+        raise ValueError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
+    known = {f.name for f in fields(NodeConfig)}
+    for key, value in table.items():
+        if key not in known:
+            raise ValueError(f"{path}: unknown setting {key!r} in [node]")
+        setattr(cfg, key, value)
 
 
 async def _main(cfg: NodeConfig) -> int:
