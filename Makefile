@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps venv blender chromium test lint typecheck pytest demo bench clean
+.PHONY: all deps venv blender chromium xvfb addon test lint typecheck pytest demo bench clean
 
 all: test
 
@@ -33,15 +33,25 @@ chromium:
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; fi
 
 lint: venv
-	$(BIN)/ruff check blenderfarm tests bench examples
+	$(BIN)/ruff check blenderfarm tests bench examples addon build_addon.py
 
 typecheck: venv
 	$(BIN)/mypy
+	$(BIN)/mypy build_addon.py
 
-pytest: deps chromium
+pytest: deps chromium xvfb
 	$(BIN)/pytest -q
 
 test: deps lint typecheck pytest
+
+# The add-on zips (legacy and extension) in dist/.
+addon: venv
+	$(BIN)/python build_addon.py
+
+# Xvfb for the add-on's UI test (Blender's real interface on a virtual screen).
+xvfb:
+	@command -v xvfb-run >/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q xvfb; }
 
 demo: deps
 	$(BIN)/python examples/demo.py

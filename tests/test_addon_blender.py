@@ -1,0 +1,275 @@
+"""The add-on inside real Blender, installed from the built zips: what users install.
+
+Debian's Blender 3.4 installs the legacy zip with ``bpy.ops.preferences.addon_install``;
+Blender 4.5 LTS (the ``bpy`` wheel from PyPI, in its own venv made by
+``tests/bpy45_env.sh``) installs the extension zip with
+``bpy.ops.extensions.package_install_files``. Each then tests the connection, submits
+the textured project to a live bf-server with a bf-node, follows the job to the end
+through the add-on's own job list, downloads the frames, and unregisters; the frame
+must match a direct Blender render.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from procs import free_port
+from scenes import REPO, make_scene, needs_blender, read_rgba, render_frames, textured_colors
+
+sys.path.insert(0, str(REPO))
+import build_addon  # noqa: E402
+
+pytestmark = needs_blender
+BPY45_ENV = REPO / "tests" / "bpy45_env.sh"
+
+# Runs inside Blender: install, enable, submit, follow, download, unregister. Prints one
+# RESULT line of JSON; the test asserts on it and on the files.
+DRIVER = r'''
+import json, os, sys, time
+import bpy  # first: with the bpy module, Blender's own modules come with it
+import addon_utils
+
+args = json.loads(sys.argv[sys.argv.index("--") + 1])
+out = {}
+if args["mode"] == "legacy":
+    bpy.ops.preferences.addon_install(filepath=args["zip"])
+    bpy.ops.preferences.addon_enable(module="blenderfarm_addon")
+    module = "blenderfarm_addon"
+else:
+    bpy.ops.extensions.package_install_files(
+        filepath=args["zip"], repo="user_default", enable_on_install=True)
+    module = "bl_ext.user_default.blenderfarm"
+out["enabled"] = addon_utils.check(module)[1]
+out["operators"] = [op for op in ("submit", "download", "cancel_job", "test_connection")
+                    if hasattr(bpy.ops.blenderfarm, op)]
+out["panel"] = getattr(bpy.types, "BLENDERFARM_PT_render_on_farm", None) is not None
+out["panel_context"] = bpy.types.BLENDERFARM_PT_render_on_farm.bl_context
+
+bpy.ops.wm.open_mainfile(filepath=args["blend"])
+prefs = bpy.context.preferences.addons[module].preferences
+prefs.server_url = args["server"]
+wm = bpy.context.window_manager
+bpy.ops.blenderfarm.test_connection()
+out["connection"] = wm.blenderfarm.connection
+out["default_name"] = bpy.context.scene.blenderfarm.job_name
+
+if args.get("edit"):  # an unsaved change the render must show
+    bpy.data.objects["PropsInstance"].location = (-0.9, -0.9, 0.0)
+    bpy.context.scene.blenderfarm.frame_end = 1
+    bpy.ops.ed.undo_push(message="move the prop")
+    bpy.ops.wm.save_as_mainfile(filepath=args["reference"], copy=True)
+out["dirty"] = bpy.data.is_dirty
+out["filepath"] = bpy.data.filepath
+
+out["submit"] = sorted(bpy.ops.blenderfarm.submit(frames=args.get("frames", "")))
+job_id = out["job_id"] = wm.blenderfarm.last_job_id
+out["submit_message"] = wm.blenderfarm.message
+out["listed"] = [ref.job_id for ref in bpy.context.scene.blenderfarm.jobs]
+deadline = time.time() + 150
+while True:
+    bpy.ops.blenderfarm.refresh_jobs()
+    state = [s for s in wm.blenderfarm.jobs if s.job_id == job_id]
+    if state and state[0].status in ("completed", "failed", "canceled"):
+        break
+    if time.time() > deadline:
+        break
+    time.sleep(0.5)
+state = state[0] if state else None
+out["status"] = state.status if state else None
+out["frames"] = [state.frames_done, state.frames_total] if state else None
+out["error"] = state.error if state else None
+out["download"] = sorted(bpy.ops.blenderfarm.download(job_id=job_id))
+out["downloaded_to"] = state.downloaded_to if state else None
+out["download_message"] = wm.blenderfarm.message
+out["bat"] = sys.modules["blender_asset_tracer"].__file__
+
+bpy.ops.preferences.addon_disable(module=module)
+out["left_classes"] = [n for n in dir(bpy.types) if n.upper().startswith("BLENDERFARM")]
+out["left_props"] = [t.__name__ for t in (bpy.types.Scene, bpy.types.WindowManager)
+                     if hasattr(t, "blenderfarm")]
+handler_lists = [getattr(bpy.app.handlers, n) for n in dir(bpy.app.handlers)]
+out["left_handlers"] = [f"{f.__module__}.{f.__name__}" for h in handler_lists
+                        if isinstance(h, list) for f in h
+                        if "blenderfarm" in (getattr(f, "__module__", "") or "")]
+print("RESULT:" + json.dumps(out), flush=True)
+'''
+
+
+@pytest.fixture(scope="module")
+def zips(tmp_path_factory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("addon-dist")
+    return build_addon.build(out, REPO / ".cache" / "addon-wheels")
+
+
+def blender_cmd() -> list[str]:
+    return [os.environ.get("BLENDER") or "blender", "-b", "--factory-startup", "--python"]
+
+
+def legacy_env(user: Path) -> dict[str, str]:
+    """Keep the add-on out of the real user's Blender config."""
+    return {"BLENDER_USER_SCRIPTS": str(user / "scripts"),
+            "BLENDER_USER_CONFIG": str(user / "config")}
+
+
+def assert_same_image(a: Path, b: Path, tolerance: float = 2.0) -> None:
+    pa, pb = read_rgba(a).astype(int), read_rgba(b).astype(int)
+    assert pa.shape == pb.shape
+    diff = np.abs(pa - pb)
+    assert diff.mean() <= tolerance / 4 and np.percentile(diff, 99) <= tolerance * 4, (
+        f"{a.name} differs from {b.name}: mean {diff.mean():.3f}, max {diff.max()}")
+
+
+def run_driver(python: list[str], args: dict, env: dict[str, str], tmp: Path,
+               timeout: float = 240, script_text: str = DRIVER) -> dict:
+    script = tmp / "driver.py"
+    script.write_text(script_text)
+    proc = subprocess.run([*python, str(script), "--", json.dumps(args)],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                          env={**os.environ, **env}, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT:"):
+            result: dict = json.loads(line[len("RESULT:"):])
+            result["log"] = proc.stdout
+            result["returncode"] = proc.returncode
+            return result
+    raise AssertionError(f"the driver printed no result (exit {proc.returncode}):\n"
+                         + "\n".join(proc.stdout.splitlines()[-40:]))
+
+
+def check_common(result: dict, module_frame: Path) -> None:
+    log = result["log"]
+    assert result["returncode"] == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert result["enabled"] and result["panel"] and result["panel_context"] == "output"
+    assert result["operators"] == ["submit", "download", "cancel_job", "test_connection"]
+    assert "1 of 1 node(s) online" in result["connection"], result["connection"]
+    assert result["submit"] == ["FINISHED"], result["submit_message"]
+    assert f"Blenderfarm: submitted job {result['job_id']}" in log
+    assert result["listed"] == [result["job_id"]]
+    assert result["status"] == "completed" and result["frames"] == [1, 1], result
+    assert result["download"] == ["FINISHED"], result["download_message"]
+    assert module_frame.is_file(), result["download_message"]
+    colors = textured_colors(module_frame)
+    assert colors["magenta"] == 0, "the texture went missing on the node"
+    assert colors["yellow"] > 50 and colors["green"] > 20, colors
+    assert result["left_classes"] == [] and result["left_props"] == []
+    assert result["left_handlers"] == []
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_blender34_legacy_zip_submits_unsaved_changes(zips, farm_procs, tmp_path) -> None:
+    blend = make_scene("textured", tmp_path / "src")
+    original = sha256(blend)
+    server = farm_procs.server()
+    farm_procs.node("a")
+    farm_procs.wait_nodes(1)
+    reference_blend = blend.parent / "reference.blend"
+    result = run_driver(
+        blender_cmd(),
+        {"mode": "legacy", "zip": str(zips[0]), "blend": str(blend), "server": server.url,
+         "edit": True, "reference": str(reference_blend)},
+        legacy_env(tmp_path / "user"), tmp_path)
+    frame = blend.parent / "renders" / "shot_0001.png"
+    check_common(result, frame)
+    assert result["dirty"] and result["default_name"] == "shot"
+    assert Path(result["bat"]).is_relative_to(tmp_path / "user" / "scripts" / "addons" /
+                                              "blenderfarm_addon" / "vendor" / "bat")
+    # The user's file: untouched on disk, no temporary copy left beside it.
+    assert sha256(blend) == original and result["filepath"] == str(blend)
+    assert sorted(p.name for p in blend.parent.iterdir()) == [
+        "reference.blend", "renders", "shot.blend"]
+    # The farm rendered the unsaved state, as Blender renders it directly.
+    reference = render_frames(reference_blend, [1], tmp_path / "direct")[0]
+    assert_same_image(frame, reference)
+    before = render_frames(blend, [1], tmp_path / "saved")[0]
+    with pytest.raises(AssertionError):
+        assert_same_image(frame, before)  # the unsaved change did travel
+
+
+@pytest.fixture(scope="module")
+def bpy45_python() -> str:
+    proc = subprocess.run(["bash", str(BPY45_ENV)], capture_output=True, text=True,
+                          timeout=900, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"no Blender 4.5 bpy venv: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.timeout(900)  # the first run downloads the 370 MB bpy wheel
+def test_blender45_validates_the_extension_manifest(zips, bpy45_python) -> None:
+    bl_pkg = Path(bpy45_python).parents[1].glob(
+        "lib/python3.11/site-packages/bpy/*/scripts/addons_core/bl_pkg/cli/blender_ext.py")
+    validator = next(bl_pkg, None)
+    assert validator is not None, "bpy 4.5 without its extension tool"
+    proc = subprocess.run([bpy45_python, str(validator), "validate", str(zips[1])],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and "Success" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(900)
+def test_blender45_extension_submits_and_unregisters(zips, bpy45_python, farm_procs,
+                                                     tmp_path) -> None:
+    blend = make_scene("textured", tmp_path / "src")
+    server = farm_procs.server()
+    farm_procs.node("a")
+    farm_procs.wait_nodes(1)
+    user = tmp_path / "user45"
+    result = run_driver(
+        [bpy45_python],
+        {"mode": "extension", "zip": str(zips[1]), "blend": str(blend), "server": server.url,
+         "frames": "1"},
+        {"BLENDER_USER_RESOURCES": str(user)}, tmp_path)
+    frame = blend.parent / "renders" / "shot_0001.png"
+    check_common(result, frame)
+    # Unchanged, so the add-on packed the saved 3.4 file itself: the 3.4 node can read it.
+    assert not result["dirty"]
+    assert list(user.rglob("blender_manifest.toml")), "not installed as an extension"
+    # BAT came from the wheel the manifest lists, which Blender installed for it.
+    assert Path(result["bat"]).is_relative_to(user) and "site-packages" in result["bat"]
+    reference = render_frames(blend, [1], tmp_path / "direct")[0]
+    assert_same_image(frame, reference)
+
+
+DEAD_SERVER = r'''
+import json, sys
+import bpy
+
+args = json.loads(sys.argv[sys.argv.index("--") + 1])
+bpy.ops.preferences.addon_install(filepath=args["zip"])
+bpy.ops.preferences.addon_enable(module="blenderfarm_addon")
+bpy.ops.wm.open_mainfile(filepath=args["blend"])
+bpy.context.preferences.addons["blenderfarm_addon"].preferences.server_url = args["server"]
+bpy.ops.ed.undo_push(message="an unsaved change")  # a copy is saved, then discarded
+try:  # a script gets the operator's error report as an exception
+    result, raised = sorted(bpy.ops.blenderfarm.submit()), ""
+except RuntimeError as exc:
+    result, raised = [], str(exc)
+state = bpy.context.window_manager.blenderfarm
+print("RESULT:" + json.dumps({"submit": result, "raised": raised, "message": state.message,
+                              "kind": state.message_kind}), flush=True)
+'''
+
+
+def test_blender34_says_the_server_is_down_in_one_sentence(zips, tmp_path) -> None:
+    blend = make_scene("textured", tmp_path / "src")
+    result = run_driver(blender_cmd(), {"zip": str(zips[0]), "blend": str(blend),
+                                        "server": f"http://127.0.0.1:{free_port()}"},
+                        legacy_env(tmp_path / "user"), tmp_path, script_text=DEAD_SERVER)
+    assert result["kind"] == "ERROR"
+    assert result["message"].startswith("Cannot reach the farm server"), result["message"]
+    assert "connection refused" in result["message"] and "\n" not in result["message"]
+    assert result["raised"] == f"Error: {result['message']}\n", result["raised"]
+    assert "Traceback" not in result["log"] and result["returncode"] == 0
+    assert sorted(p.name for p in blend.parent.iterdir()) == ["shot.blend"], "copy left behind"
