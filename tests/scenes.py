@@ -109,3 +109,16 @@ def textured_colors(path: str | os.PathLike[str]) -> dict[str, int]:
         "green": int(((g > 150) & (r < 120) & (g - b > 30)).sum()),
         "magenta": int(((r > 200) & (b > 200) & (g < 80)).sum()),
     }
+
+
+def assert_same_image(a: str | os.PathLike[str], b: str | os.PathLike[str],
+                      tolerance: float = 2.0) -> None:
+    """Two renders match: mean per-channel difference within tolerance/4 (of 255),
+    and 99% of values within tolerance*4."""
+    import numpy as np
+
+    pa, pb = read_rgba(a).astype(int), read_rgba(b).astype(int)
+    assert pa.shape == pb.shape
+    diff = np.abs(pa - pb)
+    assert diff.mean() <= tolerance / 4 and np.percentile(diff, 99) <= tolerance * 4, (
+        f"{Path(a).name} differs from {Path(b).name}: mean {diff.mean():.3f}, max {diff.max()}")

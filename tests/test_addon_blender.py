@@ -18,11 +18,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from procs import free_port
-from scenes import REPO, make_scene, needs_blender, read_rgba, render_frames, textured_colors
+from scenes import (
+    REPO,
+    assert_same_image,
+    make_scene,
+    needs_blender,
+    render_frames,
+    textured_colors,
+)
 
 sys.path.insert(0, str(REPO))
 import build_addon  # noqa: E402
@@ -117,14 +123,6 @@ def legacy_env(user: Path) -> dict[str, str]:
     """Keep the add-on out of the real user's Blender config."""
     return {"BLENDER_USER_SCRIPTS": str(user / "scripts"),
             "BLENDER_USER_CONFIG": str(user / "config")}
-
-
-def assert_same_image(a: Path, b: Path, tolerance: float = 2.0) -> None:
-    pa, pb = read_rgba(a).astype(int), read_rgba(b).astype(int)
-    assert pa.shape == pb.shape
-    diff = np.abs(pa - pb)
-    assert diff.mean() <= tolerance / 4 and np.percentile(diff, 99) <= tolerance * 4, (
-        f"{a.name} differs from {b.name}: mean {diff.mean():.3f}, max {diff.max()}")
 
 
 def run_driver(python: list[str], args: dict, env: dict[str, str], tmp: Path,

@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 
 from procs import bin_path, get_json, wait_for
-from scenes import make_scene, needs_blender, read_rgba, render_frames, textured_colors
+from scenes import (
+    assert_same_image,
+    make_scene,
+    needs_blender,
+    read_rgba,
+    render_frames,
+    textured_colors,
+)
 
 pytestmark = needs_blender
 RES = 64
@@ -40,14 +47,6 @@ def wait_job(server: str, job_id: str, timeout: float = 240) -> dict:
     job = get_json(f"{server}/api/jobs/{job_id}")["job"]
     assert proc.returncode == 0, f"bf wait failed: {proc.stderr}\njob: {job}"
     return job
-
-
-def assert_same_image(a: Path, b: Path, tolerance: float = 2.0) -> None:
-    pa, pb = read_rgba(a).astype(int), read_rgba(b).astype(int)
-    assert pa.shape == pb.shape
-    diff = np.abs(pa - pb)
-    assert diff.mean() <= tolerance / 4 and np.percentile(diff, 99) <= tolerance * 4, (
-        f"{a.name} differs from {b.name}: mean {diff.mean():.3f}, max {diff.max()}")
 
 
 @pytest.fixture(scope="session")

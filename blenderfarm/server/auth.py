@@ -118,14 +118,6 @@ def user_allowed(app: web.Application, token: str | None) -> bool:
     return info is not None and info.kind == "user"
 
 
-def node_allowed(app: web.Application, token: str | None) -> bool:
-    auth = app[AUTH]
-    if not auth.required:
-        return True
-    info = auth.cache.lookup(token)
-    return info is not None and info.kind == "node"
-
-
 async def refresh_ctx(app: web.Application) -> AsyncIterator[None]:
     """Load the tokens before serving, then re-read them every couple of seconds."""
     auth = app[AUTH]

@@ -24,12 +24,7 @@ def pause(farm: Farm, job_id: str, stop: bool = False) -> Job:
                         "conflict", 409)
     job.status = "paused"
     farm.sched.remove_job(job.id)
-    changed: list[Task] = []
-    if stop:
-        for task in _held(farm, job):
-            _cancel_on_node(farm, task, "job paused")
-            farm._requeue(task)
-            changed.append(task)
+    changed = _take_back(farm, [t.id for t in _held(farm, job)], "job paused") if stop else []
     farm._persist(job, changed)
     farm.emit("job", job=farm.job_json(job))
     return job
@@ -121,26 +116,14 @@ def drain(farm: Farm, uid: str) -> NodeRecord:
     """Finish the task it renders; tasks it only holds in advance go back to the queue."""
     rec = node(farm, uid)
     rec.drained = True
-    changed = []
-    for tid in list(rec.tasks[1:]):
-        task = farm.tasks[tid]
-        _cancel_on_node(farm, task, "node drained")
-        farm._requeue(task)
-        changed.append(task)
-    return _node_changed(farm, rec, changed)
+    return _node_changed(farm, rec, _take_back(farm, rec.tasks[1:], "node drained"))
 
 
 def disable(farm: Farm, uid: str) -> NodeRecord:
     """Stop at once: every task it holds goes back to the queue."""
     rec = node(farm, uid)
     rec.disabled = True
-    changed = []
-    for tid in list(rec.tasks):
-        task = farm.tasks[tid]
-        _cancel_on_node(farm, task, "node disabled")
-        farm._requeue(task)
-        changed.append(task)
-    return _node_changed(farm, rec, changed)
+    return _node_changed(farm, rec, _take_back(farm, rec.tasks, "node disabled"))
 
 
 def enable(farm: Farm, uid: str) -> NodeRecord:
@@ -157,6 +140,15 @@ def _node_changed(farm: Farm, rec: NodeRecord, tasks: list[Task]) -> NodeRecord:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _take_back(farm: Farm, task_ids: list[str], reason: str) -> list[Task]:
+    """Cancel these tasks on their node and put them back in the queue."""
+    tasks = [farm.tasks[t] for t in list(task_ids)]  # a copy: _requeue edits the node's list
+    for task in tasks:
+        _cancel_on_node(farm, task, reason)
+        farm._requeue(task)
+    return tasks
 
 
 def _held(farm: Farm, job: Job) -> list[Task]:
