@@ -61,6 +61,8 @@ class JobSpec:
     #: let Blender run Python inside the .blend (drivers, startup scripts); only nodes
     #: started with --allow-scripts honour it
     scripts: bool = False
+    #: an http(s) URL POSTed {"event", "job"} when this job completes or fails
+    webhook: str | None = None
 
     @property
     def frame_list(self) -> list[int]:
@@ -187,7 +189,17 @@ def validate_spec(data: Any) -> JobSpec:
         overrides=validate_overrides(data.get("overrides")),
         paused=data.get("paused", False),
         scripts=data.get("scripts", False),
+        webhook=_webhook(data.get("webhook")),
     )
+
+
+def _webhook(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or \
+            len(value) > 2000 or any(c.isspace() for c in value):
+        raise SpecError("webhook", "must be an http:// or https:// URL")
+    return value
 
 
 def output_stem(job_name: str) -> str:

@@ -21,6 +21,7 @@ from .metrics import setup_metrics
 from .node_ws import node_socket
 from .store import Store
 from .tokens import TokenCache
+from .webhooks import setup_webhooks
 
 
 def make_app(config: ServerConfig) -> web.Application:
@@ -40,6 +41,7 @@ def make_app(config: ServerConfig) -> web.Application:
     setup_events(app)
     setup_dashboard(app)
     setup_metrics(app, farm)
+    setup_webhooks(app, farm)
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,10 +37,18 @@ class ServerConfig:
     #: largest accepted blob upload, bytes
     max_blob_size: int = 64 * 1024**3
     log_level: str = "INFO"
+    #: POSTed a JSON {"event", "job"} when any job completes or fails (jobs may add their own)
+    webhook_url: str | None = None
 
     @classmethod
-    def load(cls, path: Path | None, overrides: dict[str, Any]) -> ServerConfig:
+    def load(cls, path: Path | None, overrides: dict[str, Any],
+             environ: dict[str, str] | None = None) -> ServerConfig:
+        """Defaults, then the TOML file (``--config``, else ``server.toml`` in the user
+        config folder when it exists), then ``BLENDERFARM_SERVER_<KEY>`` variables, then
+        flags (``overrides``)."""
         values: dict[str, Any] = {}
+        if path is None and default_path().exists():
+            path = default_path()
         if path is not None:
             try:
                 with open(path, "rb") as f:
@@ -48,11 +57,35 @@ class ServerConfig:
                 raise ConfigError(f"config file not found: {path}") from exc
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name: f for f in fields(cls)}
+        env = os.environ if environ is None else environ
+        for name in known:
+            raw = env.get(f"BLENDERFARM_SERVER_{name.upper()}")
+            if raw is not None:
+                values[name] = _parse_env(name, raw, cls.__dataclass_fields__[name].default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
         for key in values:
             if key not in known:
                 raise ConfigError(f"unknown setting {key!r}", key)
         cfg = cls(**values)
         cfg.data_dir = Path(cfg.data_dir).expanduser().resolve()
         return cfg
+
+
+def default_path() -> Path:
+    return Path(platformdirs.user_config_dir("blenderfarm", appauthor=False)) / "server.toml"
+
+
+def _parse_env(name: str, raw: str, default: Any) -> Any:
+    """Environment values are text: read them as the type of the setting's default."""
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"BLENDERFARM_SERVER_{name.upper()}={raw!r} is not a number",
+                          name) from exc
+    return raw
