@@ -45,3 +45,12 @@ def farm_procs(tmp_path: Path) -> Iterator:
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+@pytest.fixture
+def no_blocking() -> Iterator:
+    """Fail the test if the server blocks its event loop (as aiohttp's own suite does)."""
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx("blenderfarm.server") as bb:
+        yield bb

@@ -24,14 +24,7 @@ from blenderfarm.server.config import ServerConfig
 from blenderfarm.server.events import EVENTS, MAX_PENDING, EventClient, event_key
 from test_server import submit
 
-
-@pytest.fixture(autouse=True)
-def blockbuster():
-    """Fail any test in which the server blocks its event loop."""
-    from blockbuster import blockbuster_ctx
-
-    with blockbuster_ctx("blenderfarm.server") as bb:
-        yield bb
+pytestmark = pytest.mark.usefixtures("no_blocking")
 
 
 @pytest.fixture

@@ -16,13 +16,7 @@ from blenderfarm.server.metrics import METRICS
 from fakenode import FakeNode
 from test_server import submit
 
-
-@pytest.fixture(autouse=True)
-def blockbuster():
-    from blockbuster import blockbuster_ctx
-
-    with blockbuster_ctx("blenderfarm.server") as bb:
-        yield bb
+pytestmark = pytest.mark.usefixtures("no_blocking")
 
 
 @pytest.fixture

@@ -19,13 +19,7 @@ BLEND = b"BLENDER-v300 pretend .blend for server tests"
 SHA = hashlib.sha256(BLEND).hexdigest()
 
 
-@pytest.fixture(autouse=True)
-def blockbuster():
-    """Fail any test in which the server blocks its event loop (as aiohttp's suite does)."""
-    from blockbuster import blockbuster_ctx
-
-    with blockbuster_ctx("blenderfarm.server") as bb:
-        yield bb
+pytestmark = pytest.mark.usefixtures("no_blocking")
 
 
 @pytest.fixture

@@ -73,6 +73,14 @@ async def read_json(request: web.Request) -> Any:
         raise FarmError(f"body is not valid JSON: {exc}", "bad_json") from exc
 
 
+async def read_options(request: web.Request) -> dict[str, Any]:
+    """The optional JSON object of an action (pause, requeue...): {} when there is no body."""
+    body = await read_json(request) if request.can_read_body else {}
+    if not isinstance(body, dict):
+        raise FarmError("the body must be a JSON object", "bad_request")
+    return body
+
+
 @routes.get("/api/info")
 async def info(request: web.Request) -> web.Response:
     farm = request.app[FARM]
@@ -168,8 +176,7 @@ async def job_cancel(request: web.Request) -> web.Response:
 @routes.post("/api/jobs/{job_id}/pause")
 async def job_pause(request: web.Request) -> web.Response:
     farm = request.app[FARM]
-    body = await read_json(request) if request.can_read_body else {}
-    stop = bool(body.get("stop")) if isinstance(body, dict) else False
+    stop = bool((await read_options(request)).get("stop"))
     return web.json_response({"job": farm.job_json(control.pause(
         farm, request.match_info["job_id"], stop=stop))})
 
@@ -183,8 +190,7 @@ async def job_resume(request: web.Request) -> web.Response:
 @routes.post("/api/jobs/{job_id}/requeue")
 async def job_requeue(request: web.Request) -> web.Response:
     farm = request.app[FARM]
-    body = await read_json(request) if request.can_read_body else {}
-    which = body.get("which", "failed") if isinstance(body, dict) else None
+    which = (await read_options(request)).get("which", "failed")
     return web.json_response({"job": farm.job_json(control.requeue(
         farm, request.match_info["job_id"], str(which)))})
 
@@ -192,8 +198,7 @@ async def job_requeue(request: web.Request) -> web.Response:
 @routes.post("/api/jobs/{job_id}/priority")
 async def job_priority(request: web.Request) -> web.Response:
     farm = request.app[FARM]
-    body = await read_json(request)
-    priority = body.get("priority") if isinstance(body, dict) else None
+    priority = (await read_options(request)).get("priority")
     return web.json_response({"job": farm.job_json(control.set_priority(
         farm, request.match_info["job_id"], priority))})
 
