@@ -14,6 +14,7 @@ BAT keeps a process-wide cache of open .blend files, so one pack runs at a time.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import pathlib
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 BAT_INFO_FILE = "pack-info.txt"
 
 _pack_lock = threading.Lock()
+
+#: files sent at once by :func:`upload_missing`, each on its own connection
+UPLOAD_CONNECTIONS = 3
 
 
 class PackError(Exception):
@@ -390,10 +394,17 @@ def upload_missing(
     client: Client,
     pack_result: PackResult,
     on_progress: Callable[[int, int], None] | None = None,
+    *,
+    connections: int = UPLOAD_CONNECTIONS,
 ) -> UploadStats:
     """PUT the blobs the server lacks, each distinct hash once.
 
-    ``on_progress(bytes_sent, bytes_to_send)`` is called as bytes go out.
+    ``on_progress(bytes_sent, bytes_to_send)`` is called as bytes go out, under a lock
+    (so the count it hears only moves forward, except for a resend's take-back), from
+    the threads that send: up to ``connections`` files go at once, each thread on its
+    own connection, so one file's transfer overlaps the server's hashing and fsync of
+    another. The first error (or an exception ``on_progress`` raises, to cancel) stops
+    the other threads at their next chunk and is raised here.
     """
     first_path: dict[str, str] = {}
     for rel, digest in pack_result.manifest.items():
@@ -404,13 +415,64 @@ def upload_missing(
     stats.files_skipped = len(pack_result.manifest) - len(to_send)
     stats.bytes_skipped = pack_result.total_bytes - sum(pack_result.sizes[r] for _, r in to_send)
     total = sum(pack_result.sizes[rel] for _, rel in to_send)
+    lock = threading.Lock()
+    stop = threading.Event()
 
     def sent(n: int) -> None:
-        stats.bytes_sent += n
-        if on_progress is not None:
-            on_progress(stats.bytes_sent, total)
+        if stop.is_set():
+            raise _Stopped()
+        with lock:
+            stats.bytes_sent += n
+            if on_progress is not None:
+                on_progress(stats.bytes_sent, total)
 
-    for digest, rel in to_send:
+    def put(digest: str, rel: str) -> None:
         client.put_blob(digest, pack_result.path_of(rel), on_bytes=sent)
-        stats.files_sent += 1
+        with lock:
+            stats.files_sent += 1
+
+    if len(to_send) <= 1 or connections <= 1:
+        for digest, rel in to_send:
+            put(digest, rel)
+        return stats
+    # Biggest first: the last file to start is then a small one, and no thread idles long.
+    todo = collections.deque(sorted(to_send, key=lambda t: -pack_result.sizes[t[1]]))
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    digest, rel = todo.popleft()
+                except IndexError:
+                    return
+                put(digest, rel)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # handed to the calling thread
+            errors.append(exc)
+            stop.set()
+        finally:
+            # This thread's connection, maybe half-way through a request (stand-ins
+            # for the Client in tests have no connection to close).
+            close = getattr(client, "close", None)
+            if close is not None:
+                close()
+
+    threads = [threading.Thread(target=work, name=f"bf-upload-{i}", daemon=True)
+               for i in range(min(connections, len(to_send)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:  # Ctrl-C in the calling thread: stop the senders too
+        stop.set()
+        raise
+    if errors:
+        raise errors[0]
     return stats
+
+
+class _Stopped(Exception):
+    """Another upload thread failed: this one stops at its next chunk."""

@@ -39,6 +39,14 @@ def link_or_copy(src: Path, dest: Path) -> None:
     """Make ``dest`` hold ``src``'s bytes: a hard link where the file system allows one
     (no copy, no extra space; blobs are never modified in place), else a copy. The
     new file appears atomically, so a reader never sees half of it."""
+    try:  # the common case, one system call: a new name in an existing folder
+        os.link(src, dest)
+        return
+    except FileNotFoundError:
+        if not os.path.exists(src):
+            raise
+    except OSError:
+        pass  # already there (replaced below), or no hard links on this file system
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.bf-tmp")
     with contextlib.suppress(FileNotFoundError):

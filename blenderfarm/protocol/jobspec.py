@@ -44,7 +44,8 @@ class Overrides:
     denoise: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # Not dataclasses.asdict (a deep copy): this runs for every task assigned.
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass
@@ -63,6 +64,9 @@ class JobSpec:
     scripts: bool = False
     #: an http(s) URL POSTed {"event", "job"} when this job completes or fails
     webhook: str | None = None
+    #: who submits, for fair sharing between users of equal priority; on a farm with
+    #: tokens the server uses the token's name instead
+    user: str | None = None
 
     @property
     def frame_list(self) -> list[int]:
@@ -190,6 +194,7 @@ def validate_spec(data: Any) -> JobSpec:
         paused=data.get("paused", False),
         scripts=data.get("scripts", False),
         webhook=_webhook(data.get("webhook")),
+        user=_str(data, "user", "", max_len=64),
     )
 
 

@@ -24,6 +24,8 @@ from .tokens import TokenCache, TokenInfo
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: where the middleware leaves the request's TokenInfo for the handlers
+TOKEN_INFO = "blenderfarm.token"
 MAX_FAILURES = 20  # per address and window
 WINDOW = 60.0
 
@@ -106,7 +108,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                        "--token or BLENDERFARM_TOKEN")
     if info.kind not in _kinds_for(request):
         return _refuse(403, "forbidden", f"a {info.kind} token cannot use {request.path}")
+    request[TOKEN_INFO] = info
     return await handler(request)
+
+
+def token_name(request: web.Request) -> str | None:
+    """The name of the token this request came with, on a farm that requires tokens."""
+    info = request.get(TOKEN_INFO)
+    return info.name if isinstance(info, TokenInfo) else None
 
 
 def user_allowed(app: web.Application, token: str | None) -> bool:

@@ -18,6 +18,9 @@ from typing import BinaryIO
 
 from ..protocol.hashing import is_sha256, link_or_copy
 
+#: bytes hashed and written per trip to a thread while the next ones arrive
+BATCH = 1 << 20
+
 
 class BlobError(ValueError):
     """An upload that does not match its name, or is too large."""
@@ -60,22 +63,37 @@ class BlobStore:
         return [h for h in dict.fromkeys(hashes) if not self.exists(h)]
 
     async def write(self, sha256: str, chunks: AsyncIterator[bytes]) -> int:
-        """Store the streamed bytes under ``sha256``; raise BlobError if they hash otherwise."""
+        """Store the streamed bytes under ``sha256``; raise BlobError if they hash otherwise.
+
+        Received chunks are gathered into batches of about :data:`BATCH` bytes, and each
+        batch is hashed and written in a thread while the loop goes on receiving the next
+        one (at most one batch in flight, so memory stays bounded and order kept). No
+        byte is copied on the way: hashlib and the write both take the chunks as they are.
+        """
         final = self.path(sha256)
         f, tmp_name = await asyncio.to_thread(self._open_temp, sha256)
         h = hashlib.sha256()
+        loop = asyncio.get_running_loop()
         size = 0
-        buf = bytearray()
+        batch: list[bytes] = []
+        batched = 0
+        pending: asyncio.Future[None] | None = None  # the batch being written, if any
         try:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > self.max_size:
                     raise BlobError(f"blob larger than {self.max_size} bytes", sha256, "too_large")
-                buf += chunk
-                if len(buf) >= 1 << 20:  # hash and write in 1 MiB steps, off the loop
-                    await asyncio.to_thread(_write_hash, f, h, bytes(buf))
-                    buf.clear()
-            await asyncio.to_thread(_write_hash, f, h, bytes(buf), True)
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= BATCH:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(None, _write_hash, f, h, batch)
+                    batch, batched = [], 0
+            if pending is not None:
+                await pending
+            pending = None
+            await asyncio.to_thread(_write_hash, f, h, batch, True)
             digest = h.hexdigest()
             if digest != sha256:
                 raise BlobError(f"content hashes to {digest}, not {sha256}", sha256, "hash_mismatch")
@@ -83,6 +101,10 @@ class BlobStore:
             self.bytes_received += size
             return size
         finally:
+            if pending is not None:  # failed midway: let the thread finish with the file first
+                await asyncio.wait([pending])
+                if not pending.cancelled():
+                    pending.exception()  # seen: the error that brought us here is the news
             await asyncio.to_thread(_discard, f, tmp_name)
 
     def _open_temp(self, sha256: str) -> tuple[BinaryIO, str]:
@@ -94,9 +116,10 @@ class BlobStore:
         link_or_copy(self.path(sha256), dest)
 
 
-def _write_hash(f: BinaryIO, h: hashlib._Hash, data: bytes, final: bool = False) -> None:
-    h.update(data)
-    f.write(data)
+def _write_hash(f: BinaryIO, h: hashlib._Hash, data: list[bytes], final: bool = False) -> None:
+    for chunk in data:
+        h.update(chunk)  # releases the GIL: the loop runs on while a batch is hashed
+    f.writelines(data)
     if final:
         f.flush()
         os.fsync(f.fileno())

@@ -53,7 +53,7 @@ def requeue(farm: Farm, job_id: str, which: str = "failed") -> Job:
         task.status, task.node, task.progress = "queued", None, 0.0
         task.failures, task.failed_nodes, task.error = 0, {}, None
         for name in [n for n, o in job.outputs.items() if o.task_id == task.id]:
-            del job.outputs[name]  # it will be rendered again; the file stays until then
+            job.remove_output(name)  # it will be rendered again; the file stays until then
             ops.append(("DELETE FROM outputs WHERE job_id=? AND name=?", (job.id, name)))
     if again or job.status in ("failed", "canceled"):
         job.node_failures, job.blocklist, job.error, job.finished = {}, [], None, None
@@ -133,7 +133,7 @@ def enable(farm: Farm, uid: str) -> NodeRecord:
 
 
 def _node_changed(farm: Farm, rec: NodeRecord, tasks: list[Task]) -> NodeRecord:
-    farm._persist(tasks=tasks, extra=[Store.node_op(rec)])
+    farm._persist(tasks=tasks, nodes=[rec])
     farm.emit("node", node=rec.to_json())
     farm.dispatch()
     return rec
@@ -163,13 +163,12 @@ def _cancel_on_node(farm: Farm, task: Task, reason: str) -> None:
 
 def _schedule(farm: Farm, job: Job) -> None:
     """(Re)enter a job into the scheduler with its queued tasks in order."""
-    done = all(farm.tasks[t].status == "done" for t in job.task_ids)
-    if done:
+    if job.all_done:
         job.status, job.finished = "completed", job.finished or time.time()
         return
-    started = any(farm.tasks[t].status != "queued" for t in job.task_ids)
+    started = job.counts["queued"] != len(job.task_ids)
     job.status = "active" if started else "queued"
-    farm.sched.add_job(job.id, job.priority, job.seq)
+    farm.sched.add_job(job.id, job.priority, job.seq, job.owner)
     for tid in job.task_ids:
         if farm.tasks[tid].status == "queued":
             farm.sched.push(job.id, tid)

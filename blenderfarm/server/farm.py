@@ -2,7 +2,7 @@
 
 All decisions are synchronous and happen on the event loop, so no two handlers
 ever see a half-made change. Side effects leave through three doors only:
-``NodeSession.send`` (queued websocket frames), ``Store.put`` (batched SQLite
+``NodeSession.send`` (queued websocket frames), ``Farm._persist`` (the journal: batched SQLite
 writes) and ``BlobStore`` calls made in threads by the async handlers.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol import messages as m
+from ..protocol.hashing import is_sha256
 from ..protocol.jobspec import JobSpec, output_stem
 from ..protocol.paths import PathError, normalize_relpath
 from .blobs import BlobStore
@@ -26,7 +27,7 @@ from .logs import TaskLogs
 from .metrics import FarmMetrics
 from .models import JOB_FINAL, TASK_FINAL, TASK_HELD, Job, NodeRecord, Output, Task
 from .scheduler import Scheduler
-from .store import Store
+from .store import Journal, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Farm:
     def __init__(self, config: ServerConfig, store: Store, blobs: BlobStore) -> None:
         self.config = config
         self.store = store
+        self.journal = Journal(store)
         self.blobs = blobs
         self.jobs_dir = config.data_dir / "jobs"
         self.logs = TaskLogs(config.data_dir / "logs")
@@ -91,10 +93,10 @@ class Farm:
         for task in loaded.tasks:
             self.tasks[task.id] = task
             if task.job_id in self.jobs:
-                self.jobs[task.job_id].task_ids.append(task.id)
+                self.jobs[task.job_id].add_task(task)
         for out in loaded.outputs:
             if out.job_id in self.jobs:
-                self.jobs[out.job_id].outputs[out.name] = out
+                self.jobs[out.job_id].add_output(out)
         for rec in loaded.nodes:
             self.nodes[rec.uid] = rec
         self._recover()
@@ -104,13 +106,14 @@ class Farm:
         for job in sorted(self.jobs.values(), key=lambda j: j.seq):
             if job.status in JOB_FINAL or job.status == "paused":
                 continue
-            self.sched.add_job(job.id, job.priority, job.seq)
+            self.sched.add_job(job.id, job.priority, job.seq, job.owner)
             for tid in job.task_ids:
                 task = self.tasks[tid]
                 if task.status == "queued":
                     self.sched.push(job.id, tid)
                 elif task.status in TASK_HELD and task.node in self.nodes:
                     self.nodes[task.node].tasks.append(tid)
+                    self.sched.hold(job.owner)
                 elif task.status in TASK_HELD:
                     self._requeue(task)
         for rec in self.nodes.values():
@@ -122,6 +125,7 @@ class Farm:
             timer.cancel()
         for session in list(self.sessions.values()):
             session.close()
+        self.journal.flush()
         await self.store.close()
 
     # --- events for watchers (dashboard, add-on) ------------------------------------------------
@@ -134,20 +138,16 @@ class Farm:
                 log.exception("event listener failed")
 
     def _persist(self, job: Job | None = None, tasks: list[Task] | None = None,
-                 extra: list[Any] | None = None) -> asyncio.Future[None]:
-        ops: list[Any] = []
+                 extra: list[Any] | None = None,
+                 nodes: list[NodeRecord] | None = None) -> asyncio.Future[None]:
+        """Journal these changes; they commit together with the rest of this loop pass."""
         if job is not None:
             job.updated = time.time()
-            ops.append(Store.job_op(job))
-        if tasks:
-            ops.append(Store.tasks_op(tasks))
-        ops.extend(extra or [])
-        fut = self.store.put(ops)
-        fut.add_done_callback(_log_failure)
-        return fut
+        return self.journal.add((job,) if job is not None else (), tasks or (), nodes or (),
+                                extra or ())
 
     # --- jobs ---------------------------------------------------------------------------------
-    async def submit(self, spec: JobSpec) -> Job:
+    async def submit(self, spec: JobSpec, owner: str = "") -> Job:
         missing = await asyncio.to_thread(self.blobs.missing, list(spec.manifest.values()))
         if missing:
             raise FarmError(f"{len(missing)} file(s) of the manifest were never uploaded; "
@@ -156,15 +156,17 @@ class Farm:
         self._seq += 1
         job_id = secrets.token_hex(6)
         job = Job(id=job_id, seq=self._seq, spec=spec, output_name=output_stem(spec.name),
-                  priority=spec.priority, status="paused" if spec.paused else "queued")
+                  priority=spec.priority, status="paused" if spec.paused else "queued",
+                  owner=owner or spec.user or "")
         tasks = compile_job(job_id, spec)
         job.frames_total = sum(len(t.frames) for t in tasks)
-        job.task_ids = [t.id for t in tasks]
+        for t in tasks:
+            job.add_task(t)
         self.jobs[job_id] = job
         self.tasks.update((t.id, t) for t in tasks)
         await self._persist(job, tasks)
         if not spec.paused:
-            self.sched.add_job(job_id, job.priority, job.seq)
+            self.sched.add_job(job_id, job.priority, job.seq, job.owner)
             for t in tasks:
                 self.sched.push(job_id, t.id)
         log.info("job %s submitted: %r, %d frames in %d tasks", job_id, spec.name,
@@ -223,11 +225,11 @@ class Farm:
         rec.online, rec.lost_at, rec.connected_at = True, None, time.time()
         rec.last_seen = time.time()
         self._reconcile(rec, session, hello.running)
-        self._persist(extra=[Store.node_op(rec)])
+        self._persist(nodes=[rec])
         log.info("node %s (%s) connected: Blender %s, oidn=%s, holds %d task(s)", rec.name,
                  rec.uid, rec.info.get("blender", {}).get("version"), rec.oidn, len(rec.tasks))
         self.emit("node", node=rec.to_json())
-        self.dispatch()
+        self.dispatch([session])  # the other nodes had their chance already
 
     def _reconcile(self, rec: NodeRecord, session: NodeSession, claimed: list[str]) -> None:
         """Match what a (re)connecting node says it holds with what we think it holds."""
@@ -245,6 +247,8 @@ class Farm:
             if self.sched.discard(tid):
                 task.status = "assigned"
                 changed.append(task)
+            if tid not in rec.tasks:
+                self.sched.hold(job.owner)
             task.node = rec.uid
             kept.append(tid)
         for tid in list(rec.tasks):  # a copy: _requeue removes from rec.tasks
@@ -265,7 +269,7 @@ class Farm:
         log.info("node %s (%s) disconnected; holding %d task(s) for %.0fs", rec.name, rec.uid,
                  len(rec.tasks), self.config.grace_period)
         self._arm_grace(rec.uid)
-        self._persist(extra=[Store.node_op(rec)])
+        self._persist(nodes=[rec])
         self.emit("node", node=rec.to_json())
 
     def _arm_grace(self, uid: str) -> None:
@@ -291,14 +295,21 @@ class Farm:
         self.dispatch()
 
     # --- dispatch -----------------------------------------------------------------------------
-    def dispatch(self) -> None:
-        """Give queued tasks to nodes with room: first every idle node, then prefetch slots."""
+    def dispatch(self, sessions: list[NodeSession] | None = None) -> None:
+        """Give queued tasks to nodes with room: first every idle node, then prefetch slots.
+
+        ``sessions`` narrows the offer to the nodes whose room changed (one that just
+        finished a task or connected): the others were offered everything queued when
+        they last had room, and nothing they could not take then has become takeable.
+        """
         if self.sched.queued == 0:
             return
         started = time.perf_counter()
         assigned: list[Task] = []
         for slot in range(1, self.config.prefetch + 2):
-            for session in list(self.sessions.values()):
+            for session in list(self.sessions.values()) if sessions is None else sessions:
+                if session.closed:
+                    continue
                 rec = session.record
                 if rec.drained or len(rec.tasks) >= slot:
                     continue
@@ -332,8 +343,10 @@ class Farm:
         job = self.jobs[task.job_id]
         rec = session.record
         task.status, task.node, task.progress = "assigned", rec.uid, 0.0
+        task.assigned = time.time()
         task.attempts += 1
         rec.tasks.append(task.id)
+        self.sched.hold(job.owner)
         if job.status == "queued":
             job.status, job.started = "active", time.time()
             self._persist(job)
@@ -345,10 +358,18 @@ class Farm:
                               allow_scripts=spec.scripts))
         return task
 
+    def slot_freed(self, session: NodeSession, task: Task) -> None:
+        """The node is through with ``task`` (it reported it done; the server still checks
+        the outputs): the node's slot takes its next task at once. The task stays held
+        in its name until :meth:`complete_task` or :meth:`fail_task` settles it."""
+        self._release(task)
+        self.dispatch([session])
+
     def _release(self, task: Task) -> None:
         rec = self.nodes.get(task.node or "")
         if rec and task.id in rec.tasks:
             rec.tasks.remove(task.id)
+            self.sched.unhold(self.jobs[task.job_id].owner)
 
     def _requeue(self, task: Task) -> None:
         self._release(task)
@@ -375,7 +396,8 @@ class Farm:
                   frame=msg.frame, fraction=task.progress)
 
     async def record_outputs(self, task: Task, outputs: list[dict[str, Any]]) -> list[Output]:
-        """Check and link outputs (blob exists, safe name, frame of this task)."""
+        """Check and link outputs (safe name, frame of this task, blob exists): one trip
+        to a thread for all the file work of a task."""
         job = self.jobs[task.job_id]
         checked: list[Output] = []
         for item in outputs:
@@ -391,13 +413,16 @@ class Farm:
                 raise FarmError(str(exc)) from exc
             if "/" in name:
                 raise FarmError(f"output name {name!r} has a folder")
-            if not isinstance(sha, str) or not await asyncio.to_thread(self.blobs.exists, sha):
-                raise FarmError(f"output {name} was not uploaded", "missing_blobs")
+            if not isinstance(sha, str) or not is_sha256(sha):
+                raise FarmError(f"output {name} has no valid sha256")
             checked.append(Output(job.id, task.id, frame, name, sha, size))
         await asyncio.to_thread(self._link_outputs, job.id, checked)
         return checked
 
     def _link_outputs(self, job_id: str, outputs: list[Output]) -> None:
+        for out in outputs:  # all checked before any is linked
+            if not self.blobs.exists(out.sha256):
+                raise FarmError(f"output {out.name} was not uploaded", "missing_blobs")
         for out in outputs:
             self.blobs.link_to(out.sha256, self.output_path(job_id, out.name))
 
@@ -411,7 +436,7 @@ class Farm:
             known = job.outputs.get(out.name)
             if known is not None and known.sha256 == out.sha256:
                 continue
-            job.outputs[out.name] = out
+            job.add_output(out)
             ops.append(Store.output_op(out))
             self.emit("frame", job_id=job.id, task_id=task.id, frame=out.frame, name=out.name)
         return ops
@@ -430,13 +455,15 @@ class Farm:
         task.finished = time.time()
         rec.frames_rendered += len(task.frames)
         self.metrics.add_render_seconds(seconds)
-        if all(self.tasks[t].status == "done" for t in job.task_ids):
+        if job.all_done:
             job.status, job.finished = "completed", time.time()
             self.sched.remove_job(job.id)
             log.info("job %s completed: %d frames", job.id, job.frames_done)
-        fut = self._persist(job, [task], ops + [Store.node_op(rec)])
+        fut = self._persist(job, [task], ops, [rec])
         self.emit("job", job=self.job_json(job))
-        self.dispatch()
+        session = self.sessions.get(rec.uid)
+        if session is not None:  # only this node's room changed
+            self.dispatch([session])
         return fut
 
     def fail_task(self, rec: NodeRecord, task: Task, msg: m.TaskFailed) -> None:
@@ -509,7 +536,3 @@ class Farm:
                 "tasks_queued": self.sched.queued,
                 "jobs_active": sum(1 for j in self.jobs.values() if j.status == "active")}
 
-
-def _log_failure(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("could not save state: %s", fut.exception())

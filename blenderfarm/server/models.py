@@ -7,7 +7,8 @@ Plain dataclasses with their JSON forms (API) and row forms (SQLite). No I/O her
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.jobspec import JobSpec, Overrides
@@ -34,8 +35,11 @@ class Output:
                 "size": self.size, "task_id": self.task_id, "created": self.created}
 
 
-@dataclass
+@dataclass(eq=False)
 class Task:
+    """One unit a node runs. Setting ``status`` keeps its job's per-state counts (see
+    :meth:`Job.add_task`) right, so no view or completion check counts a job's tasks."""
+
     id: str
     job_id: str
     index: int
@@ -46,6 +50,7 @@ class Task:
     attempts: int = 0  # times assigned
     failures: int = 0
     node: str | None = None
+    assigned: float | None = None  # when last given to a node
     failed_nodes: dict[str, str] = field(default_factory=dict)  # node uid -> error
     progress: float = 0.0
     started: float | None = None
@@ -53,8 +58,23 @@ class Task:
     error: str | None = None
     log_tail: str = ""
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "status":
+            counts = self.__dict__.get("_counts")
+            if counts is not None:
+                counts[self.__dict__["status"]] -= 1
+                counts[value] += 1
+        object.__setattr__(self, name, value)
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # By hand, not dataclasses.asdict: this runs for every task row the store writes.
+        return {"id": self.id, "job_id": self.job_id, "index": self.index,
+                "frames": self.frames, "kind": self.kind, "depends_on": self.depends_on,
+                "status": self.status, "attempts": self.attempts, "failures": self.failures,
+                "node": self.node, "assigned": self.assigned,
+                "failed_nodes": self.failed_nodes, "progress": self.progress,
+                "started": self.started, "finished": self.finished, "error": self.error,
+                "log_tail": self.log_tail}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:
@@ -69,6 +89,8 @@ class Job:
     output_name: str
     status: str = "queued"
     priority: int = 50
+    #: who submitted it: the token's name on a farm with tokens, else the spec's ``user``
+    owner: str = ""
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     started: float | None = None
@@ -81,14 +103,39 @@ class Job:
     # Derived, rebuilt from tasks and outputs on load:
     outputs: dict[str, Output] = field(default_factory=dict)  # by file name
     task_ids: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)  # tasks per status
+    _frames: Counter[int] = field(default_factory=Counter)  # outputs per frame
+
+    def add_task(self, task: Task) -> None:
+        """Make ``task`` one of this job's: its status counts from now on."""
+        self.task_ids.append(task.id)
+        self.counts[task.status] += 1
+        object.__setattr__(task, "_counts", self.counts)
+
+    def add_output(self, out: Output) -> None:
+        if out.name in self.outputs:
+            self.remove_output(out.name)
+        self.outputs[out.name] = out
+        self._frames[out.frame] += 1
+
+    def remove_output(self, name: str) -> None:
+        out = self.outputs.pop(name)
+        self._frames[out.frame] -= 1
+        if not self._frames[out.frame]:
+            del self._frames[out.frame]
 
     @property
     def frames_done(self) -> int:
-        return len({o.frame for o in self.outputs.values()})
+        return len(self._frames)
+
+    @property
+    def all_done(self) -> bool:
+        return self.counts["done"] == len(self.task_ids)
 
     def to_row(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("id", "seq", "output_name", "status", "priority",
-                                            "created", "updated", "started", "finished",
+                                            "owner", "created", "updated", "started",
+                                            "finished",
                                             "error", "needs_oidn", "frames_total",
                                             "node_failures", "blocklist")}
         d["spec"] = self.spec.to_dict()
@@ -102,14 +149,11 @@ class Job:
         return cls(spec=JobSpec(**spec), **data)
 
     def to_json(self, tasks: dict[str, Task] | None = None) -> dict[str, Any]:
-        counts = {s: 0 for s in TASK_STATES}
-        if tasks is not None:
-            for tid in self.task_ids:
-                counts[tasks[tid].status] += 1
+        counts = self.counts
         spec = self.spec
         return {
             "id": self.id, "name": spec.name, "status": self.status,
-            "priority": self.priority, "created": self.created, "updated": self.updated,
+            "priority": self.priority, "owner": self.owner, "created": self.created, "updated": self.updated,
             "started": self.started, "finished": self.finished, "error": self.error,
             "frames": spec.frames, "chunk": spec.chunk, "blend": spec.blend,
             "scene": spec.scene, "overrides": spec.overrides.to_dict(),

@@ -158,7 +158,7 @@ async def _frame_done(farm: Farm, rec: NodeRecord, msg: m.FrameDone) -> None:
                                                 "size": msg.size, "name": msg.name}])
     ops = farm.add_outputs(task, outputs)
     if ops:
-        farm.store.put(ops)
+        farm._persist(extra=ops)
 
 
 async def _task_done(farm: Farm, session: NodeSession, msg: m.TaskDone) -> None:
@@ -168,6 +168,8 @@ async def _task_done(farm: Farm, session: NodeSession, msg: m.TaskDone) -> None:
     if task is None or job is None or task.status in ("done", "canceled", "failed"):
         session.send(m.Ack(task_id=msg.task_id))
         return
+    if task.node == rec.uid:
+        farm.slot_freed(session, task)  # its next task leaves before the file checks start
     try:
         outputs = await farm.record_outputs(task, msg.outputs)
     except FarmError as exc:

@@ -1,16 +1,21 @@
 """Which queued task a node gets next: a pure, in-memory structure with no I/O.
 
-Jobs are kept sorted by (priority desc, submit order); each job has a FIFO of its
-ready tasks. ``pick`` walks jobs in that order and returns the first task the node
-may run, so a dispatch costs O(active jobs) plus O(1) per task in the common case,
-never a scan of all tasks. Removal is lazy: a task leaves ``_queued`` at once and
-its stale queue entry is dropped when ``pick`` meets it.
+The order: job priority first (higher wins, always); among jobs of equal priority,
+the owner who holds the fewest tasks on nodes right now (ties: the one served
+longest ago), so users of equal priority share the farm evenly however many jobs
+each queued; then that owner's oldest job; then the job's ready tasks, first in
+first out. ``pick`` walks that order and returns the first task the node may run.
+
+Cost of a pick: O(priority levels + owners at the first level with work), plus
+O(1) per task in the common case; never a scan of all tasks or all jobs. Removal
+is lazy: a task leaves ``_queued`` at once and its stale queue entry is dropped
+when ``pick`` meets it.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +23,9 @@ from dataclasses import dataclass, field
 @dataclass
 class _JobQueue:
     job_id: str
-    key: tuple[int, int]  # (-priority, seq)
+    owner: str
+    priority: int
+    seq: int
     tasks: deque[str] = field(default_factory=deque)
     live: int = 0  # queued tasks of this job (ignoring stale entries)
 
@@ -26,23 +33,50 @@ class _JobQueue:
 class Scheduler:
     def __init__(self) -> None:
         self._jobs: dict[str, _JobQueue] = {}
-        self._order: list[tuple[tuple[int, int], str]] = []
+        # priority -> owner -> that owner's jobs at this priority, oldest first (seq, id)
+        self._levels: dict[int, dict[str, list[tuple[int, str]]]] = {}
+        self._priorities: list[int] = []  # negated, ascending: highest priority first
+        self._live_at: Counter[int] = Counter()  # queued tasks per priority
         self._queued: dict[str, str] = {}  # task id -> job id
+        self._held: Counter[str] = Counter()  # owner -> tasks held by nodes
+        self._served: dict[str, int] = {}  # owner -> pick number of their last task
+        self._picks = 0
 
     # --- jobs -----------------------------------------------------------------------
-    def add_job(self, job_id: str, priority: int, seq: int) -> None:
+    def add_job(self, job_id: str, priority: int, seq: int, owner: str = "") -> None:
         if job_id in self._jobs:
             return
-        q = _JobQueue(job_id, (-priority, seq))
+        q = _JobQueue(job_id, owner, priority, seq)
         self._jobs[job_id] = q
-        bisect.insort(self._order, (q.key, job_id))
+        self._enter(q)
+
+    def _enter(self, q: _JobQueue) -> None:
+        level = self._levels.get(q.priority)
+        if level is None:
+            level = self._levels[q.priority] = {}
+            bisect.insort(self._priorities, -q.priority)
+        bisect.insort(level.setdefault(q.owner, []), (q.seq, q.job_id))
+        self._live_at[q.priority] += q.live
+
+    def _leave(self, q: _JobQueue) -> None:
+        level = self._levels[q.priority]
+        jobs = level[q.owner]
+        jobs.remove((q.seq, q.job_id))
+        if not jobs:
+            del level[q.owner]
+        if not level:
+            del self._levels[q.priority]
+            self._priorities.remove(-q.priority)
+        self._live_at[q.priority] -= q.live
+        if not self._live_at[q.priority]:
+            del self._live_at[q.priority]
 
     def remove_job(self, job_id: str) -> list[str]:
         """Forget a job (paused, canceled, finished); return the task ids it had queued."""
         q = self._jobs.pop(job_id, None)
         if q is None:
             return []
-        self._order.remove((q.key, job_id))
+        self._leave(q)
         dropped = [t for t in q.tasks if self._queued.get(t) == job_id]
         for t in dropped:
             del self._queued[t]
@@ -52,12 +86,26 @@ class Scheduler:
         q = self._jobs.get(job_id)
         if q is None:
             return
-        self._order.remove((q.key, job_id))
-        q.key = (-priority, q.key[1])
-        bisect.insort(self._order, (q.key, job_id))
+        self._leave(q)
+        q.priority = priority
+        self._enter(q)
 
     def has_job(self, job_id: str) -> bool:
         return job_id in self._jobs
+
+    # --- what owners hold (fair share) ---------------------------------------------------
+    def hold(self, owner: str) -> None:
+        """A task of ``owner``'s went to a node."""
+        self._held[owner] += 1
+
+    def unhold(self, owner: str) -> None:
+        """A node gave back or finished a task of ``owner``'s."""
+        self._held[owner] -= 1
+        if self._held[owner] <= 0:
+            del self._held[owner]
+
+    def held(self, owner: str) -> int:
+        return self._held[owner]
 
     # --- tasks ----------------------------------------------------------------------
     def push(self, job_id: str, task_id: str, front: bool = False) -> None:
@@ -66,6 +114,7 @@ class Scheduler:
             return
         self._queued[task_id] = job_id
         q.live += 1
+        self._live_at[q.priority] += 1
         if front:
             q.tasks.appendleft(task_id)
         else:
@@ -75,7 +124,9 @@ class Scheduler:
         job_id = self._queued.pop(task_id, None)
         if job_id is None:
             return False
-        self._jobs[job_id].live -= 1
+        q = self._jobs[job_id]
+        q.live -= 1
+        self._live_at[q.priority] -= 1
         return True
 
     def is_queued(self, task_id: str) -> bool:
@@ -92,13 +143,22 @@ class Scheduler:
     def pick(self, accept_job: Callable[[str], bool],
              accept_task: Callable[[str], bool] = lambda _t: True) -> str | None:
         """Take the best task a node may run off its queue, or None."""
-        for _key, job_id in self._order:
-            q = self._jobs[job_id]
-            if q.live == 0 or not accept_job(job_id):
+        for neg in self._priorities:
+            if self._live_at[-neg] <= 0:
                 continue
-            task_id = self._take(q, accept_task)
-            if task_id is not None:
-                return task_id
+            level = self._levels[-neg]
+            owners = level.items() if len(level) == 1 else sorted(
+                level.items(), key=lambda kv: (self._held[kv[0]], self._served.get(kv[0], -1)))
+            for owner, jobs in owners:
+                for _seq, job_id in jobs:
+                    q = self._jobs[job_id]
+                    if q.live == 0 or not accept_job(job_id):
+                        continue
+                    task_id = self._take(q, accept_task)
+                    if task_id is not None:
+                        self._picks += 1
+                        self._served[owner] = self._picks
+                        return task_id
         return None
 
     def _take(self, q: _JobQueue, accept_task: Callable[[str], bool]) -> str | None:
@@ -114,5 +174,6 @@ class Scheduler:
                 del tasks[i]
             del self._queued[task_id]
             q.live -= 1
+            self._live_at[q.priority] -= 1
             return task_id
         return None

@@ -57,6 +57,72 @@ _Op = tuple[str, Any]  # (sql, params or list of params for executemany)
 _STOP = object()
 
 
+def _log_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("could not save state: %s", fut.exception())
+
+
+class Journal:
+    """Coalesces the farm's writes: whatever changes during one pass of the event loop
+    goes to the store as one batch, each job, task and node row once, at its latest
+    state (a node finishing a thousand tasks of one job in a burst writes the job's
+    row once, not a thousand times). Rows are built when the batch leaves, on the
+    loop, so they are consistent snapshots; other statements keep their order and
+    run after the rows (so a job's deletion wins over its last updates).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._jobs: dict[str, Job] = {}
+        self._tasks: dict[str, Task] = {}
+        self._nodes: dict[str, NodeRecord] = {}
+        self._ops: list[_Op] = []
+        self._fut: asyncio.Future[None] | None = None
+
+    def add(self, jobs: Iterable[Job] = (), tasks: Iterable[Task] = (),
+            nodes: Iterable[NodeRecord] = (), ops: Iterable[_Op] = ()) -> asyncio.Future[None]:
+        """Queue rows and statements; the future resolves once they are committed."""
+        for job in jobs:
+            self._jobs[job.id] = job
+        for task in tasks:
+            self._tasks[task.id] = task
+        for node in nodes:
+            self._nodes[node.uid] = node
+        self._ops.extend(ops)
+        if self._fut is None:
+            loop = asyncio.get_running_loop()
+            self._fut = loop.create_future()
+            self._fut.add_done_callback(_log_failure)
+            loop.call_soon(self.flush)
+        return self._fut
+
+    def flush(self) -> None:
+        """Hand everything queued to the store now (also called before it closes)."""
+        fut, self._fut = self._fut, None
+        if fut is None:
+            return
+        ops = [Store.job_op(j) for j in self._jobs.values()]
+        if self._tasks:
+            ops.append(Store.tasks_op(list(self._tasks.values())))
+        ops += [Store.node_op(n) for n in self._nodes.values()]
+        ops += self._ops
+        self._jobs, self._tasks, self._nodes, self._ops = {}, {}, {}, []
+        if not ops:
+            fut.set_result(None)
+            return
+        committed = self.store.put(ops)
+
+        def done(c: asyncio.Future[None]) -> None:
+            if fut.done():
+                return
+            if c.exception() is not None:
+                fut.set_exception(c.exception())  # type: ignore[arg-type]
+            else:
+                fut.set_result(None)
+
+        committed.add_done_callback(done)
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
