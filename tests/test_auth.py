@@ -49,6 +49,20 @@ async def test_user_token_is_needed_and_enough(secured) -> None:
     assert info["auth_required"] is True
 
 
+async def test_jobs_belong_to_the_token_not_to_what_the_spec_claims(secured) -> None:
+    import hashlib
+
+    t = secured.tokens
+    blend = b"BLENDER-v300 owner test"
+    sha = hashlib.sha256(blend).hexdigest()
+    resp = await secured.put(f"/api/blobs/{sha}", data=blend, headers=bearer(t["user"]))
+    assert resp.status == 201
+    spec = {"blend": "a.blend", "manifest": {"a.blend": sha}, "frames": "1", "user": "bob"}
+    resp = await secured.post("/api/jobs", json=spec, headers=bearer(t["user"]))
+    assert resp.status == 201
+    assert (await resp.json())["job"]["owner"] == "alice"  # fair share can't be gamed
+
+
 async def test_node_token_cannot_use_the_user_api(secured) -> None:
     node = secured.tokens["node"]
     for method, path in (("GET", "/api/jobs"), ("POST", "/api/jobs"), ("GET", "/api/nodes"),

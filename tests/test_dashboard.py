@@ -140,7 +140,10 @@ def test_a_job_renders_live_and_its_frames_show(live: Live, page: Page) -> None:
 
 
 def test_actions_on_the_job_page_and_cancel_stops_the_job(live: Live, page: Page) -> None:
-    job_id = submit(live.url, live.scene, "--frames", "1-200", "--name", "long")
+    # Heavier frames than the scene's own: at 4 samples one node renders all 200 before
+    # the steps below reach Cancel.
+    job_id = submit(live.url, live.scene, "--frames", "1-200", "--name", "long",
+                    "--samples", "128", "--resolution-percent", "200")
     page.goto(f"{live.url}/#/jobs/{job_id}")
     expect(page.locator(".frame-grid .cell")).to_have_count(200, timeout=10_000)
     page.locator("#priority").fill("80")

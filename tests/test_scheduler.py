@@ -69,3 +69,93 @@ def test_every_pushed_task_is_picked_once(ops) -> None:
                 assert got in queued
                 queued.remove(got)
         assert s.queued == len(queued)
+
+
+def test_equal_priority_is_shared_between_owners_not_jobs() -> None:
+    """Ann queued three jobs before Bob's one: Bob still gets every other node."""
+    s = Scheduler()
+    for seq, (job, owner) in enumerate([("a1", "ann"), ("a2", "ann"), ("a3", "ann"),
+                                        ("b1", "bob")]):
+        s.add_job(job, 50, seq, owner)
+        for i in range(4):
+            s.push(job, f"{job}-{i}")
+    owners = []
+    for _ in range(8):
+        tid = s.pick(lambda _j: True)
+        assert tid is not None
+        owner = "bob" if tid.startswith("b") else "ann"
+        s.hold(owner)
+        owners.append(owner)
+    assert owners.count("ann") == owners.count("bob") == 4
+    assert s.held("ann") == s.held("bob") == 4
+
+
+def test_the_owner_holding_fewer_tasks_goes_first() -> None:
+    s = Scheduler()
+    s.add_job("a", 50, 1, "ann")
+    s.add_job("b", 50, 2, "bob")
+    s.push("a", "a-1")
+    s.push("b", "b-1")
+    for _ in range(3):
+        s.hold("ann")  # ann's long renders still hold three nodes
+    assert s.pick(lambda _j: True) == "b-1"
+    for _ in range(3):
+        s.unhold("ann")
+    assert s.held("ann") == 0
+
+
+def test_priority_beats_fair_share() -> None:
+    s = Scheduler()
+    s.add_job("urgent", 90, 1, "ann")
+    s.add_job("normal", 50, 2, "bob")
+    for i in range(3):
+        s.push("urgent", f"u{i}")
+        s.push("normal", f"n{i}")
+    for _ in range(10):
+        s.hold("ann")
+    assert [s.pick(lambda _j: True) for _ in range(4)] == ["u0", "u1", "u2", "n0"]
+
+
+def test_priority_change_moves_a_job_between_levels() -> None:
+    s = Scheduler()
+    s.add_job("a", 50, 1, "ann")
+    s.add_job("b", 50, 2, "bob")
+    s.push("a", "a-1")
+    s.push("b", "b-1")
+    s.set_priority("b", 80)
+    assert s.pick(lambda _j: True) == "b-1"
+    s.set_priority("a", 10)
+    assert s.pick(lambda _j: True) == "a-1"
+    assert s.pick(lambda _j: True) is None
+
+
+@given(st.lists(st.tuples(st.sampled_from(["ann", "bob", "cid"]), st.sampled_from([30, 50, 70]),
+                          st.integers(1, 5)), min_size=1, max_size=12),
+       st.lists(st.booleans(), max_size=40))
+def test_picks_follow_priority_then_least_held_owner(jobs, releases) -> None:
+    """Model check: every pick comes from the highest priority with queued work, and
+    from an owner who holds no more tasks than any other owner with work there."""
+    s = Scheduler()
+    queued: dict[str, tuple[str, int]] = {}  # task -> (owner, priority)
+    held: list[str] = []  # owners of held tasks, oldest first
+    for i, (owner, prio, n) in enumerate(jobs):
+        s.add_job(f"j{i}", prio, i, owner)
+        for k in range(n):
+            s.push(f"j{i}", f"j{i}-{k}")
+            queued[f"j{i}-{k}"] = (owner, prio)
+    for release in releases + [False] * len(queued):
+        if release and held:
+            s.unhold(held.pop(0))
+            continue
+        tid = s.pick(lambda _j: True)
+        if not queued:
+            assert tid is None
+            break
+        assert tid is not None
+        owner, prio = queued.pop(tid)
+        top = max(p for _o, p in queued.values()) if queued else prio
+        assert prio >= top
+        rivals = {o for o, p in queued.values() if p == prio} | {owner}
+        assert all(held.count(owner) <= held.count(o) for o in rivals)
+        s.hold(owner)
+        held.append(owner)

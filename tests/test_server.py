@@ -275,3 +275,43 @@ async def test_restart_requeues_every_task_a_returning_node_no_longer_has(tmp_pa
             await again.finish(assign)
         assert (await job(client, j["id"]))["status"] == "completed"
         await again.close()
+
+
+async def test_users_of_equal_priority_share_the_nodes(farm) -> None:
+    """Ann queued two jobs before Bob's one; the first node to come still gives Bob a slot."""
+    a1 = await submit(farm, frames="1-4", user="ann")
+    a2 = await submit(farm, frames="1-4", user="ann")
+    b1 = await submit(farm, frames="1-4", user="bob")
+    assert (a1["owner"], b1["owner"]) == ("ann", "bob")
+    node = farm.node()
+    await node.connect()
+    got = await drain(node)  # one task to render, one prefetched
+    assert sorted(a.job_id for a in got) == sorted([a1["id"], b1["id"]])
+    a2_tasks = (await (await farm.get(f"/api/jobs/{a2['id']}/tasks")).json())["tasks"]
+    assert all(t["status"] == "queued" and t["assigned"] is None for t in a2_tasks)
+    for assign in got:
+        await node.finish(assign)
+    tasks = (await (await farm.get(f"/api/jobs/{b1['id']}/tasks")).json())["tasks"]
+    assert tasks[0]["status"] == "done" and tasks[0]["assigned"] is not None
+
+
+async def test_a_burst_of_changes_is_one_commit(tmp_path) -> None:
+    """The journal writes what changed during one loop pass in one transaction, each
+    row once at its latest state."""
+    from blenderfarm.server.models import Task
+    from blenderfarm.server.store import Journal, Store
+
+    store = Store(tmp_path / "farm.db")
+    await store.open()
+    journal = Journal(store)
+    tasks = [Task(id=f"j-{i}", job_id="j", index=i, frames=[i]) for i in range(500)]
+    futures = [journal.add(tasks=[t]) for t in tasks]
+    tasks[7].status = "done"  # changed again before the batch left: the row says done
+    futures.append(journal.add(tasks=[tasks[7]]))
+    assert len({id(f) for f in futures}) == 1
+    await futures[0]
+    assert store.commits == 1
+    await store.close()
+    loaded = await asyncio.to_thread(lambda: Store._load(Store(tmp_path / "farm.db")._connect()))
+    assert len(loaded.tasks) == 500
+    assert next(t for t in loaded.tasks if t.id == "j-7").status == "done"

@@ -147,6 +147,9 @@ def _submit_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the scene's range)")
     p.add_argument("--chunk", type=int, default=1, help="frames per task (default 1)")
     p.add_argument("--priority", type=int, default=50, help="0-100, higher first (default 50)")
+    p.add_argument("--user", help="who submits, for sharing the farm fairly between users "
+                   "of equal priority (default: your login name; a farm with tokens uses "
+                   "the token's name)")
     p.add_argument("--samples", type=int, help="override the render samples")
     p.add_argument("--resolution-percent", type=int, help="override the resolution %%")
     p.add_argument("--format", type=str.upper, choices=FORMATS, help="output image format")
@@ -270,7 +273,7 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
             ctx.say(f"warning: missing file, the render will lack it: {path}")
         spec = build_spec(packed, name=args.name, frames=frames, chunk=args.chunk,
                           priority=args.priority, overrides=overrides, scene=args.scene,
-                          paused=args.paused, scripts=args.allow_scripts)
+                          paused=args.paused, scripts=args.allow_scripts, user=args.user)
         stats = upload_missing(ctx.client, packed, on_progress=_upload_meter(ctx))
     ctx.say(f"Uploaded {stats.files_sent} file(s), {fmt.format_bytes(stats.bytes_sent)}; "
             f"skipped {stats.files_skipped} already on the server "
@@ -308,7 +311,7 @@ def _prevalidate(args: argparse.Namespace, frames: str, overrides: dict[str, Any
     validate_spec({
         "blend": placeholder, "manifest": {placeholder: "0" * 64}, "frames": frames,
         "chunk": args.chunk, "priority": args.priority, "name": args.name,
-        "scene": args.scene, "paused": args.paused,
+        "scene": args.scene, "paused": args.paused, "user": args.user,
         "overrides": {k: v for k, v in overrides.items() if v is not None},
     })
 

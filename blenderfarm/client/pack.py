@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import getpass
 import os
 import pathlib
 import queue
@@ -367,8 +368,12 @@ def build_spec(
     scene: str | None = None,
     paused: bool = False,
     scripts: bool = False,
+    user: str | None = None,
 ) -> dict[str, Any]:
-    """The job spec for a packed project, validated; raises protocol's SpecError."""
+    """The job spec for a packed project, validated; raises protocol's SpecError.
+
+    ``user`` (default: this machine's login name) is who the farm shares its nodes
+    fairly with; a farm with tokens uses the token's name instead."""
     if isinstance(overrides, Overrides):
         override_dict = overrides.to_dict()
     else:
@@ -387,7 +392,19 @@ def build_spec(
         data["name"] = name
     if scene is not None:
         data["scene"] = scene
+    user = user or login_name()
+    if user:
+        data["user"] = user
     return validate_spec(data).to_dict()
+
+
+def login_name() -> str | None:
+    """Who is submitting, as far as this machine knows; None when it cannot tell."""
+    try:
+        name = getpass.getuser()
+    except Exception:  # no such user entry, e.g. a container with an unnamed uid
+        return None
+    return name[:64] if name and name.strip() else None
 
 
 def upload_missing(

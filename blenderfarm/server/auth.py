@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -24,8 +25,10 @@ from .tokens import TokenCache, TokenInfo
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: where the middleware leaves the request's TokenInfo for the handlers
-TOKEN_INFO = "blenderfarm.token"
+#: where the middleware leaves the request's TokenInfo for the handlers (a typed key
+#: where this aiohttp has them)
+TOKEN_INFO: Any = (web.RequestKey("token", TokenInfo) if hasattr(web, "RequestKey")
+                   else "blenderfarm.token")
 MAX_FAILURES = 20  # per address and window
 WINDOW = 60.0
 

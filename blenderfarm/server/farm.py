@@ -90,10 +90,20 @@ class Farm:
         for job in loaded.jobs:
             self.jobs[job.id] = job
             self._seq = max(self._seq, job.seq)
+        # A job's tasks are compiled again from its spec (the compiler is a pure
+        # function); the rows stored are those of tasks that changed since submit.
+        rows: dict[str, dict[str, Task]] = {}
         for task in loaded.tasks:
-            self.tasks[task.id] = task
-            if task.job_id in self.jobs:
-                self.jobs[task.job_id].add_task(task)
+            rows.setdefault(task.job_id, {})[task.id] = task
+        for job in self.jobs.values():
+            changed = rows.pop(job.id, {})
+            for task in compile_job(job.id, job.spec):
+                task = changed.pop(task.id, task)
+                self.tasks[task.id] = task
+                job.add_task(task)
+            for task in changed.values():  # rows of a task this compiler no longer makes
+                self.tasks[task.id] = task
+                job.add_task(task)
         for out in loaded.outputs:
             if out.job_id in self.jobs:
                 self.jobs[out.job_id].add_output(out)
@@ -164,7 +174,8 @@ class Farm:
             job.add_task(t)
         self.jobs[job_id] = job
         self.tasks.update((t.id, t) for t in tasks)
-        await self._persist(job, tasks)
+        # The job's row (its spec) is enough: tasks get rows once they change.
+        await self._persist(job)
         if not spec.paused:
             self.sched.add_job(job_id, job.priority, job.seq, job.owner)
             for t in tasks:

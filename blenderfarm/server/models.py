@@ -35,42 +35,57 @@ class Output:
                 "size": self.size, "task_id": self.task_id, "created": self.created}
 
 
-@dataclass(eq=False)
 class Task:
-    """One unit a node runs. Setting ``status`` keeps its job's per-state counts (see
-    :meth:`Job.add_task`) right, so no view or completion check counts a job's tasks."""
+    """One unit a node runs.
 
-    id: str
-    job_id: str
-    index: int
-    frames: list[int]
-    kind: str = "render"
-    depends_on: list[str] = field(default_factory=list)
-    status: str = "queued"
-    attempts: int = 0  # times assigned
-    failures: int = 0
-    node: str | None = None
-    assigned: float | None = None  # when last given to a node
-    failed_nodes: dict[str, str] = field(default_factory=dict)  # node uid -> error
-    progress: float = 0.0
-    started: float | None = None
-    finished: float | None = None
-    error: str | None = None
-    log_tail: str = ""
+    A plain class with slots, not a dataclass: a 100,000-frame job makes 100,000 of
+    them at once. Setting ``status`` keeps its job's per-state counts right (see
+    :meth:`Job.add_task`), so no view or completion check counts a job's tasks.
+    """
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "status":
-            counts = self.__dict__.get("_counts")
-            if counts is not None:
-                counts[self.__dict__["status"]] -= 1
-                counts[value] += 1
-        object.__setattr__(self, name, value)
+    __slots__ = ("id", "job_id", "index", "frames", "kind", "depends_on", "_status",
+                 "attempts", "failures", "node", "assigned", "failed_nodes", "progress",
+                 "started", "finished", "error", "log_tail", "_counts")
+
+    def __init__(self, id: str, job_id: str, index: int, frames: list[int],
+                 kind: str = "render", depends_on: list[str] | None = None,
+                 status: str = "queued", attempts: int = 0, failures: int = 0,
+                 node: str | None = None, assigned: float | None = None,
+                 failed_nodes: dict[str, str] | None = None, progress: float = 0.0,
+                 started: float | None = None, finished: float | None = None,
+                 error: str | None = None, log_tail: str = "") -> None:
+        self.id, self.job_id, self.index, self.frames = id, job_id, index, frames
+        self.kind = kind
+        self.depends_on = depends_on if depends_on is not None else []
+        self._status = status
+        self.attempts = attempts  # times assigned
+        self.failures = failures
+        self.node = node
+        self.assigned = assigned  # when last given to a node
+        self.failed_nodes = failed_nodes if failed_nodes is not None else {}  # uid -> error
+        self.progress = progress
+        self.started, self.finished = started, finished
+        self.error, self.log_tail = error, log_tail
+        self._counts: Counter[str] | None = None
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @status.setter
+    def status(self, value: str) -> None:
+        if self._counts is not None:
+            self._counts[self._status] -= 1
+            self._counts[value] += 1
+        self._status = value
+
+    def __repr__(self) -> str:
+        return f"Task({self.id!r}, {self._status}, node={self.node!r})"
 
     def to_json(self) -> dict[str, Any]:
-        # By hand, not dataclasses.asdict: this runs for every task row the store writes.
         return {"id": self.id, "job_id": self.job_id, "index": self.index,
                 "frames": self.frames, "kind": self.kind, "depends_on": self.depends_on,
-                "status": self.status, "attempts": self.attempts, "failures": self.failures,
+                "status": self._status, "attempts": self.attempts, "failures": self.failures,
                 "node": self.node, "assigned": self.assigned,
                 "failed_nodes": self.failed_nodes, "progress": self.progress,
                 "started": self.started, "finished": self.finished, "error": self.error,
@@ -110,7 +125,7 @@ class Job:
         """Make ``task`` one of this job's: its status counts from now on."""
         self.task_ids.append(task.id)
         self.counts[task.status] += 1
-        object.__setattr__(task, "_counts", self.counts)
+        task._counts = self.counts
 
     def add_output(self, out: Output) -> None:
         if out.name in self.outputs:
