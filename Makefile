@@ -56,8 +56,11 @@ xvfb:
 demo: deps
 	$(BIN)/python examples/demo.py
 
+# Scale (simulated nodes against a real server) and rendering (real Blender); both
+# write their figures to docs/benchmarks.md. Fails if a scale target is missed.
 bench: deps
-	$(BIN)/python bench/render_bench.py
+	$(BIN)/python bench/scale_bench.py --write docs/benchmarks.md; status=$$?; \
+	$(BIN)/python bench/render_bench.py --write docs/benchmarks.md && exit $$status
 
 clean:
 	rm -rf $(VENV) demo-data build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -107,6 +107,7 @@ def main() -> int:
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--repeat", type=int, default=1, help="runs of each; the best is kept")
+    p.add_argument("--write", type=Path, help="put the figures in this markdown file")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bf-bench-") as tmp:
         work = Path(tmp)
@@ -133,14 +134,33 @@ def main() -> int:
         finally:
             stop(server)
     best = {k: min(v) for k, v in times.items()}
-    print(f"scene: {args.frames} frames, {args.res}x{args.res} px, {args.samples} samples, "
-          f"Cycles CPU, {os.cpu_count()} cores, one node, one task per frame")
-    print(f"{'direct blender -b -a':<34}{best['direct']:8.2f} s")
-    print(f"{'farm (persistent Blender)':<34}{best['farm']:8.2f} s")
-    print(f"{'farm (one Blender per frame)':<34}{best['naive']:8.2f} s")
-    print(f"farm / direct = {best['farm'] / best['direct']:.2f}   (target <= 1.25)")
-    print(f"naive / farm  = {best['naive'] / best['farm']:.2f}   (target >= 5)")
+    lines = [
+        f"scene: {args.frames} frames, {args.res}x{args.res} px, {args.samples} samples, "
+        f"Cycles CPU, {os.cpu_count()} cores, one node, one task per frame",
+        f"{'direct blender -b -a':<34}{best['direct']:8.2f} s",
+        f"{'farm (persistent Blender)':<34}{best['farm']:8.2f} s",
+        f"{'farm (one Blender per frame)':<34}{best['naive']:8.2f} s",
+        f"farm / direct = {best['farm'] / best['direct']:.2f}   (target <= 1.25)",
+        f"naive / farm  = {best['naive'] / best['farm']:.2f}   (target >= 5)",
+    ]
+    print("\n".join(lines))
+    if args.write:
+        write_section(args.write, lines)
     return 0
+
+
+def write_section(path: Path, lines: list[str]) -> None:
+    """Put these figures in ``path`` as its render section, before any history."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    marker = "<!-- history -->"
+    head, sep, history = text.partition(marker)
+    head = head.split(RENDER_HEADING)[0].rstrip("\n")
+    section = (f"\n\n{RENDER_HEADING}\n\n`bench/render_bench.py`, the same scene three ways "
+               "on this machine:\n\n```\n" + "\n".join(lines) + "\n```\n\n")
+    path.write_text(head + section + sep + history)
+
+
+RENDER_HEADING = "## Rendering: the farm against Blender alone"
 
 
 if __name__ == "__main__":

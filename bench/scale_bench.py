@@ -490,13 +490,16 @@ async def scenario_d(root: Path, nodes: int, frames: int) -> dict[str, Any]:
 
 def scenario_e(root: Path, mb: int, files: int) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "bench"))
-    from upload_bench import run_upload  # type: ignore[import-not-found]
+    from upload_bench import MB, misses, run_upload  # type: ignore[import-not-found]
 
     server = Server(root)
     try:
-        return {"scenario": "e", **run_upload(root / "upload", server.url, mb, files)}
+        r = run_upload(root / "upload", server.url, mb, files)
     finally:
         server.stop()
+    missed = misses(r, round(r["project_mb"] * MB))
+    figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+    return {"scenario": "e", **figures, "ok": not missed, "errors": missed}
 
 
 # --- targets and the report ------------------------------------------------------------------
@@ -545,7 +548,8 @@ def write_report(path: Path, results: list[dict[str, Any]], args: argparse.Names
     for r in results:
         key = r["scenario"]
         figures = ", ".join(f"{k} {v}" for k, v in r.items()
-                            if k not in ("scenario", "errors", "shares") and v not in ([], None))
+                            if k not in ("scenario", "errors", "shares", "ok")
+                            and v not in ([], None))
         target, check = TARGETS[key]
         lines.append(f"| ({key}) | {figures} | {target} | {'yes' if check(r) else 'NO'} |")
     lines += ["", "How each figure is measured is described at the top of "

@@ -243,3 +243,47 @@ def test_upload_skips_what_the_server_has(tmp_path: Path) -> None:
     stats = upload_missing(server, fake_pack(tmp_path))  # type: ignore[arg-type]
     assert server.put == []
     assert stats == UploadStats(files_sent=0, bytes_sent=0, files_skipped=3, bytes_skipped=3)
+
+
+def _project(root: Path, sizes: list[int]) -> PackResult:
+    rng = random.Random(7)
+    manifest, lengths = {}, {}
+    for i, size in enumerate(sizes):
+        rel = "scene.blend" if i == 0 else f"tex/t{i:02d}.png"
+        data = rng.randbytes(size)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+        manifest[rel], lengths[rel] = sha256_bytes(data), size
+    return PackResult(root=root, blend="scene.blend", manifest=manifest, missing=[],
+                      sizes=lengths)
+
+
+def test_parallel_upload_to_a_real_server_stores_every_file(farm_procs, tmp_path: Path) -> None:
+    from blenderfarm.client.api import Client
+
+    server = farm_procs.server()
+    packed = _project(tmp_path / "p", [3 << 20, 1 << 20, 700_000, 5, 64_000, 2 << 20, 0, 9_999])
+    seen: list[int] = []
+    client = Client(server.url)
+    stats = upload_missing(client, packed, on_progress=lambda sent, _t: seen.append(sent),
+                           connections=3)
+    assert stats.files_sent == 8 and stats.bytes_sent == packed.total_bytes
+    assert seen == sorted(seen) and seen[-1] == packed.total_bytes  # only ever forward
+    assert client.missing_blobs(list(packed.manifest.values())) == []
+    again = upload_missing(client, packed, connections=3)
+    assert again.files_sent == 0 and again.bytes_skipped == packed.total_bytes
+
+
+def test_a_failed_file_stops_the_parallel_upload_and_names_the_error(farm_procs,
+                                                                      tmp_path: Path) -> None:
+    from blenderfarm.client.api import ApiError, Client
+
+    server = farm_procs.server()
+    packed = _project(tmp_path / "p", [1 << 20] * 6)
+    (tmp_path / "p" / "tex" / "t03.png").write_bytes(b"changed after hashing")
+    client = Client(server.url)
+    with pytest.raises(ApiError) as info:
+        upload_missing(client, packed, connections=3)
+    assert "hash" in str(info.value)
+    bad = packed.manifest["tex/t03.png"]
+    assert bad in client.missing_blobs([bad])  # nothing half-stored under that name
