@@ -65,12 +65,14 @@ def _log_failure(fut: asyncio.Future[None]) -> None:
 
 
 class Journal:
-    """Coalesces the farm's writes: whatever changes during one pass of the event loop
-    goes to the store as one batch, each job, task and node row once, at its latest
-    state (a node finishing a thousand tasks of one job in a burst writes the job's
-    row once, not a thousand times). Rows are built when the batch leaves, on the
-    loop, so they are consistent snapshots; other statements keep their order and
-    run after the rows (so a job's deletion wins over its last updates).
+    """Coalesces the farm's writes. Changes gather while the previous batch commits
+    (group commit), then leave as one batch: one transaction, each job, task and node
+    row once, at its latest state. Under load batches grow by themselves (a thousand
+    completions of one job write the job's row once, not a thousand times); on a
+    quiet farm a change leaves on the next pass of the event loop. Rows are built when
+    the batch leaves, on the loop, so they are consistent snapshots; other statements
+    keep their order and run after the rows (so a job's deletion wins over its last
+    updates).
     """
 
     def __init__(self, store: Store) -> None:
@@ -79,7 +81,8 @@ class Journal:
         self._tasks: dict[str, Task] = {}
         self._nodes: dict[str, NodeRecord] = {}
         self._ops: list[_Op] = []
-        self._fut: asyncio.Future[None] | None = None
+        self._fut: asyncio.Future[None] | None = None  # the gathering batch's
+        self._busy = False  # a batch is with the store
 
     def add(self, jobs: Iterable[Job] = (), tasks: Iterable[Task] = (),
             nodes: Iterable[NodeRecord] = (), ops: Iterable[_Op] = ()) -> asyncio.Future[None]:
@@ -95,11 +98,16 @@ class Journal:
             loop = asyncio.get_running_loop()
             self._fut = loop.create_future()
             self._fut.add_done_callback(_log_failure)
-            loop.call_soon(self.flush)
+            if not self._busy:  # else it leaves when the batch in flight commits
+                loop.call_soon(self._send)
         return self._fut
 
+    def _send(self) -> None:
+        if not self._busy:
+            self.flush()
+
     def flush(self) -> None:
-        """Hand everything queued to the store now (also called before it closes)."""
+        """Hand everything gathered to the store now (also called before it closes)."""
         fut, self._fut = self._fut, None
         if fut is None:
             return
@@ -112,15 +120,18 @@ class Journal:
         if not ops:
             fut.set_result(None)
             return
+        self._busy = True
         committed = self.store.put(ops)
 
         def done(c: asyncio.Future[None]) -> None:
-            if fut.done():
-                return
-            if c.exception() is not None:
-                fut.set_exception(c.exception())  # type: ignore[arg-type]
-            else:
-                fut.set_result(None)
+            self._busy = False
+            if not fut.done():
+                if c.exception() is not None:
+                    fut.set_exception(c.exception())  # type: ignore[arg-type]
+                else:
+                    fut.set_result(None)
+            if self._fut is not None:  # gathered while this one committed
+                self.flush()
 
         committed.add_done_callback(done)
 

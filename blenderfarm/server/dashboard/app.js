@@ -63,7 +63,11 @@ function connect() {
   const ws = new WebSocket(eventsUrl());
   socket = ws;
   ws.onopen = () => ws.send(JSON.stringify({ token: getToken() }));
-  ws.onmessage = (msg) => onMessage(JSON.parse(msg.data));
+  ws.onmessage = (msg) => {
+    // One event, or an array of the events that piled up in the server's send window.
+    const data = JSON.parse(msg.data);
+    (Array.isArray(data) ? data : [data]).forEach(onMessage);
+  };
   ws.onclose = (e) => {
     if (socket === ws) socket = null;
     if (e.code === 4401) {
