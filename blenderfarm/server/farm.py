@@ -168,7 +168,9 @@ class Farm:
         job = Job(id=job_id, seq=self._seq, spec=spec, output_name=output_stem(spec.name),
                   priority=spec.priority, status="paused" if spec.paused else "queued",
                   owner=owner or spec.user or "")
-        tasks = compile_job(job_id, spec)
+        # In a thread: a 100,000-frame job takes a few tenths of a second to compile,
+        # and the nodes' messages go on being answered meanwhile.
+        tasks = await asyncio.to_thread(compile_job, job_id, spec)
         job.frames_total = sum(len(t.frames) for t in tasks)
         for t in tasks:
             job.add_task(t)

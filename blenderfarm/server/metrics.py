@@ -11,7 +11,7 @@ and the global registry would refuse the second. ``farm.py`` may import this mod
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -60,7 +60,8 @@ class FarmMetrics:
 
 
 class FarmCollector(Collector):
-    """Reads the farm at scrape time; O(jobs + tasks + nodes), no I/O."""
+    """Reads the farm at scrape time; O(jobs + nodes) (tasks are counted by their jobs),
+    no I/O."""
 
     def __init__(self, farm: Farm, app: web.Application) -> None:
         self.farm = farm
@@ -70,8 +71,12 @@ class FarmCollector(Collector):
         farm = self.farm
         yield _by_state("blenderfarm_jobs", "Jobs by status.", JOB_STATES,
                         (j.status for j in farm.jobs.values()))
+        tasks: dict[str, int] = {}
+        for job in farm.jobs.values():
+            for state, n in job.counts.items():
+                tasks[state] = tasks.get(state, 0) + n
         yield _by_state("blenderfarm_tasks", "Tasks by status.", TASK_STATES,
-                        (t.status for t in farm.tasks.values()))
+                        (), tasks)
         yield _by_state("blenderfarm_nodes", "Known nodes by state.", NODE_STATES,
                         (n.to_json()["state"] for n in farm.nodes.values()))
         frames = CounterMetricFamily("blenderfarm_frames_rendered",
@@ -89,9 +94,11 @@ class FarmCollector(Collector):
         yield sockets
 
 
-def _by_state(name: str, doc: str, states: tuple[str, ...], values: Iterable[str]
-              ) -> GaugeMetricFamily:
+def _by_state(name: str, doc: str, states: tuple[str, ...], values: Iterable[str],
+              counted: Mapping[str, int] | None = None) -> GaugeMetricFamily:
     counts = dict.fromkeys(states, 0)
+    for state, n in (counted or {}).items():
+        counts[state] = counts.get(state, 0) + n
     for state in values:
         counts[state] = counts.get(state, 0) + 1
     family = GaugeMetricFamily(name, doc, labels=["state"])
