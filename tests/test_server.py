@@ -315,3 +315,23 @@ async def test_a_burst_of_changes_is_one_commit(tmp_path) -> None:
     loaded = await asyncio.to_thread(lambda: Store._load(Store(tmp_path / "farm.db")._connect()))
     assert len(loaded.tasks) == 500
     assert next(t for t in loaded.tasks if t.id == "j-7").status == "done"
+
+
+async def test_outputs_the_server_cannot_store_are_rendered_again(farm, tmp_path) -> None:
+    """The node's slot was freed at once; when the server then fails to lay out the
+    outputs (its own disk), the task is not lost: it goes back to the queue."""
+    node = farm.node()
+    await node.connect()
+    j = await submit(farm, frames="1")
+    first = await node.expect(m.Assign)
+    blocker = tmp_path / "data" / "jobs" / j["id"]
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_bytes(b"a file where the job's folder should be")
+    await node.finish(first)
+    err = await node.expect(m.Error)
+    assert err.code == "server_error" and "rendered again" in err.message
+    blocker.unlink()
+    again = await node.expect(m.Assign)
+    assert again.task_id == first.task_id and again.attempt == 2
+    await node.finish(again)
+    assert (await job(farm, j["id"]))["status"] == "completed"

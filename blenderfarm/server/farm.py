@@ -378,6 +378,13 @@ class Farm:
         self._release(task)
         self.dispatch([session])
 
+    def render_again(self, task: Task) -> None:
+        """Back to the queue, through no fault of the node that had it."""
+        if task.status in TASK_HELD:
+            self._requeue(task)
+            self._persist(self.jobs[task.job_id], [task])
+            self.dispatch()
+
     def _release(self, task: Task) -> None:
         rec = self.nodes.get(task.node or "")
         if rec and task.id in rec.tasks:

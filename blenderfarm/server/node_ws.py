@@ -177,6 +177,14 @@ async def _task_done(farm: Farm, session: NodeSession, msg: m.TaskDone) -> None:
         session.send(m.Ack(task_id=msg.task_id))
         farm.fail_task(rec, task, m.TaskFailed(task_id=task.id, error=str(exc), reason="bad_output"))
         return
+    except OSError as exc:  # the server's own disk, not the node's render
+        log.error("could not store the outputs of %s: %s; it will be rendered again",
+                  task.id, exc)
+        session.send(m.Error(code="server_error", message=f"the server could not store the "
+                             f"outputs of {task.id} ({exc}); it will be rendered again"))
+        session.send(m.Ack(task_id=msg.task_id))
+        farm.render_again(task)
+        return
     if task.status in ("done", "canceled", "failed"):  # changed while we linked files
         session.send(m.Ack(task_id=msg.task_id))
         return
