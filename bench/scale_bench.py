@@ -8,7 +8,8 @@ frame; the blob is uploaded once per node over HTTP at start-up, so scenarios (a
 
 Scenarios, one line of figures each:
 
-(a) 100 nodes, one 20,000-frame job, zero render time: completions/s the server
+(a) 100 nodes, one 20,000-frame job of a 500-file project, zero render time, 5
+    dashboards watching: completions/s the server
     sustains; then a 10,000-frame job rendered at a paced 2,000 completions/s in all:
     dispatch latency (a node's slot frees, i.e. it sends task_done -> its next assign
     arrives). Latency is not taken from the saturated run: there every node always has
@@ -272,18 +273,24 @@ class SimFarm:
                 self.event_frames += 1
                 self.events += len(data) if isinstance(data, list) else 1
 
-    async def upload_blend(self) -> str:
+    async def upload_blend(self, files: int = 1) -> dict[str, str]:
+        """Upload a project of ``files`` tiny files (the .blend and textures); its manifest."""
         import hashlib
 
-        sha = hashlib.sha256(BLEND).hexdigest()
-        async with self.http.put(f"{self.url}/api/blobs/{sha}", data=BLEND) as resp:
-            assert resp.status in (200, 201), await resp.text()
-        return sha
+        manifest = {}
+        for i in range(files):
+            data = BLEND if i == 0 else b"texture %d" % i
+            rel = "scene.blend" if i == 0 else f"textures/shot_010/texture_{i:05d}.png"
+            sha = hashlib.sha256(data).hexdigest()
+            async with self.http.put(f"{self.url}/api/blobs/{sha}", data=data) as resp:
+                assert resp.status in (200, 201), await resp.text()
+            manifest[rel] = sha
+        return manifest
 
-    async def submit(self, name: str, frames: str, blend_sha: str, priority: int = 50,
-                     user: str | None = None) -> dict[str, Any]:
+    async def submit(self, name: str, frames: str, manifest: dict[str, str],
+                     priority: int = 50, user: str | None = None) -> dict[str, Any]:
         spec: dict[str, Any] = {"name": name, "blend": "scene.blend", "frames": frames,
-                                "manifest": {"scene.blend": blend_sha}, "priority": priority}
+                                "manifest": manifest, "priority": priority}
         if user is not None:
             spec["user"] = user
         async with self.http.post(f"{self.url}/api/jobs", json=spec) as resp:
@@ -322,7 +329,8 @@ def sustained_rate(times: list[float]) -> float:
 
 # --- scenarios ----------------------------------------------------------------------------
 async def scenario_a(root: Path, nodes: int, frames: int, paced_frames: int,
-                     paced_rate: float = 2000.0, watchers: int = 5) -> dict[str, Any]:
+                     paced_rate: float = 2000.0, watchers: int = 5,
+                     files: int = 500) -> dict[str, Any]:
     """Two runs on the same server and nodes. Saturated: zero render time, every node
     always has a task_done in flight, so this gives the most the server completes per
     second (and its latency is only queueing: in a closed loop, latency = tasks in
@@ -330,13 +338,14 @@ async def scenario_a(root: Path, nodes: int, frames: int, paced_frames: int,
     ``nodes / paced_rate`` seconds, offering ``paced_rate`` completions a second in all;
     the dispatch latency is measured there (a node's task_done leaves -> its next
     assign arrives). ``watchers`` dashboards follow /ws/events all the while, as in a
-    studio, so the event fan-out is part of the load."""
+    studio, so the event fan-out is part of the load; the job's project has ``files``
+    files, as a shot with its textures does (each node is sent the manifest once)."""
     server = Server(root)
     farm = SimFarm(server.url)
     try:
         await farm.watch(watchers)
         await farm.connect(nodes)
-        blend = await farm.upload_blend()
+        blend = await farm.upload_blend(files)
         farm.expect = frames
         cpu0, own0, t0 = server.cpu_seconds(), own_cpu_seconds(), time.perf_counter()
         await farm.submit("a", f"1-{frames}", blend)
@@ -344,7 +353,8 @@ async def scenario_a(root: Path, nodes: int, frames: int, paced_frames: int,
         wall = time.perf_counter() - t0
         cpu, own = server.cpu_seconds() - cpu0, own_cpu_seconds() - own0
         s = farm.stats
-        result = {"scenario": "a", "nodes": nodes, "frames": frames, "watchers": watchers,
+        result = {"scenario": "a", "nodes": nodes, "frames": frames, "files": files,
+                  "watchers": watchers,
                   "completions_per_s": round(sustained_rate(s.done_times), 1),
                   "overall_per_s": round(frames / wall, 1), "wall_s": round(wall, 2),
                   "saturated_p50_ms": round(pct(s.latencies, 50) * 1000, 2),

@@ -335,3 +335,69 @@ async def test_outputs_the_server_cannot_store_are_rendered_again(farm, tmp_path
     assert again.task_id == first.task_id and again.attempt == 2
     await node.finish(again)
     assert (await job(farm, j["id"]))["status"] == "completed"
+
+
+async def test_a_node_gets_a_jobs_manifest_once_per_connection(farm) -> None:
+    node = farm.node()
+    await node.connect()
+    j = await submit(farm, frames="1-3")
+    first, second = await drain(node)
+    assert first.manifest == {"shot.blend": SHA} and second.manifest == {}
+    await node.finish(first)
+    third = await node.expect(m.Assign)
+    assert third.manifest == {}
+    await node.close()
+    again = farm.node(uid=node.uid)
+    await again.connect(running=[second.task_id])  # it lost the third in a restart
+    back = await again.expect(m.Assign)
+    assert back.task_id == third.task_id
+    assert back.manifest == {"shot.blend": SHA}  # a new connection: sent again
+    for assign in (second, back):
+        await again.finish(assign)
+    assert (await job(farm, j["id"]))["status"] == "completed"
+
+
+async def test_a_schema_1_database_is_migrated(tmp_path) -> None:
+    """Before schema 2 each job row held its spec; the server moves it to ``specs``."""
+    import json
+    import sqlite3
+
+    data = tmp_path / "d"
+    data.mkdir()
+
+    def old_db() -> None:
+        db = sqlite3.connect(data / "farm.db")
+        db.executescript("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, data TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', '1');""")
+        row = {"id": "oldjob", "seq": 1, "output_name": "old", "status": "queued",
+               "priority": 50, "created": 1.0, "updated": 1.0, "started": None,
+               "finished": None, "error": None, "needs_oidn": False, "frames_total": 2,
+               "node_failures": {}, "blocklist": [],
+               "spec": {"name": "old", "blend": "shot.blend", "manifest": {"shot.blend": SHA},
+                        "frames": "1-2", "overrides": {"samples": 8}}}
+        db.execute("INSERT INTO jobs VALUES ('oldjob', 1, ?)", (json.dumps(row),))
+        db.commit()
+        db.close()
+
+    await asyncio.to_thread(old_db)
+    cfg = ServerConfig(data_dir=data)
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        info = await job(client, "oldjob")
+        assert info["frames_total"] == 2 and info["overrides"] == {"samples": 8}
+        assert info["tasks_queued"] == 2 and info["owner"] == ""
+
+    def rows() -> tuple[str, str, str]:
+        db = sqlite3.connect(data / "farm.db")
+        try:
+            version = db.execute("SELECT value FROM meta").fetchone()[0]
+            (job_data,) = db.execute("SELECT data FROM jobs").fetchone()
+            (spec,) = db.execute("SELECT spec FROM specs WHERE job_id='oldjob'").fetchone()
+            return version, job_data, spec
+        finally:
+            db.close()
+
+    version, job_data, spec = await asyncio.to_thread(rows)
+    assert version == "2" and "spec" not in json.loads(job_data)
+    assert json.loads(spec)["frames"] == "1-2"

@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,8 @@ class Agent:
         self._outbox: asyncio.Queue[bytes] | None = None
         self._wake = asyncio.Event()
         self._job_locks: dict[str, asyncio.Lock] = {}
+        self._manifests: OrderedDict[str, dict[str, str]] = OrderedDict()  # by job, this connection
+        self._laid_out: dict[str, dict[str, str]] = {}  # job -> the manifest its folder holds
         self._http: aiohttp.ClientSession | None = None
         self.connected = asyncio.Event()
         self.frames_rendered = 0
@@ -120,6 +123,8 @@ class Agent:
             log.info("connected to %s as %s (%s)", self.config.server, self.config.name, msg.node_id)
             outbox: asyncio.Queue[bytes] = asyncio.Queue()
             self._outbox = outbox
+            self._manifests.clear()  # the server counts what it sent per connection
+            self._laid_out.clear()
             for report in list(self.reports.values()):
                 self.send(report)
             sender = asyncio.create_task(self._sender(ws, outbox))
@@ -170,6 +175,8 @@ class Agent:
 
     def _handle(self, msg: m.Message) -> None:
         if isinstance(msg, m.Assign):
+            if not self._manifest_of(msg):
+                return
             if msg.task_id in self.held:
                 return
             # a new attempt supersedes the report of an earlier one
@@ -187,6 +194,27 @@ class Agent:
                 raise FatalError(msg.message)
             log.error("server says: %s (%s)", msg.message, msg.code)
 
+    def _manifest_of(self, a: m.Assign) -> bool:
+        """Fill in a manifest the server left out (this connection carried it already);
+        False, with the task reported failed, in the one case where it cannot be."""
+        job_id = a.job_id
+        if a.manifest:
+            self._manifests[job_id] = a.manifest
+        elif job_id in self._manifests:
+            a.manifest = self._manifests[job_id]
+        else:
+            log.error("task %s came without its job's manifest, which this node lacks",
+                      a.task_id)
+            self.send(m.TaskFailed(task_id=a.task_id, reason="no_manifest", retryable=True,
+                                   error="the server left out the job's manifest, which "
+                                         "this node does not have"))
+            return False
+        self._manifests.move_to_end(job_id)
+        while len(self._manifests) > 2 * m.MANIFESTS_REMEMBERED:  # more than the server's
+            old, _ = self._manifests.popitem(last=False)
+            self._laid_out.pop(old, None)
+        return True
+
     def _cancel(self, task_id: str, reason: str) -> None:
         held = self.held.get(task_id)
         if held is None:
@@ -203,13 +231,20 @@ class Agent:
 
     # --- files ------------------------------------------------------------------------------
     async def _prepare(self, a: m.Assign) -> None:
-        """Download what the cache lacks and lay out the job folder."""
-        for sha in dict.fromkeys(a.manifest.values()):
-            if not await asyncio.to_thread(self.cache.has, sha):
-                await self._download(sha)
+        """Download what the cache lacks and lay out the job folder, once per manifest:
+        the next tasks of the job find it laid out (one check of its .blend, not one
+        per file of a project that may have thousands)."""
         lock = self._job_locks.setdefault(a.job_id, asyncio.Lock())
         async with lock:  # prefetched tasks of one job lay out the same folder
+            main = self.job_dir(a.job_id) / a.blend
+            if self._laid_out.get(a.job_id) is a.manifest and \
+                    await asyncio.to_thread(main.is_file):
+                return
+            shas = list(dict.fromkeys(a.manifest.values()))
+            for sha in await asyncio.to_thread(lambda: [s for s in shas if not self.cache.has(s)]):
+                await self._download(sha)
             await asyncio.to_thread(self.cache.materialise, a.manifest, self.job_dir(a.job_id))
+            self._laid_out[a.job_id] = a.manifest
 
     async def _download(self, sha: str) -> None:
         assert self._http is not None

@@ -17,6 +17,9 @@ from typing import Any, ClassVar
 import msgpack
 
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes; bigger frames are refused by both ends
+#: The server leaves a job's manifest out of an assign when it sent it on the same
+#: connection within the last this many distinct jobs; a node keeps at least as many.
+MANIFESTS_REMEMBERED = 32
 
 
 class ProtocolError(ValueError):
@@ -116,7 +119,10 @@ class Welcome(Message):
 
 @dataclass
 class Assign(Message):
-    """Render these frames of this job. ``manifest`` maps job paths to blob hashes."""
+    """Render these frames of this job. ``manifest`` maps job paths to blob hashes; it
+    is empty when this connection carried the job's manifest already (within the last
+    :data:`MANIFESTS_REMEMBERED` jobs assigned on it): the node uses that one. A job of
+    a studio's size has thousands of files, and a node gets many tasks of one job."""
 
     T: ClassVar[str] = "assign"
     task_id: str

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,17 @@ class NodeSession:
         self.record = record
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.closed = False
+        self._manifests: OrderedDict[str, None] = OrderedDict()  # jobs, most recent last
+
+    def has_manifest(self, job_id: str) -> bool:
+        """Whether the node has this job's manifest from this connection; either way it
+        counts as sent now (the caller sends it when the answer is no)."""
+        known = job_id in self._manifests
+        self._manifests[job_id] = None
+        self._manifests.move_to_end(job_id)
+        if len(self._manifests) > m.MANIFESTS_REMEMBERED:
+            self._manifests.popitem(last=False)
+        return known
 
     def send(self, msg: m.Message) -> None:
         if not self.closed:
@@ -176,8 +188,8 @@ class Farm:
             job.add_task(t)
         self.jobs[job_id] = job
         self.tasks.update((t.id, t) for t in tasks)
-        # The job's row (its spec) is enough: tasks get rows once they change.
-        await self._persist(job)
+        # The job's row and its spec are enough: tasks get rows once they change.
+        await self._persist(job, extra=[Store.spec_op(job)])
         if not spec.paused:
             self.sched.add_job(job_id, job.priority, job.seq, job.owner)
             for t in tasks:
@@ -364,8 +376,9 @@ class Farm:
             job.status, job.started = "active", time.time()
             self._persist(job)
         spec = job.spec
+        manifest = {} if session.has_manifest(job.id) else spec.manifest
         session.send(m.Assign(task_id=task.id, job_id=job.id, frames=task.frames,
-                              blend=spec.blend, manifest=spec.manifest,
+                              blend=spec.blend, manifest=manifest,
                               output_name=job.output_name, scene=spec.scene,
                               overrides=spec.overrides.to_dict(), attempt=task.attempts,
                               allow_scripts=spec.scripts))

@@ -148,18 +148,16 @@ class Job:
         return self.counts["done"] == len(self.task_ids)
 
     def to_row(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("id", "seq", "output_name", "status", "priority",
-                                            "owner", "created", "updated", "started",
-                                            "finished",
-                                            "error", "needs_oidn", "frames_total",
-                                            "node_failures", "blocklist")}
-        d["spec"] = self.spec.to_dict()
-        return d
+        """The job's changing state; its spec (which never changes, and may list
+        thousands of files) is stored once, apart (``Store.spec_op``)."""
+        return {k: getattr(self, k) for k in ("id", "seq", "output_name", "status", "priority",
+                                               "owner", "created", "updated", "started",
+                                               "finished", "error", "needs_oidn",
+                                               "frames_total", "node_failures", "blocklist")}
 
     @classmethod
-    def from_row(cls, data: dict[str, Any]) -> Job:
-        data = dict(data)
-        spec = dict(data.pop("spec"))
+    def from_row(cls, data: dict[str, Any], spec_data: dict[str, Any]) -> Job:
+        spec = dict(spec_data)
         spec["overrides"] = Overrides(**spec.get("overrides", {}))
         return cls(spec=JobSpec(**spec), **data)
 

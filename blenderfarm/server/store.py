@@ -28,10 +28,12 @@ from .models import Job, NodeRecord, Output, Task
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: 2: a job's spec moved from its row to the ``specs`` table (written once, at submit)
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS specs (job_id TEXT PRIMARY KEY, spec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, job_id TEXT NOT NULL, idx INTEGER NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS tasks_job ON tasks (job_id, idx);
@@ -158,6 +160,8 @@ class Store:
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} was written by a newer bf-server "
                                  f"(schema {row[0]} > {SCHEMA_VERSION}); upgrade bf-server")
+            elif int(row[0]) < SCHEMA_VERSION:
+                _migrate(db, int(row[0]))
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
         return db
@@ -260,17 +264,24 @@ class Store:
         return ("INSERT OR REPLACE INTO nodes (uid, data) VALUES (?, ?)", (n.uid, json.dumps(data)))
 
     @staticmethod
+    def spec_op(job: Job) -> _Op:
+        return ("INSERT OR REPLACE INTO specs (job_id, spec) VALUES (?, ?)",
+                (job.id, json.dumps(job.spec.to_dict())))
+
+    @staticmethod
     def delete_job_ops(job_id: str) -> list[_Op]:
         return [("DELETE FROM outputs WHERE job_id=?", (job_id,)),
                 ("DELETE FROM tasks WHERE job_id=?", (job_id,)),
+                ("DELETE FROM specs WHERE job_id=?", (job_id,)),
                 ("DELETE FROM jobs WHERE id=?", (job_id,))]
 
     # --- reads (start-up only) ------------------------------------------------------------
     @staticmethod
     def _load(db: sqlite3.Connection) -> Loaded:
         out = Loaded()
-        for (data,) in db.execute("SELECT data FROM jobs ORDER BY seq"):
-            out.jobs.append(Job.from_row(json.loads(data)))
+        for data, spec in db.execute("SELECT j.data, s.spec FROM jobs j JOIN specs s "
+                                     "ON s.job_id = j.id ORDER BY j.seq"):
+            out.jobs.append(Job.from_row(json.loads(data), json.loads(spec)))
         for (data,) in db.execute("SELECT data FROM tasks ORDER BY job_id, idx"):
             out.tasks.append(Task.from_json(json.loads(data)))
         for row in db.execute("SELECT job_id, task_id, frame, name, sha256, size, created "
@@ -284,3 +295,18 @@ class Store:
                                         last_seen=d.get("last_seen", 0.0),
                                         frames_rendered=d.get("frames_rendered", 0)))
         return out
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring an older database to :data:`SCHEMA_VERSION`, in one transaction."""
+    db.execute("BEGIN")
+    if version < 2:  # specs out of the job rows
+        for job_id, data in db.execute("SELECT id, data FROM jobs").fetchall():
+            row = json.loads(data)
+            spec = row.pop("spec", None)
+            if spec is not None:
+                db.execute("INSERT OR REPLACE INTO specs (job_id, spec) VALUES (?, ?)",
+                           (job_id, json.dumps(spec)))
+                db.execute("UPDATE jobs SET data=? WHERE id=?", (json.dumps(row), job_id))
+    db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+    db.execute("COMMIT")
