@@ -178,7 +178,7 @@ def test_frame_range_and_settings_are_checked_before_packing(addon) -> None:
 
 def test_server_checks_name_the_exact_problem(addon) -> None:
     w = addon.worker
-    w.check_server({"protocol": 1, "server_version": "0.1.0"})
+    w.check_server({"protocol": w.PROTOCOL_VERSION, "server_version": "0.1.0"})
     with pytest.raises(w.Problem) as info:
         w.check_server({"protocol": 99, "server_version": "9.0.0"})
     assert "protocol 99" in str(info.value) and "9.0.0" in str(info.value)
