@@ -24,7 +24,9 @@ Scenarios, one line of figures each:
     by an unchanged resubmit and by one with one changed texture (bench/upload_bench.py)
 
 The server runs pinned to core 0 (``taskset``), this process to the other cores.
-Usage: ``python bench/scale_bench.py [--only a,b] [--quick] [--write docs/benchmarks.md]``.
+Usage: ``python bench/scale_bench.py [--only a,b] [--quick] [--write docs/benchmarks.md]
+[--profile DIR]`` (``--profile``: the server runs under py-spy, which writes its
+collapsed stacks to DIR; install the ``bench`` extra for it).
 """
 
 from __future__ import annotations
@@ -628,6 +630,8 @@ def main() -> int:
     args = p.parse_args()
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     if args.profile is not None:
+        if not (BIN / "py-spy").exists():
+            sys.exit("--profile needs py-spy: pip install -e '.[bench]' (or pip install py-spy)")
         args.profile.mkdir(parents=True, exist_ok=True)
         Server.profile_dir = args.profile.resolve()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
