@@ -22,7 +22,7 @@ async def test_many_nodes_finish_every_task_and_dashboards_follow(tmp_path: Path
 
 
 async def test_priorities_hold_and_users_share_the_farm(tmp_path: Path) -> None:
-    r = await sb.scenario_c(tmp_path, nodes=40, jobs=30, frames=40, users=5, delay=0.005)
+    r = await sb.scenario_c(tmp_path, nodes=100, jobs=40, frames=100, users=10, delay=0.005)
     assert r["errors"] == [] and r["no_assign_time"] == 0
     assert r["priority_inversions"] == 0
     assert r["worst_share_dev_pct"] is not None and r["worst_share_dev_pct"] <= 20, r["shares"]
