@@ -401,3 +401,22 @@ async def test_a_schema_1_database_is_migrated(tmp_path) -> None:
     version, job_data, spec = await asyncio.to_thread(rows)
     assert version == "2" and "spec" not in json.loads(job_data)
     assert json.loads(spec)["frames"] == "1-2"
+
+
+async def test_an_urgent_job_takes_the_place_of_prefetched_work(farm) -> None:
+    node = farm.node()
+    await node.connect()
+    await submit(farm, frames="1-4", priority=20)
+    running, prefetched = await drain(node)
+    await submit(farm, frames="1-2", priority=20, name="same priority")
+    assert await drain(node, m.Cancel) == []  # equal priority waits its turn
+    urgent = await submit(farm, frames="1", priority=90, name="urgent")
+    cancel = await node.expect(m.Cancel)
+    assert cancel.task_id == prefetched.task_id and "higher priority" in cancel.reason
+    got = await node.expect(m.Assign)
+    assert got.job_id == urgent["id"]
+    await node.finish(running)
+    after = await node.expect(m.Assign)
+    assert after.task_id == prefetched.task_id  # back at the front of its queue
+    tasks = (await (await farm.get(f"/api/jobs/{urgent['id']}/tasks")).json())["tasks"]
+    assert tasks[0]["status"] == "assigned"

@@ -37,7 +37,7 @@ def resume(farm: Farm, job_id: str) -> Job:
     _schedule(farm, job)
     farm._persist(job)
     farm.emit("job", job=farm.job_json(job))
-    farm.dispatch()
+    farm.make_room(job)
     return job
 
 
@@ -61,7 +61,7 @@ def requeue(farm: Farm, job_id: str, which: str = "failed") -> Job:
             _schedule(farm, job)
     farm._persist(job, again, ops)
     farm.emit("job", job=farm.job_json(job))
-    farm.dispatch()
+    farm.make_room(job)
     return job
 
 
@@ -73,7 +73,7 @@ def set_priority(farm: Farm, job_id: str, priority: object) -> Job:
     farm.sched.set_priority(job.id, priority)
     farm._persist(job)
     farm.emit("job", job=farm.job_json(job))
-    farm.dispatch()
+    farm.make_room(job)
     return job
 
 

@@ -197,7 +197,7 @@ class Farm:
         log.info("job %s submitted: %r, %d frames in %d tasks", job_id, spec.name,
                  job.frames_total, len(tasks))
         self.emit("job", job=self.job_json(job))
-        self.dispatch()
+        self.make_room(job)
         return job
 
     def job(self, job_id: str) -> Job:
@@ -348,6 +348,36 @@ class Farm:
         if assigned:
             self._persist(tasks=assigned)
             self.metrics.observe_dispatch(time.perf_counter() - started)
+
+    def make_room(self, job: Job) -> None:
+        """Dispatch after ``job`` entered the queue (submitted, resumed, requeued, raised).
+
+        Idle nodes take its tasks first. What it still has queued then may take the
+        place of lower-priority tasks that nodes only hold in advance (prefetched, not
+        started): those go back to the queue, so an urgent job waits for one render
+        per node, not two. Only as many as the job can use are taken back.
+        """
+        self.dispatch()
+        wanted = self.sched.queued_in(job.id)
+        taken: list[Task] = []
+        for session in list(self.sessions.values()):
+            rec = session.record
+            if wanted <= len(taken):
+                break
+            if rec.drained or not self._may_run(rec, job.id):
+                continue
+            for tid in rec.tasks[1:]:  # a copy; [0] is the one it renders
+                task = self.tasks[tid]
+                if task.status == "assigned" and self.jobs[task.job_id].priority < job.priority:
+                    session.send(m.Cancel(task_id=tid, reason="a job of higher priority came"))
+                    self._requeue(task)
+                    taken.append(task)
+                    break
+        if taken:
+            log.info("job %s (priority %d) takes the place of %d prefetched task(s)", job.id,
+                     job.priority, len(taken))
+            self._persist(tasks=taken)
+            self.dispatch()
 
     def _may_run(self, rec: NodeRecord, job_id: str) -> bool:
         job = self.jobs[job_id]
