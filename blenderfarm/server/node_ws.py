@@ -148,6 +148,10 @@ async def _handle(farm: Farm, session: NodeSession, data: bytes) -> None:
             session.send(m.Error(code="unexpected", message=f"{msg.T} is not expected now"))
     except FarmError as exc:
         session.send(m.Error(code=exc.code, message=str(exc)))
+    except OSError as exc:  # the server's own disk (full, say): say so and keep the node
+        log.error("node %s: could not handle %s: %s", rec.name, msg.T, exc)
+        session.send(m.Error(code="server_error", message=f"the server could not handle "
+                             f"{msg.T}: {exc}"))
 
 
 async def _frame_done(farm: Farm, rec: NodeRecord, msg: m.FrameDone) -> None:
