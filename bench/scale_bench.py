@@ -40,14 +40,9 @@ import os
 import platform
 import random
 import resource
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,76 +56,10 @@ sys.path.insert(0, str(ROOT))
 from blenderfarm.protocol import PROTOCOL_VERSION  # noqa: E402
 from blenderfarm.protocol import messages as m  # noqa: E402
 
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "bench"))
+from farmserver import BIN, Server  # noqa: E402
+
 BLEND = b"not a real .blend: simulated nodes never open it"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# --- the server under test ------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A real bf-server process, pinned to one core when taskset exists."""
-
-    #: when set, the server runs under ``py-spy record`` and writes collapsed stacks here
-    profile_dir: Path | None = None
-
-    def __init__(self, root: Path, core: int | None = 0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data = root / f"server-{self.port}"
-        args = [str(BIN / "bf-server"), "--data-dir", str(self.data), "--port", str(self.port),
-                "--log-level", "WARNING"]
-        if Server.profile_dir is not None:
-            out = Server.profile_dir / f"server-{self.port}.txt"
-            args = [str(BIN / "py-spy"), "record", "--format", "raw", "--rate", "200",
-                    "--output", str(out), "--", *args]
-        if core is not None and shutil.which("taskset"):
-            args = ["taskset", "-c", str(core), *args]
-        self.data.mkdir(parents=True)
-        self.log = open(self.data / "server.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(self.url + "/api/info", timeout=1).close()
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bf-server exited: {(self.data / 'server.log').read_text()}")
-            time.sleep(0.1)
-        raise RuntimeError("bf-server did not start")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-    def stop(self) -> None:
-        if self.proc.poll() is None and Server.profile_dir is not None:
-            # py-spy writes its stacks when the server exits: stop the server alone first
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-                for pid in kids.split():
-                    os.kill(int(pid), signal.SIGTERM)
-                self.proc.wait(60)
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
 
 
 def own_cpu_seconds() -> float:
@@ -529,7 +458,6 @@ async def scenario_d(root: Path, nodes: int, frames: int) -> dict[str, Any]:
 
 
 def scenario_e(root: Path, mb: int, files: int) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT / "bench"))
     from upload_bench import MB, misses, run_upload  # type: ignore[import-not-found]
 
     server = Server(root)

@@ -28,8 +28,6 @@ import json
 import os
 import random
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +41,9 @@ sys.path.insert(0, str(ROOT))
 from blenderfarm.client.api import Client  # noqa: E402
 from blenderfarm.client.pack import PackResult, UploadStats, hash_tree, upload_missing  # noqa: E402
 
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "bench"))
+from farmserver import Server  # noqa: E402
+
 MB = 1_000_000
 TARGET_MB_S = 200.0
 _UPLOADED = re.compile(r"^blenderfarm_uploaded_bytes_total (\S+)$", re.MULTILINE)
@@ -183,63 +183,16 @@ def misses(r: dict[str, Any], total_bytes: int) -> list[str]:
     return out
 
 
-# --- the server --------------------------------------------------------------------------------
-
-
-def start_server(data_dir: Path, port: int, core: int | None) -> subprocess.Popen[bytes]:
-    """bf-server on 127.0.0.1:``port``, pinned to ``core`` where taskset exists."""
-    args = [str(BIN / "bf-server"), "--data-dir", str(data_dir), "--port", str(port),
-            "--log-level", "WARNING"]
-    pin = None
-    if core is not None and shutil.which("taskset"):
-        args = ["taskset", "-c", str(core), *args]
-    elif core is not None:
-        def pin() -> None:  # in the child, before exec
-            os.sched_setaffinity(0, {core})
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = data_dir / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=pin)
-    deadline = time.monotonic() + 30
-    while "listening on" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_server(proc)
-            sys.exit(f"bench: bf-server did not start; see {log}")
-        time.sleep(0.05)
-    return proc
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_once(args: argparse.Namespace, pinned: bool) -> dict[str, Any]:
     """A fresh server and project, one measurement (the client pinned to core 1)."""
     with tempfile.TemporaryDirectory(prefix="bf-upload-bench-", dir=args.dir) as tmp:
         work = Path(tmp)
-        port = _free_port()
-        server = start_server(work / "server", port, 0 if pinned else None)
+        server = Server(work, core=0 if pinned else None)
         try:
-            return run_upload(work, f"http://127.0.0.1:{port}", args.mb, args.files,
+            return run_upload(work, server.url, args.mb, args.files,
                               connections=args.connections)
         finally:
-            stop_server(server)
+            server.stop()
 
 
 def main() -> int:
