@@ -211,7 +211,6 @@ class _Field:
 
 
 _SCHEMAS: dict[type, tuple[_Field, ...]] = {}
-_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _schema(cls: type) -> tuple[_Field, ...]:
@@ -225,17 +224,10 @@ def _schema(cls: type) -> tuple[_Field, ...]:
     return schema
 
 
-def _names(cls: type) -> tuple[str, ...]:
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
-
-
 def encode(msg: Message) -> bytes:
     data = {"t": msg.T}
-    for name in _names(type(msg)):
-        data[name] = getattr(msg, name)
+    for f in _schema(type(msg)):
+        data[f.name] = getattr(msg, f.name)
     out: bytes = msgpack.packb(data, use_bin_type=True)
     return out
 

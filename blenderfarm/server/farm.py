@@ -207,7 +207,7 @@ class Farm:
         return job
 
     def job_json(self, job: Job) -> dict[str, Any]:
-        return job.to_json(self.tasks)
+        return job.to_json()
 
     def cancel(self, job_id: str) -> Job:
         job = self.job(job_id)

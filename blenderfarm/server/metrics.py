@@ -11,7 +11,8 @@ and the global registry would refuse the second. ``farm.py`` may import this mod
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter as Tally  # prometheus_client has a Counter too
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -70,15 +71,11 @@ class FarmCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         farm = self.farm
         yield _by_state("blenderfarm_jobs", "Jobs by status.", JOB_STATES,
-                        (j.status for j in farm.jobs.values()))
-        tasks: dict[str, int] = {}
-        for job in farm.jobs.values():
-            for state, n in job.counts.items():
-                tasks[state] = tasks.get(state, 0) + n
+                        Tally(j.status for j in farm.jobs.values()))
         yield _by_state("blenderfarm_tasks", "Tasks by status.", TASK_STATES,
-                        (), tasks)
+                        sum((j.counts for j in farm.jobs.values()), Tally()))
         yield _by_state("blenderfarm_nodes", "Known nodes by state.", NODE_STATES,
-                        (n.to_json()["state"] for n in farm.nodes.values()))
+                        Tally(n.to_json()["state"] for n in farm.nodes.values()))
         frames = CounterMetricFamily("blenderfarm_frames_rendered",
                                      "Frames rendered by all nodes (kept across restarts).")
         frames.add_metric([], sum(n.frames_rendered for n in farm.nodes.values()))
@@ -94,13 +91,10 @@ class FarmCollector(Collector):
         yield sockets
 
 
-def _by_state(name: str, doc: str, states: tuple[str, ...], values: Iterable[str],
-              counted: Mapping[str, int] | None = None) -> GaugeMetricFamily:
+def _by_state(name: str, doc: str, states: tuple[str, ...], counted: Mapping[str, int]
+              ) -> GaugeMetricFamily:
     counts = dict.fromkeys(states, 0)
-    for state, n in (counted or {}).items():
-        counts[state] = counts.get(state, 0) + n
-    for state in values:
-        counts[state] = counts.get(state, 0) + 1
+    counts.update(counted)
     family = GaugeMetricFamily(name, doc, labels=["state"])
     for state, count in counts.items():
         family.add_metric([state], count)

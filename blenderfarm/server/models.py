@@ -161,12 +161,13 @@ class Job:
         spec["overrides"] = Overrides(**spec.get("overrides", {}))
         return cls(spec=JobSpec(**spec), **data)
 
-    def to_json(self, tasks: dict[str, Task] | None = None) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         counts = self.counts
         spec = self.spec
         return {
             "id": self.id, "name": spec.name, "status": self.status,
-            "priority": self.priority, "owner": self.owner, "created": self.created, "updated": self.updated,
+            "priority": self.priority, "owner": self.owner, "created": self.created,
+            "updated": self.updated,
             "started": self.started, "finished": self.finished, "error": self.error,
             "frames": spec.frames, "chunk": spec.chunk, "blend": spec.blend,
             "scene": spec.scene, "overrides": spec.overrides.to_dict(),
