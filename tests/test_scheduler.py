@@ -90,12 +90,18 @@ def test_equal_priority_is_shared_between_owners_not_jobs() -> None:
     assert s.held("ann") == s.held("bob") == 4
 
 
-def test_the_owner_holding_fewer_tasks_goes_first() -> None:
+def ann_and_bob() -> Scheduler:
+    """Ann's job "a" (older) and Bob's "b", priority 50, one task each."""
     s = Scheduler()
     s.add_job("a", 50, 1, "ann")
     s.add_job("b", 50, 2, "bob")
     s.push("a", "a-1")
     s.push("b", "b-1")
+    return s
+
+
+def test_the_owner_holding_fewer_tasks_goes_first() -> None:
+    s = ann_and_bob()
     for _ in range(3):
         s.hold("ann")  # ann's long renders still hold three nodes
     assert s.pick(lambda _j: True) == "b-1"
@@ -117,11 +123,7 @@ def test_priority_beats_fair_share() -> None:
 
 
 def test_priority_change_moves_a_job_between_levels() -> None:
-    s = Scheduler()
-    s.add_job("a", 50, 1, "ann")
-    s.add_job("b", 50, 2, "bob")
-    s.push("a", "a-1")
-    s.push("b", "b-1")
+    s = ann_and_bob()
     s.set_priority("b", 80)
     assert s.pick(lambda _j: True) == "b-1"
     s.set_priority("a", 10)
