@@ -106,7 +106,7 @@ class SimNode:
                                         max_msg_size=m.MAX_MESSAGE, heartbeat=None)
         await self.ws.send_bytes(m.encode(m.Hello(
             protocol=PROTOCOL_VERSION, name=self.name, uid=self.uid,
-            blender={"version": "3.4.1", "oidn": False}, threads=1)))
+            blender=m.BlenderCaps(version="3.4.1"), threads=1)))
         first = m.decode((await self.ws.receive(timeout=30)).data)
         if not isinstance(first, m.Welcome):
             raise RuntimeError(f"node refused: {first}")
@@ -142,8 +142,8 @@ class SimNode:
             delay = self.farm.delay
             if delay:  # render times vary: nodes do not finish in lockstep
                 await asyncio.sleep(delay * self.rng.uniform(0.5, 1.5))
-            outputs = [{"frame": f, "sha256": self.sha, "size": self.size,
-                        "name": f"{a.output_name}_{f:06d}.png"} for f in a.frames]
+            outputs = [m.OutputRef(frame=f, sha256=self.sha, size=self.size,
+                                   name=f"{a.output_name}_{f:06d}.png") for f in a.frames]
             self.freed.append(time.perf_counter())
             await self.ws.send_bytes(m.encode(m.TaskDone(task_id=a.task_id, outputs=outputs,
                                                          seconds=delay)))

@@ -47,9 +47,16 @@ def farm_procs(tmp_path: Path) -> Iterator:
             proc.stop()
 
 
-@pytest.fixture
-def no_blocking() -> Iterator:
-    """Fail the test if the server blocks its event loop (as aiohttp's own suite does)."""
+@pytest.fixture(autouse=True)
+def no_blocking(request: pytest.FixtureRequest) -> Iterator:
+    """Fail any test in which the server blocks its event loop (as aiohttp's own suite
+    does): every test, since a server in the test's own process is guarded this way and
+    one in a subprocess is not touched. Only calls made from ``blenderfarm.server``
+    code on a running loop count. A test marked ``blocking_ok`` is exempt, with its
+    reason in the mark."""
+    if request.node.get_closest_marker("blocking_ok") is not None:
+        yield None
+        return
     from blockbuster import blockbuster_ctx
 
     with blockbuster_ctx("blenderfarm.server") as bb:

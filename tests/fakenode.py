@@ -37,7 +37,7 @@ class FakeNode:
         self.http = self.http or aiohttp.ClientSession()
         self.ws = await self.http.ws_connect(self.base.replace("http", "ws", 1) + "/ws/node")
         await self.send(m.Hello(protocol=protocol, name=self.name, uid=self.uid,
-                                blender={"version": "3.4.1", "oidn": self.oidn}, token=self.token,
+                                blender=m.BlenderCaps(version="3.4.1", oidn=self.oidn), token=self.token,
                                 running=running or []))
         first = await self.ws.receive(timeout=5)
         msg = m.decode(first.data)
@@ -84,8 +84,8 @@ class FakeNode:
         for f in a.frames:
             data = b"frame %d of %s" % (f, a.task_id.encode())
             sha = await self.upload(data)
-            outputs.append({"frame": f, "sha256": sha, "size": len(data),
-                            "name": f"{a.output_name}_{f:04d}.png"})
+            outputs.append(m.OutputRef(frame=f, sha256=sha, size=len(data),
+                                       name=f"{a.output_name}_{f:04d}.png"))
         await self.send(m.TaskDone(task_id=a.task_id, outputs=outputs))
         ack: m.Ack = await self.expect(m.Ack)
         return ack

@@ -92,12 +92,13 @@ class ServerProc(Proc):
 
 
 class NodeProc(Proc):
-    def __init__(self, server_url: str, work_dir: Path, name: str, extra: list[str] | None = None
-                 ) -> None:
+    def __init__(self, server_url: str, work_dir: Path, name: str, extra: list[str] | None = None,
+                 log_path: Path | None = None) -> None:
         self.name = name
         work_dir.mkdir(parents=True, exist_ok=True)
         super().__init__([bin_path("bf-node"), "--server", server_url, "--work-dir", str(work_dir),
-                          "--name", name, "--threads", "1", *(extra or [])], work_dir / "node.log")
+                          "--name", name, "--threads", "1", *(extra or [])],
+                         log_path or work_dir / "node.log")
 
 
 def free_port() -> int:

@@ -9,11 +9,13 @@ with projects made by real Blender.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import queue
 import shutil
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -125,6 +127,66 @@ def test_drain_stops_at_its_time_budget(addon) -> None:
     assert addon.worker.drain(q, handled.append, budget=10.0) == 200 - n - 1
     assert handled == list(range(200)), "in order, none lost"
     assert addon.worker.drain(q, handled.append) == 0
+
+
+def test_upload_threads_count_every_file_once_and_only_forward(addon, tmp_path) -> None:
+    """upload_missing sends three files at once, each from its own thread: every file
+    done must count once, and the progress posted must never go back."""
+    w, s = addon.worker, addon.submit
+    pack = s.load_pack()
+    count = 60
+    manifest, sizes = {}, {}
+    for i in range(count):
+        data = os.urandom(1000 + i)
+        (tmp_path / f"f{i:02d}").write_bytes(data)
+        manifest[f"f{i:02d}"] = hashlib.sha256(data).hexdigest()
+        sizes[f"f{i:02d}"] = len(data)
+    packed = pack.PackResult(root=tmp_path, blend="f00", manifest=manifest, missing=[],
+                             sizes=sizes)
+
+    threads = pack.UPLOAD_CONNECTIONS
+    assert count % threads == 0
+    # Every thread finishes a file at the same moment, round after round.
+    together = threading.Barrier(threads, timeout=10)
+
+    class NoNetwork(s.Client):
+        """Stands in for the HTTP transport only; the counting is the add-on's own."""
+
+        def missing_blobs(self, hashes: list[str]) -> list[str]:
+            return list(hashes)
+
+        def put_blob(self, sha: str, path, on_bytes=None) -> dict:
+            size = os.path.getsize(path)
+            for part in (size // 2, size - size // 2):
+                time.sleep(0)  # another upload thread runs meanwhile, as on a socket write
+                if on_bytes is not None:
+                    on_bytes(part)
+            together.wait()
+            return {"sha256": sha, "size": size}
+
+    class Counting(s._CountingClient, NoNetwork):
+        # The count read and written in two steps, as on a Python without the GIL: a
+        # thread switch between them loses a file unless a lock holds them together.
+        @property
+        def files_done(self) -> int:
+            value = self._files
+            time.sleep(0.001)  # the other threads read the same count meanwhile
+            return value
+
+        @files_done.setter
+        def files_done(self, value: int) -> None:
+            self._files = value
+
+    client = Counting("http://127.0.0.1:9")
+    client.task = w.Task(w.Server(client.server_url))
+    stats = pack.upload_missing(client, packed, on_progress=client.on_bytes,
+                                connections=threads)
+    assert stats.files_sent == count and client.files_done == count
+    posted = [m for m in _drained(addon, client.task.queue) if isinstance(m, w.Progress)]
+    files = [m.files_done for m in posted]
+    sent = [m.bytes_done for m in posted]
+    assert files == sorted(files) and files[-1] == count, "each file once, only forward"
+    assert sent == sorted(sent) and sent[-1] == packed.total_bytes
 
 
 def test_plan_copy_never_touches_the_users_file(addon, tmp_path) -> None:

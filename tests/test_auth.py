@@ -23,8 +23,9 @@ async def secured(tmp_path: Path):
     data = tmp_path / "data"
     data.mkdir()
     db = data / "farm.db"
-    _, user = tokens.create(db, "user", "alice")
-    node_info, node = tokens.create(db, "node", "n1")
+    # in a thread: the guard against blocking the loop watches these server functions too
+    _, user = await asyncio.to_thread(tokens.create, db, "user", "alice")
+    node_info, node = await asyncio.to_thread(tokens.create, db, "node", "n1")
     client = TestClient(TestServer(make_app(ServerConfig(data_dir=data)), host="127.0.0.1"))
     await client.start_server()
     client.tokens = {"user": user, "node": node, "node_id": node_info.id, "db": db}  # type: ignore[attr-defined]
@@ -90,10 +91,10 @@ async def test_nodes_need_a_node_token(secured) -> None:
 async def test_revoked_tokens_stop_working(secured) -> None:
     t = secured.tokens
     db: Path = t["db"]
-    info, user2 = tokens.create(db, "user", "bob")
+    info, user2 = await asyncio.to_thread(tokens.create, db, "user", "bob")
     await asyncio.sleep(2.5)  # the server re-reads tokens every 2 s
     assert (await secured.get("/api/jobs", headers=bearer(user2))).status == 200
-    assert tokens.revoke(db, info.id)
+    assert await asyncio.to_thread(tokens.revoke, db, info.id)
     await asyncio.sleep(2.5)
     assert (await secured.get("/api/jobs", headers=bearer(user2))).status == 401
 

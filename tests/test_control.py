@@ -9,8 +9,6 @@ import pytest
 from blenderfarm.protocol import messages as m
 from test_server import SHA, drain, farm, job, submit  # noqa: F401 - fixtures and helpers
 
-pytestmark = pytest.mark.usefixtures("no_blocking")
-
 
 async def post(client, path: str, body: dict | None = None) -> dict:
     resp = await client.post(path, json=body or {})

@@ -24,8 +24,6 @@ from blenderfarm.server.config import ServerConfig
 from blenderfarm.server.events import EVENTS, MAX_PENDING, EventClient, event_key
 from test_server import submit
 
-pytestmark = pytest.mark.usefixtures("no_blocking")
-
 
 @pytest.fixture
 async def farm(tmp_path: Path):

@@ -16,8 +16,6 @@ from blenderfarm.server.metrics import METRICS
 from fakenode import FakeNode
 from test_server import submit
 
-pytestmark = pytest.mark.usefixtures("no_blocking")
-
 
 @pytest.fixture
 async def farm(tmp_path: Path):

@@ -6,18 +6,22 @@ so a pack that still pointed at the artist's files would fail here.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from blender_asset_tracer.pack import transfer
 
 from blenderfarm.client.pack import (
     PackError,
     PackResult,
     UploadStats,
+    _PromptCopier,
     build_spec,
     pack_project,
     scene_frame_range,
@@ -144,6 +148,19 @@ class TestTexturedProject:
             except PackError as exc:
                 assert "shot.blend" in exc.path or "props.blend" in exc.path
 
+    @pytest.mark.timeout(120)  # a copier that misses the error takes the file again forever
+    def test_a_file_that_cannot_be_copied_stops_the_pack(self, project: Path,
+                                                         tmp_path: Path) -> None:
+        # A named pipe passes BAT's checks (it exists, it has a size) and then fails to
+        # copy, even for root; with copy=False it would only be referenced, not copied.
+        texture = project / "textures" / "checker.png"
+        texture.unlink()
+        os.mkfifo(texture)
+        with pytest.raises(PackError) as info:
+            pack_project(project / "shots" / "shot.blend", workdir=tmp_path / "pack")
+        assert info.value.message.startswith("cannot copy the project: ")
+        assert str(texture) in info.value.message
+
     def test_spec_from_a_real_pack(self, project: Path, tmp_path: Path) -> None:
         packed = pack_project(project / "shots" / "shot.blend", workdir=tmp_path / "pack")
         spec = build_spec(packed, frames="1-3", chunk=2, overrides={"samples": 2})
@@ -164,6 +181,49 @@ def test_not_a_blend_file(tmp_path: Path) -> None:
 def test_no_such_file(tmp_path: Path) -> None:
     with pytest.raises(PackError, match="no such .blend"):
         pack_project(tmp_path / "nope.blend", workdir=tmp_path / "pack")
+
+
+# --- the copy loop: pure, no Blender ------------------------------------------------------
+
+
+class _RenamedPrivates(_PromptCopier):
+    """BAT as a release that renames its private error event would be: the public
+    ``has_error`` and ``error_set`` work, ``_FileTransferer__error`` is gone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        delattr(self, "_FileTransferer__error")
+        self._failed = threading.Event()
+
+    @property
+    def has_error(self) -> bool:
+        return self._failed.is_set()
+
+    def error_set(self, message: str) -> None:
+        self._failed.set()
+
+
+def _queued(copier: _PromptCopier, root: Path, count: int) -> _PromptCopier:
+    for i in range(count):
+        copier.queue.put((root / f"f{i}", root / "pack" / f"f{i}", transfer.Action.COPY))
+    copier.done.set()  # everything queued: the loop would otherwise wait for more
+    return copier
+
+
+def test_a_transfer_error_stops_the_copy_loop_whatever_bat_names_its_privates(
+        tmp_path: Path) -> None:
+    copier = _queued(_RenamedPrivates(), tmp_path, 3)
+    copier.error_set("Error transferring f0 to pack/f0")
+    assert list(copier.iter_queue()) == []
+    assert copier.queue.qsize() == 3  # left for BAT to report as not transferred
+
+
+def test_an_abort_stops_the_copy_loop(tmp_path: Path) -> None:
+    copier = _queued(_PromptCopier(), tmp_path, 2)
+    copier.abort()
+    assert list(copier.iter_queue()) == []
+    fresh = _queued(_PromptCopier(), tmp_path, 2)
+    assert len(list(fresh.iter_queue())) == 2
 
 
 # --- build_spec and upload_missing: pure, no Blender ------------------------------------------

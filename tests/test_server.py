@@ -19,7 +19,6 @@ BLEND = b"BLENDER-v300 pretend .blend for server tests"
 SHA = hashlib.sha256(BLEND).hexdigest()
 
 
-pytestmark = pytest.mark.usefixtures("no_blocking")
 
 
 @pytest.fixture

@@ -285,11 +285,17 @@ def _bat_progress(task: SubmitTask) -> Any:
 
 
 class _CountingClient(Client):
-    """The API client, also counting the files an upload sends (for the progress bar)."""
+    """The API client, also counting the files an upload sends (for the progress bar).
+
+    ``upload_missing`` sends several files at once, each from its own thread, so the
+    counts change and are reported under one lock: no count is lost, and no thread
+    posts a figure older than one another thread already posted.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.task: SubmitTask | None = None
+        self._count_lock = threading.Lock()
         self.files_total = 0
         self.files_done = 0
         self.bytes_done = 0
@@ -302,13 +308,15 @@ class _CountingClient(Client):
 
     def put_blob(self, sha: str, path: Any, on_bytes: Any = None) -> dict[str, Any]:
         reply = super().put_blob(sha, path, on_bytes)
-        self.files_done += 1
-        self._report(force=True)
+        with self._count_lock:
+            self.files_done += 1
+            self._report(force=True)
         return reply
 
     def on_bytes(self, sent: int, total: int) -> None:
-        self.bytes_done, self.bytes_total = sent, total
-        self._report()
+        with self._count_lock:
+            self.bytes_done, self.bytes_total = sent, total
+            self._report()
         if self.task is not None:
             self.task.check()  # between 1 MiB chunks: a cancel stops the upload mid-file
 

@@ -175,7 +175,13 @@ class Client:
         return job
 
     def job_tasks(self, job_id: str) -> list[dict[str, Any]]:
-        tasks: list[dict[str, Any]] = self._json("GET", f"/api/jobs/{_q(job_id)}/tasks")["tasks"]
+        """Every task of the job, page by page (the server sends at most 10,000 a page)."""
+        tasks: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = self._json("GET", f"/api/jobs/{_q(job_id)}/tasks?offset={offset}&limit=10000")
+            tasks += page["tasks"]
+            offset = page.get("next")
         return tasks
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:

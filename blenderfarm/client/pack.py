@@ -184,13 +184,25 @@ class _PromptTransfer(transfer.FileTransferer):
     BAT waits on its queue, and ``join`` flushes progress, in 0.5 s steps, so every
     pack ended up to a second after its last file was copied: most of a small job's
     submit time. Short waits end it at once; the copying itself is BAT's.
+
+    The loop stops on BAT's public ``has_error`` and ``abort()`` only. BAT's private
+    error event is name-mangled and any release may rename it; a loop reading it would
+    then miss every copy error, and since BAT's copier puts a failed file back on the
+    queue, it would take that file again forever: the pack would never end.
     """
 
     POLL = 0.005
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._abort_requested = threading.Event()  # every abort (Packer's too) calls abort()
+
+    def abort(self) -> None:
+        self._abort_requested.set()
+        super().abort()
+
     def iter_queue(self) -> Iterator[transfer.QueueItem]:
-        error = getattr(self, "_FileTransferer__error", threading.Event())
-        while not (self._abort.is_set() or error.is_set()):
+        while not (self._abort_requested.is_set() or self.has_error):
             try:
                 src, dst, action = self.queue.get(timeout=self.POLL)
             except queue.Empty:
@@ -235,12 +247,16 @@ class _Packer(Packer):
         super().__init__(*args, **kwargs)
         self.copy = copy
         self.referencing: _ReferencingCopier | None = None
+        # BAT drops its own reference when the copying ends; this one tells a failed
+        # copy from a user's abort afterwards.
+        self.transferer: _PromptTransfer | None = None
 
     def _create_file_transferer(self) -> transfer.FileTransferer:
         if self.copy:
-            return _PromptCopier()
-        self.referencing = _ReferencingCopier()
-        return self.referencing
+            self.transferer = _PromptCopier()
+        else:
+            self.transferer = self.referencing = _ReferencingCopier()
+        return self.transferer
 
 
 def _run_packer(
@@ -261,6 +277,11 @@ def _run_packer(
         except _DAMAGED as exc:  # rewriting paths re-reads the files
             raise PackError(f"not a readable .blend file ({exc})", blend) from exc
         except Aborted as exc:
+            failed = packer.transferer
+            if failed is not None and failed.has_error:
+                # BAT says which file: "Error transferring SRC to DST"
+                raise PackError(f"cannot copy the project: {failed.error_message()}",
+                                blend) from exc
             raise PackError(f"packing stopped: {exc or 'aborted'}", blend) from exc
         except OSError as exc:
             raise PackError(f"cannot copy the project: {exc}", exc.filename or blend) from exc

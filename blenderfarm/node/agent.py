@@ -61,7 +61,7 @@ class Held:
 class _Rendering:
     held: Held
     done: int = 0
-    uploads: list[asyncio.Task[dict[str, Any]]] = field(default_factory=list)
+    uploads: list[asyncio.Task[m.OutputRef]] = field(default_factory=list)
 
 
 class Agent:
@@ -144,7 +144,8 @@ class Agent:
 
     def _hello(self) -> m.Hello:
         return m.Hello(protocol=PROTOCOL_VERSION, name=self.config.name, uid=self.uid,
-                       token=self.config.token, blender=self.blender.to_dict(),
+                       token=self.config.token,
+                       blender=m.BlenderCaps(**self.blender.to_dict()),
                        threads=self.config.threads or os.cpu_count() or 1,
                        ram=_ram_bytes(), tags=self.config.tags, cached_blobs=0,
                        running=list(self.held) + [t for t in self.reports if t not in self.held],
@@ -406,7 +407,7 @@ class Agent:
 
         return on_event
 
-    async def _deliver(self, a: m.Assign, frame: int, path: str) -> dict[str, Any]:
+    async def _deliver(self, a: m.Assign, frame: int, path: str) -> m.OutputRef:
         """Check a written frame, upload it (retrying through outages), announce it."""
         await asyncio.to_thread(check_image, path)
         sha = await asyncio.to_thread(sha256_file, path)
@@ -414,7 +415,7 @@ class Agent:
         await self._upload(sha, path, size)
         name = os.path.basename(path)
         self.send(m.FrameDone(task_id=a.task_id, frame=frame, sha256=sha, size=size, name=name))
-        return {"frame": frame, "sha256": sha, "size": size, "name": name}
+        return m.OutputRef(frame=frame, sha256=sha, size=size, name=name)
 
     async def _upload(self, sha: str, path: str, size: int) -> None:
         assert self._http is not None

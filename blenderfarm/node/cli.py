@@ -19,6 +19,7 @@ from ..protocol.version import __version__
 from .agent import Agent, FatalError
 from .blender import BlenderNotFound, BlenderProbeError, find_blender, probe_blender
 from .config import NodeConfig
+from .workdir import WorkDirBusy, lock_work_dir
 
 log = logging.getLogger("blenderfarm.node")
 
@@ -137,7 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"bf-node: {exc}", file=sys.stderr)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
+    # Before Blender is probed or the server is dialled: a second node on this dir must
+    # stop at once, before it can announce the first one's uid.
+    try:
+        lock = lock_work_dir(cfg.work_dir)
+    except WorkDirBusy as exc:
+        # exit 1, not 2: under systemd it is retried, and starts once the other node stops
+        print(f"bf-node: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"bf-node: cannot use the work dir {cfg.work_dir}: {exc.strerror or exc}; "
+              "give a folder this user may write with --work-dir", file=sys.stderr)
+        return 2
+    with lock, contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_main(cfg))
     return 0
 

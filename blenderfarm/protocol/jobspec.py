@@ -12,13 +12,16 @@ from typing import Any
 
 from .frames import FrameRangeError, parse_frames
 from .hashing import is_sha256
-from .paths import PathError, normalize_relpath
+from .paths import PathError, is_utf8, normalize_relpath
 
 FORMATS = ("PNG", "OPEN_EXR", "JPEG")
 ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH")
 EXTENSIONS = {"PNG": ".png", "OPEN_EXR": ".exr", "JPEG": ".jpg"}
 MAX_MANIFEST = 100_000
 MAX_NAME = 200
+#: tasks in one job: each costs the server memory (about 600 bytes) and rows; a longer
+#: shot renders in chunks of several frames
+MAX_TASKS = 100_000
 
 
 class SpecError(ValueError):
@@ -79,9 +82,9 @@ class JobSpec:
 
 
 def _int(data: dict[str, Any], key: str, path: str, lo: int, hi: int, default: int | None) -> Any:
-    value = data.get(key, default)
-    if value is None:
-        return None
+    value = data.get(key)
+    if value is None:  # absent or null: the default (null for an override)
+        return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(path + key, "must be an integer")
     if not lo <= value <= hi:
@@ -98,6 +101,8 @@ def _str(data: dict[str, Any], key: str, path: str, choices: tuple[str, ...] | N
         raise SpecError(path + key, "must be a non-empty string")
     if len(value) > max_len:
         raise SpecError(path + key, f"longer than {max_len} characters")
+    if not is_utf8(value):
+        raise SpecError(path + key, "is not valid UTF-8 (a lone surrogate)")
     if choices is not None:
         value = value.upper()
         if value not in choices:
@@ -170,10 +175,10 @@ def validate_spec(data: Any) -> JobSpec:
     if not blend.lower().endswith(".blend"):
         raise SpecError("blend", "must be a .blend file")
     frames = data.get("frames")
-    if not isinstance(frames, str):
+    if not isinstance(frames, str) or not frames.isascii():
         raise SpecError("frames", "must be a frame range such as '1-250' or '1-10,20,30-40x2'")
     try:
-        parse_frames(frames)
+        count = len(parse_frames(frames))
     except FrameRangeError as exc:
         raise SpecError("frames", str(exc)) from exc
     name = _str(data, "name", "") or blend.rsplit("/", 1)[-1][: -len(".blend")]
@@ -182,13 +187,17 @@ def validate_spec(data: Any) -> JobSpec:
     for flag in ("paused", "scripts"):
         if not isinstance(data.get(flag, False), bool):
             raise SpecError(flag, "must be true or false")
+    chunk = _int(data, "chunk", "", 1, 10_000, 1)
+    if -(-count // chunk) > MAX_TASKS:
+        raise SpecError("chunk", f"{count} frames in chunks of {chunk} make more than "
+                        f"{MAX_TASKS} tasks; use a chunk of at least {-(-count // MAX_TASKS)}")
     return JobSpec(
         name=name,
         blend=blend,
         manifest=manifest,
         frames=frames.strip(),
         scene=_str(data, "scene", "", max_len=64),
-        chunk=_int(data, "chunk", "", 1, 10_000, 1),
+        chunk=chunk,
         priority=_int(data, "priority", "", 0, 100, 50),
         overrides=validate_overrides(data.get("overrides")),
         paused=data.get("paused", False),
@@ -202,7 +211,7 @@ def _webhook(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.startswith(("http://", "https://")) or \
-            len(value) > 2000 or any(c.isspace() for c in value):
+            len(value) > 2000 or any(c.isspace() for c in value) or not is_utf8(value):
         raise SpecError("webhook", "must be an http:// or https:// URL")
     return value
 

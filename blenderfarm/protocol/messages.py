@@ -4,15 +4,23 @@ On the wire a message is a msgpack map: ``{"t": <type>, <field>: <value>, ...}``
 :func:`encode` and :func:`decode` are the only codec; :func:`decode` raises
 :class:`ProtocolError` (and nothing else) for bytes that are not a valid message,
 so a receiver can answer with an ``error`` and carry on.
+
+Validation happens here, once, where the bytes enter: a decoded message holds only
+what the code behind it can handle. Strings are bounded and free of lone surrogates
+(they must encode again, to SQLite, JSON and msgpack); integers fit SQLite's 64 bits
+or the field's own bounds; floats are finite; nested records (what a node's Blender
+can do, a task's outputs) are typed dataclasses checked field by field; the few
+free-form maps hold only JSON-like values of bounded size and depth.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgpack
 
@@ -20,6 +28,10 @@ MAX_MESSAGE = 16 * 1024 * 1024  # bytes; bigger frames are refused by both ends
 #: The server leaves a job's manifest out of an assign when it sent it on the same
 #: connection within the last this many distinct jobs; a node keeps at least as many.
 MANIFESTS_REMEMBERED = 32
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what SQLite (and msgpack's int64) can hold
+MAX_TEXT = 1_000_000  # characters: the default bound of any string field
+MAX_JSON_DEPTH = 8  # nesting of a free-form map
+MAX_JSON_ITEMS = 10_000  # values in a free-form map, all levels together
 
 
 class ProtocolError(ValueError):
@@ -30,9 +42,57 @@ class ProtocolError(ValueError):
         self.type = type_
 
 
+class Limit:
+    """``Annotated[str, Limit(n)]``: at most n characters (items for a list);
+    ``Annotated[int, Limit(lo, hi)]``: from lo to hi."""
+
+    __slots__ = ("lo", "hi")
+
+    def __init__(self, a: int, b: int | None = None) -> None:
+        self.lo, self.hi = (0, a) if b is None else (a, b)
+
+    def __repr__(self) -> str:
+        return f"Limit({self.lo}, {self.hi})"
+
+
+Id = Annotated[str, Limit(128)]  # job, task and node ids
+Name = Annotated[str, Limit(256)]  # names, versions, paths of a file
+Count = Annotated[int, Limit(0, INT_MAX)]
+Frame = Annotated[int, Limit(-1_048_574, 1_048_574)]  # Blender's MAXFRAME
+Size = Annotated[int, Limit(0, INT_MAX)]
+#: a free-form value: JSON-like (None, bool, int, float, str, lists, str-keyed maps),
+#: bounded in depth and size
+Json = Annotated[Any, "json"]
+
+
 @dataclass
 class Message:
     T: ClassVar[str] = ""
+
+
+# --- records inside messages -------------------------------------------------------------
+
+
+@dataclass
+class BlenderCaps:
+    """What a node's Blender can do (its probe), in the node's hello."""
+
+    version: Name = ""  # "3.4.1"
+    path: Annotated[str, Limit(4096)] = ""
+    version_tuple: list[Count] = field(default_factory=list)
+    oidn: bool = False  # Cycles can denoise with OpenImageDenoise
+    cycles_devices: list[Name] = field(default_factory=lambda: ["CPU"])
+    threads: Count = 1
+
+
+@dataclass
+class OutputRef:
+    """One output file of a task, uploaded as a blob."""
+
+    frame: Frame
+    sha256: Name
+    size: Size
+    name: Name  # file name, e.g. shot_0001.png
 
 
 # --- node -> server -------------------------------------------------------------------
@@ -44,27 +104,28 @@ class Hello(Message):
 
     T: ClassVar[str] = "hello"
     protocol: int
-    name: str
-    uid: str  # stable id the node keeps on disk, so a reconnect is the same node
-    token: str | None = None
-    blender: dict[str, Any] = field(default_factory=dict)  # version, path, oidn, devices
-    threads: int = 1
-    ram: int = 0
-    gpus: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    cached_blobs: int = 0
-    running: list[str] = field(default_factory=list)  # task ids held from before a reconnect
-    agent_version: str = ""
+    name: Name
+    uid: Id  # stable id the node keeps on disk, so a reconnect is the same node
+    token: Name | None = None
+    blender: BlenderCaps = field(default_factory=BlenderCaps)
+    threads: Count = 1
+    ram: Count = 0
+    gpus: Annotated[list[Name], Limit(256)] = field(default_factory=list)
+    tags: Annotated[list[Name], Limit(256)] = field(default_factory=list)
+    cached_blobs: Count = 0
+    #: task ids held from before a reconnect
+    running: Annotated[list[Id], Limit(10_000)] = field(default_factory=list)
+    agent_version: Name = ""
 
 
 @dataclass
 class Progress(Message):
     T: ClassVar[str] = "progress"
-    task_id: str
-    frame: int | None = None
+    task_id: Id
+    frame: Frame | None = None
     fraction: float = 0.0  # of the whole task, 0..1
-    frames_done: int = 0
-    message: str = ""
+    frames_done: Count = 0
+    message: Annotated[str, Limit(4096)] = ""
 
 
 @dataclass
@@ -72,11 +133,11 @@ class FrameDone(Message):
     """One output is uploaded (its blob exists on the server)."""
 
     T: ClassVar[str] = "frame_done"
-    task_id: str
-    frame: int
-    sha256: str
-    size: int
-    name: str  # file name, e.g. shot_0001.png
+    task_id: Id
+    frame: Frame
+    sha256: Name
+    size: Size
+    name: Name  # file name, e.g. shot_0001.png
 
 
 @dataclass
@@ -84,25 +145,25 @@ class TaskDone(Message):
     """Every output of the task; resent after a reconnect until the server acks it."""
 
     T: ClassVar[str] = "task_done"
-    task_id: str
-    outputs: list[dict[str, Any]]  # [{frame, sha256, size, name}]
-    seconds: float = 0.0
+    task_id: Id
+    outputs: Annotated[list[OutputRef], Limit(100_000)]
+    seconds: Annotated[float, Limit(0, 10**9)] = 0.0
 
 
 @dataclass
 class TaskFailed(Message):
     T: ClassVar[str] = "task_failed"
-    task_id: str
-    error: str
+    task_id: Id
+    error: Annotated[str, Limit(100_000)]
     log_tail: str = ""
     retryable: bool = True
-    reason: str = ""  # machine-readable cause: "needs_denoise", "crash", "bad_output", ...
+    reason: Name = ""  # machine-readable cause: "needs_denoise", "crash", "bad_output", ...
 
 
 @dataclass
 class Log(Message):
     T: ClassVar[str] = "log"
-    task_id: str
+    task_id: Id
     text: str
 
 
@@ -112,9 +173,9 @@ class Log(Message):
 @dataclass
 class Welcome(Message):
     T: ClassVar[str] = "welcome"
-    node_id: str
-    server_version: str = ""
-    settings: dict[str, Any] = field(default_factory=dict)
+    node_id: Id
+    server_version: Name = ""
+    settings: dict[Name, Json] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,23 +186,23 @@ class Assign(Message):
     a studio's size has thousands of files, and a node gets many tasks of one job."""
 
     T: ClassVar[str] = "assign"
-    task_id: str
-    job_id: str
-    frames: list[int]
-    blend: str
-    manifest: dict[str, str]
-    output_name: str  # file stem, e.g. "shot" -> shot_0001.png
-    scene: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    attempt: int = 1
+    task_id: Id
+    job_id: Id
+    frames: list[Frame]
+    blend: Annotated[str, Limit(1024)]
+    manifest: dict[Annotated[str, Limit(1024)], Name]
+    output_name: Name  # file stem, e.g. "shot" -> shot_0001.png
+    scene: Name | None = None
+    overrides: dict[Name, Json] = field(default_factory=dict)
+    attempt: Count = 1
     allow_scripts: bool = False
 
 
 @dataclass
 class Cancel(Message):
     T: ClassVar[str] = "cancel"
-    task_id: str
-    reason: str = ""
+    task_id: Id
+    reason: Annotated[str, Limit(4096)] = ""
 
 
 @dataclass
@@ -149,7 +210,7 @@ class Ack(Message):
     """The server has stored a task_done: the node may forget it."""
 
     T: ClassVar[str] = "ack"
-    task_id: str
+    task_id: Id
 
 
 @dataclass
@@ -161,8 +222,8 @@ class Drain(Message):
 @dataclass
 class Error(Message):
     T: ClassVar[str] = "error"
-    code: str
-    message: str
+    code: Name
+    message: Annotated[str, Limit(100_000)]
     fatal: bool = False
 
 
@@ -170,44 +231,180 @@ NODE_MESSAGES: tuple[type[Message], ...] = (Hello, Progress, FrameDone, TaskDone
 SERVER_MESSAGES: tuple[type[Message], ...] = (Welcome, Assign, Cancel, Ack, Drain, Error)
 REGISTRY: dict[str, type[Message]] = {cls.T: cls for cls in NODE_MESSAGES + SERVER_MESSAGES}
 
-_Check = typing.Callable[[Any], bool]
+
+# --- the codec ------------------------------------------------------------------------------
 
 
-def _checker(hint: Any) -> _Check:
-    """A function that tells whether a decoded value fits ``hint``; built once per field
-    (the codec runs for every frame, thousands a second on a busy farm)."""
-    origin = typing.get_origin(hint)
+class _Bad(Exception):
+    """A value that does not fit its field; ``where`` grows as it rises through records."""
+
+    def __init__(self, why: str, where: str = "") -> None:
+        super().__init__(why)
+        self.why, self.where = why, where
+
+    def inside(self, part: str) -> _Bad:
+        self.where = part + self.where
+        return self
+
+
+_Convert = typing.Callable[[Any], Any]  # a decoded value -> the field's value, or _Bad
+
+
+def _unwrap(hint: Any) -> tuple[Any, Limit | None, bool]:
+    if typing.get_origin(hint) is Annotated:
+        base, *extra = typing.get_args(hint)
+        limit = next((e for e in extra if isinstance(e, Limit)), None)
+        return base, limit, "json" in extra
+    return hint, None, False
+
+
+def _text(limit: int) -> _Convert:
+    def check(v: Any) -> Any:
+        if type(v) is not str:
+            raise _Bad("must be a string")
+        if len(v) > limit:
+            raise _Bad(f"longer than {limit} characters")
+        if not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Bad("is not valid UTF-8 (a lone surrogate)") from None
+        return v
+    return check
+
+
+def _integer(lo: int, hi: int) -> _Convert:
+    def check(v: Any) -> Any:
+        if type(v) is not int:
+            raise _Bad("must be an integer")
+        if not lo <= v <= hi:
+            raise _Bad(f"must be between {lo} and {hi}")
+        return v
+    return check
+
+
+def _real(lo: float, hi: float) -> _Convert:
+    def check(v: Any) -> Any:
+        if type(v) is int:
+            v = float(v) if -2**53 <= v <= 2**53 else math.inf
+        elif type(v) is not float:
+            raise _Bad("must be a number")
+        if not lo <= v <= hi or not math.isfinite(v):  # nan fails both
+            raise _Bad("must be a finite number" + (
+                f" from {lo} to {hi}" if math.isfinite(lo) and math.isfinite(hi) else ""))
+        return v
+    return check
+
+
+def _json_value(v: Any) -> Any:
+    """A free-form value: JSON-like, bounded in depth and size, strings encodable."""
+    budget = [MAX_JSON_ITEMS]
+    text = _text(MAX_TEXT)
+
+    def walk(x: Any, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Bad(f"more than {MAX_JSON_ITEMS} values")
+        if depth > MAX_JSON_DEPTH:
+            raise _Bad(f"nested deeper than {MAX_JSON_DEPTH}")
+        if x is None or x is True or x is False:
+            return
+        t = type(x)
+        if t is int:
+            if not INT_MIN <= x <= INT_MAX:
+                raise _Bad("integer out of 64-bit range")
+        elif t is float:
+            if not math.isfinite(x):
+                raise _Bad("number is not finite")
+        elif t is str:
+            text(x)
+        elif t is list:
+            for item in x:
+                walk(item, depth + 1)
+        elif t is dict:
+            for key, item in x.items():
+                if type(key) is not str:
+                    raise _Bad("map keys must be strings")
+                text(key)
+                walk(item, depth + 1)
+        else:
+            raise _Bad(f"{t.__name__} is not a JSON-like value")
+
+    walk(v, 0)
+    return v
+
+
+def _converter(hint: Any) -> _Convert:
+    """A function that checks a decoded value against ``hint`` and returns the field's
+    value; built once per field (the codec runs for every frame, thousands a second)."""
+    base, limit, is_json = _unwrap(hint)
+    origin = typing.get_origin(base)
+    if is_json or base is Any:
+        return _json_value
     if origin in (typing.Union, types.UnionType):
-        options = [_checker(h) for h in typing.get_args(hint)]
-        return lambda v: any(c(v) for c in options)
-    if hint is type(None):
-        return lambda v: v is None
-    if hint is Any:
-        return lambda v: True
-    if hint is float:
-        return lambda v: type(v) is float or (isinstance(v, int) and not isinstance(v, bool))
-    if hint is int:
-        return lambda v: isinstance(v, int) and not isinstance(v, bool)
-    if hint is bool:
-        return lambda v: v is True or v is False
+        args = typing.get_args(base)
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            raise TypeError(f"unsupported union {base}")
+        inner = _converter(Annotated[rest[0], limit] if limit else rest[0])
+        return lambda v: None if v is None else inner(v)
+    if base is str:
+        return _text(limit.hi if limit else MAX_TEXT)
+    if base is bool:
+        def boolean(v: Any) -> Any:
+            if v is not True and v is not False:
+                raise _Bad("must be true or false")
+            return v
+        return boolean
+    if base is int:
+        return _integer(limit.lo, limit.hi) if limit else _integer(INT_MIN, INT_MAX)
+    if base is float:
+        return _real(limit.lo, limit.hi) if limit else _real(-math.inf, math.inf)
     if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        if item is Any:
-            return lambda v: isinstance(v, list)
-        each = _checker(item)
-        return lambda v: isinstance(v, list) and all(each(x) for x in v)
+        (item,) = typing.get_args(base)
+        each, most = _converter(item), limit.hi if limit else MAX_JSON_ITEMS * 10
+
+        def seq(v: Any) -> Any:
+            if type(v) is not list:
+                raise _Bad("must be a list")
+            if len(v) > most:
+                raise _Bad(f"more than {most} items")
+            out = []
+            for i, x in enumerate(v):
+                try:
+                    out.append(each(x))
+                except _Bad as bad:
+                    raise bad.inside(f"[{i}]") from None
+            return out
+        return seq
     if origin is dict:
-        k, val = typing.get_args(hint) or (Any, Any)
-        ck, cv = _checker(k), _checker(val)
-        return lambda v: isinstance(v, dict) and all(ck(a) and cv(b) for a, b in v.items())
-    return lambda v: isinstance(v, hint)
+        k, val = typing.get_args(base)
+        ck, cv, most = _converter(k), _converter(val), limit.hi if limit else 1_000_000
+
+        def mapping(v: Any) -> Any:
+            if type(v) is not dict:
+                raise _Bad("must be a map")
+            if len(v) > most:
+                raise _Bad(f"more than {most} entries")
+            out = {}
+            for a, b in v.items():
+                try:
+                    out[ck(a)] = cv(b)
+                except _Bad as bad:
+                    raise bad.inside(f"[{str(a)[:40]!r}]") from None
+            return out
+        return mapping
+    if dataclasses.is_dataclass(base):
+        return lambda v: _record(base, v)
+    raise TypeError(f"no codec for {base!r}")
 
 
 @dataclass(frozen=True)
 class _Field:
     name: str
     required: bool
-    check: _Check
+    convert: _Convert
+    record: bool  # a nested dataclass (encoded as a map)
 
 
 _SCHEMAS: dict[type, tuple[_Field, ...]] = {}
@@ -216,19 +413,62 @@ _SCHEMAS: dict[type, tuple[_Field, ...]] = {}
 def _schema(cls: type) -> tuple[_Field, ...]:
     schema = _SCHEMAS.get(cls)
     if schema is None:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         schema = _SCHEMAS[cls] = tuple(
             _Field(f.name, f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING, _checker(hints[f.name]))
+                   and f.default_factory is dataclasses.MISSING, _converter(hints[f.name]),
+                   _has_record(hints[f.name]))
             for f in dataclasses.fields(cls))
     return schema
 
 
+def _has_record(hint: Any) -> bool:
+    base = _unwrap(hint)[0]
+    if dataclasses.is_dataclass(base):
+        return True
+    return any(_has_record(a) for a in typing.get_args(base))
+
+
+def _record(cls: Any, data: Any) -> Any:
+    """Build a dataclass from a decoded map, field by field; raise _Bad naming the field."""
+    if type(data) is not dict:
+        raise _Bad("must be a map")
+    kwargs: dict[str, Any] = {}
+    for f in _schema(cls):
+        if f.name not in data:
+            if f.required:
+                raise _Bad("is missing", "." + f.name)
+            continue
+        try:
+            kwargs[f.name] = f.convert(data[f.name])
+        except _Bad as bad:
+            raise bad.inside("." + f.name) from None
+    # Unknown extra fields are ignored: a newer peer may send more.
+    return cls(**kwargs)
+
+
+def _plain(value: Any) -> Any:
+    """Nested records as maps, for msgpack."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in _schema(type(value))}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def encode(msg: Message) -> bytes:
-    data = {"t": msg.T}
+    """Raise ProtocolError for a message that cannot be encoded (text that is not valid
+    UTF-8, an integer out of range): the message is not sent, the sender goes on."""
+    data: dict[str, Any] = {"t": msg.T}
     for f in _schema(type(msg)):
-        data[f.name] = getattr(msg, f.name)
-    out: bytes = msgpack.packb(data, use_bin_type=True)
+        value = getattr(msg, f.name)
+        data[f.name] = _plain(value) if f.record else value
+    try:
+        out: bytes = msgpack.packb(data, use_bin_type=True)
+    except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"{msg.T}: cannot be encoded: {exc}", msg.T) from exc
     return out
 
 
@@ -250,15 +490,9 @@ def decode(raw: bytes, allowed: tuple[type[Message], ...] | None = None) -> Mess
     cls = REGISTRY.get(t)
     if cls is None or (allowed is not None and cls not in allowed):
         raise ProtocolError(f"unknown message type {t[:40]!r}", t)
-    kwargs: dict[str, Any] = {}
-    for f in _schema(cls):
-        if f.name not in data:
-            if f.required:
-                raise ProtocolError(f"{t}: missing field {f.name!r}", t)
-            continue
-        value = data[f.name]
-        if not f.check(value):
-            raise ProtocolError(f"{t}: field {f.name!r} has the wrong type", t)
-        kwargs[f.name] = value
-    # Unknown extra fields are ignored: a newer peer may send more.
-    return cls(**kwargs)
+    try:
+        msg: Message = _record(cls, data)
+    except _Bad as bad:
+        where = bad.where.lstrip(".")
+        raise ProtocolError(f"{t}: field {where!r} {bad.why}", t) from None
+    return msg

@@ -23,6 +23,18 @@ class PathError(ValueError):
         self.path = path
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: JSON's ``\\ud800`` escape makes a string that
+    cannot, and every file, database and message the farm writes needs one that can."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalize_relpath(path: str) -> str:
     """Return ``path`` with forward slashes and no ``.`` parts, or raise PathError."""
     if not isinstance(path, str) or not path:
@@ -31,6 +43,9 @@ def normalize_relpath(path: str) -> str:
         raise PathError("path too long", path[:60] + "...")
     if "\x00" in path or any(ord(c) < 32 for c in path):
         raise PathError("control character in path", path)
+    if not is_utf8(path):
+        raise PathError("not valid UTF-8 (a lone surrogate)", path.encode("utf-8", "replace")
+                        .decode())
     p = path.replace("\\", "/")
     if p.startswith("/") or _DRIVE.match(p):
         raise PathError("absolute path", path)

@@ -8,6 +8,7 @@ error ``{"error": {"code", "message", "field"}}`` with a 4xx status. Disk work
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from ..protocol import PROTOCOL_VERSION
@@ -28,9 +30,12 @@ from .auth import AUTH, token_name
 from .blobs import BlobError
 from .farm import FarmError
 from .keys import FARM
+from .models import Job
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
+#: uploads that may run at once (a temp file and a socket each); more wait a while
+UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
 MAX_JSON = 64 * 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,19 +63,102 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
         return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except ClientGone as exc:  # nobody is there to answer; not the server's fault
+        log.info("%s %s: the client went away (%s)", request.method, request.path, exc)
+        return error_response(400, "client_gone", "the client closed the connection")
+    except ClientTooSlow as exc:
+        log.info("%s %s from %s: %s", request.method, request.path, request.remote, exc)
+        resp = error_response(408, "request_timeout", f"the request body stalled: {exc}")
+        resp.force_close()
+        return resp
     except OSError as exc:
-        log.exception("disk error serving %s", request.path)
-        return error_response(507 if exc.errno == 28 else 500, "disk_error",
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            log.warning("out of file descriptors serving %s", request.path)
+            return error_response(503, "busy", "the server is too busy; try again shortly")
+        log.error("disk error serving %s: %s", request.path, exc)
+        return error_response(507 if exc.errno == errno.ENOSPC else 500, "disk_error",
                               f"the server could not write to its disk: {exc.strerror}")
 
 
+class ClientGone(Exception):
+    """The client closed its connection while we read its body (not a server error)."""
+
+
+class ClientTooSlow(Exception):
+    """No part of a request body came within the body timeout."""
+
+
 async def read_json(request: web.Request) -> Any:
+    """The body as JSON, refused (400 ``bad_json``) unless every value is one the farm
+    can store and send on: nested at most :data:`MAX_DEPTH` deep, integers within 64
+    bits, finite numbers, text without lone surrogates (JSON's ``\\ud800`` escape)."""
     if request.content_length is not None and request.content_length > MAX_JSON:
         raise FarmError("request body too large", "too_large", 413)
+    body = await read_body(request)
     try:
-        return json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FarmError(f"body is not valid JSON: {exc}", "bad_json") from exc
+        data = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError,
+        # an integer of thousands of digits, a body nested past the parser's stack
+        raise FarmError(f"body is not valid JSON: {str(exc)[:200]}", "bad_json") from exc
+    where = _unstorable(data)
+    if where is not None:
+        raise FarmError(f"body is not valid JSON for the farm: {where}", "bad_json")
+    return data
+
+
+MAX_DEPTH = 32
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _unstorable(data: Any) -> str | None:
+    """Why ``data`` cannot be stored or sent on, or None. Iterative: no recursion."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "text with a lone surrogate (not valid UTF-8)"
+        elif kind is int:
+            if not -(2**63) <= value < 2**63:
+                return "an integer beyond 64 bits"
+        elif kind is list or kind is dict:
+            if depth >= MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels"
+            if kind is dict:
+                stack.extend((k, depth + 1) for k in value)
+                stack.extend((v, depth + 1) for v in value.values())
+            else:
+                stack.extend((v, depth + 1) for v in value)
+    return None
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, with the body timeout between chunks (a client that stalls
+    mid-body is answered 408 and its connection closed)."""
+    timeout = request.app[FARM].config.body_timeout
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await request.content.readany()
+        except TimeoutError as exc:
+            raise ClientTooSlow(f"no part of the body came for {timeout:g} s") from exc
+        except (ConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise ClientGone(str(exc)) from exc
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > MAX_JSON:
+            raise FarmError("request body too large", "too_large", 413)
+        parts.append(chunk)
 
 
 async def read_options(request: web.Request) -> dict[str, Any]:
@@ -113,17 +201,47 @@ async def blob_put(request: web.Request) -> web.Response:
     size = await asyncio.to_thread(blobs.size, sha)
     if size is not None:  # already stored: the body need not be read
         return web.json_response({"sha256": sha, "size": size})
-
-    async def chunks() -> AsyncIterator[bytes]:
-        # The chunks as they arrived, not joined into bigger ones: no copy (the store
-        # batches them). A bigger read buffer means fewer pauses of the socket.
-        request.content.set_read_chunk_size(1 << 20)
-        async for chunk, _ in request.content.iter_chunks():
-            yield chunk
-
-    size = await blobs.write(sha, chunks())
+    config = request.app[FARM].config
+    slots = request.app[UPLOAD_SLOTS]
+    if slots.locked():  # every upload slot is taken: a temp file and a socket each
+        try:
+            async with asyncio.timeout(config.body_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            resp = error_response(503, "busy", f"{config.max_uploads} uploads are running; "
+                                  "try again shortly")
+            resp.headers["Retry-After"] = "5"
+            return resp
+    else:
+        await slots.acquire()
+    try:
+        size = await blobs.write(sha, _body_chunks(request, config.body_timeout))
+    finally:
+        slots.release()
     request.app[FARM].metrics.add_uploaded_bytes(size)
     return web.json_response({"sha256": sha, "size": size}, status=201)
+
+
+async def _body_chunks(request: web.Request, timeout: float) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, not joined into bigger ones: no copy (the store
+    batches them); a bigger read buffer means fewer pauses of the socket. A stall longer
+    than ``timeout`` or a client that hangs up ends the upload with its own error (not
+    a disk error: the socket's ``ConnectionResetError`` is an ``OSError`` too)."""
+    request.content.set_read_chunk_size(1 << 20)
+    chunks = request.content.iter_chunks().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk, _ = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise ClientTooSlow(f"no part of the upload came for {timeout:g} s") from exc
+        except (ConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise ClientGone(str(exc)) from exc
+        if request.content_length is None and not chunk:
+            return
+        yield chunk
 
 
 @routes.get("/api/blobs/{sha256}")
@@ -160,50 +278,74 @@ async def job_get(request: web.Request) -> web.Response:
     return web.json_response({"job": farm.job_json(farm.job(request.match_info["job_id"]))})
 
 
+#: tasks in one page of ``GET /api/jobs/{id}/tasks`` unless ``limit`` asks for fewer
+TASK_PAGE = 1000
+MAX_TASK_PAGE = 10_000
+
+
 @routes.get("/api/jobs/{job_id}/tasks")
 async def job_tasks(request: web.Request) -> web.Response:
+    """One page of a job's tasks: ``?offset=N&limit=M`` (at most 10,000; 1,000 by
+    default), with ``total`` and ``next`` (the next page's offset, or null)."""
     farm = request.app[FARM]
     job = farm.job(request.match_info["job_id"])
-    tasks = [farm.tasks[t].to_json() for t in job.task_ids]
+    offset = _query_int(request, "offset", 0, 0, len(job.task_ids))
+    limit = _query_int(request, "limit", TASK_PAGE, 1, MAX_TASK_PAGE)
+    page = job.task_ids[offset:offset + limit]
+    tasks = [farm.tasks[t].to_json() for t in page]
     for t in tasks:
         t.pop("log_tail", None)
-    return web.json_response({"tasks": tasks})
+    end = offset + len(page)
+    return web.json_response({"tasks": tasks, "offset": offset, "total": len(job.task_ids),
+                              "next": end if end < len(job.task_ids) else None})
+
+
+def _query_int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 12:
+        raise FarmError(f"{key} must be a whole number", field=key)
+    return max(lo, min(hi, int(raw)))
+
+
+async def _answer(request: web.Request, job: Job, fut: asyncio.Future[None]) -> web.Response:
+    """Answer an action on a job once its change is committed."""
+    farm = request.app[FARM]
+    await farm.saved(fut)
+    return web.json_response({"job": farm.job_json(job)})
 
 
 @routes.post("/api/jobs/{job_id}/cancel")
 async def job_cancel(request: web.Request) -> web.Response:
-    farm = request.app[FARM]
-    return web.json_response({"job": farm.job_json(farm.cancel(request.match_info["job_id"]))})
+    return await _answer(request, *request.app[FARM].cancel(request.match_info["job_id"]))
 
 
 @routes.post("/api/jobs/{job_id}/pause")
 async def job_pause(request: web.Request) -> web.Response:
-    farm = request.app[FARM]
     stop = bool((await read_options(request)).get("stop"))
-    return web.json_response({"job": farm.job_json(control.pause(
-        farm, request.match_info["job_id"], stop=stop))})
+    return await _answer(request, *control.pause(request.app[FARM], request.match_info["job_id"],
+                                                 stop=stop))
 
 
 @routes.post("/api/jobs/{job_id}/resume")
 async def job_resume(request: web.Request) -> web.Response:
-    farm = request.app[FARM]
-    return web.json_response({"job": farm.job_json(control.resume(farm, request.match_info["job_id"]))})
+    return await _answer(request, *control.resume(request.app[FARM],
+                                                  request.match_info["job_id"]))
 
 
 @routes.post("/api/jobs/{job_id}/requeue")
 async def job_requeue(request: web.Request) -> web.Response:
-    farm = request.app[FARM]
     which = (await read_options(request)).get("which", "failed")
-    return web.json_response({"job": farm.job_json(control.requeue(
-        farm, request.match_info["job_id"], str(which)))})
+    return await _answer(request, *control.requeue(request.app[FARM],
+                                                   request.match_info["job_id"], str(which)))
 
 
 @routes.post("/api/jobs/{job_id}/priority")
 async def job_priority(request: web.Request) -> web.Response:
-    farm = request.app[FARM]
     priority = (await read_options(request)).get("priority")
-    return web.json_response({"job": farm.job_json(control.set_priority(
-        farm, request.match_info["job_id"], priority))})
+    return await _answer(request, *control.set_priority(request.app[FARM],
+                                                        request.match_info["job_id"], priority))
 
 
 @routes.delete("/api/jobs/{job_id}")
@@ -279,7 +421,8 @@ async def job_output_file(request: web.Request) -> web.StreamResponse:
 async def node_action(request: web.Request) -> web.Response:
     farm = request.app[FARM]
     act = {"drain": control.drain, "disable": control.disable, "enable": control.enable}
-    rec = act[request.match_info["action"]](farm, request.match_info["node_id"])
+    rec, fut = act[request.match_info["action"]](farm, request.match_info["node_id"])
+    await farm.saved(fut)
     return web.json_response({"node": rec.to_json()})
 
 @routes.get("/api/nodes")

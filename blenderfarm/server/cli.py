@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ..protocol.version import __version__
 from . import tokens
-from .app import make_app
+from .app import make_app, make_runner
 from .config import DEFAULT_PORT, ConfigError, ServerConfig
 from .store import StoreError
 
@@ -167,7 +167,7 @@ def _refuse_open_bind(config: ServerConfig, insecure: bool) -> str | None:
 
 async def _serve(app: web.Application, config: ServerConfig, tls: ssl.SSLContext | None) -> None:
     """Listen, say where, and run until SIGINT or SIGTERM; then shut down cleanly."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    runner = make_runner(app, config, access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)

@@ -39,6 +39,25 @@ class ServerConfig:
     log_level: str = "INFO"
     #: POSTed a JSON {"event", "job"} when any job completes or fails (jobs may add their own)
     webhook_url: str | None = None
+    #: seconds a connection may take to send a request's headers, and stay idle between
+    #: requests, before it is closed
+    header_timeout: float = 30.0
+    #: seconds a request body (an upload, a JSON body) may go without sending a byte
+    #: before it is answered 408 and its connection closed
+    body_timeout: float = 60.0
+    #: seconds a node's websocket may stay open before its hello
+    hello_timeout: float = 15.0
+    #: uploads that run at once; more wait up to body_timeout for a turn, then get 503
+    max_uploads: int = 32
+    #: open connections the server accepts; more are closed at once (0: from the
+    #: process's file-descriptor limit, less a reserve for the database and files)
+    max_connections: int = 0
+    #: days an offline node's record is kept after it was last seen (with no task held)
+    node_retention_days: float = 30.0
+    #: node records kept at most; past that the longest-offline ones are forgotten
+    max_nodes: int = 10_000
+    #: bytes of a task's log kept: its first quarter and its last three quarters
+    max_log_bytes: int = 4 * 1024 * 1024
 
     @classmethod
     def load(cls, path: Path | None, overrides: dict[str, Any],

@@ -1,6 +1,8 @@
 """What people do to jobs and nodes: pause, resume, requeue, reprioritise, delete;
 drain, disable, enable. Each is a synchronous change of the farm's state (plus
-``delete``'s file clean-up in a thread), persisted and announced like any other.
+``delete``'s file clean-up in a thread) that leaves through ``Farm.commit`` like any
+other, and returns the future of its commit: the API answers only once it resolves.
+Each refuses up front, changing nothing, while the database cannot be written.
 """
 
 from __future__ import annotations
@@ -9,43 +11,45 @@ import asyncio
 import contextlib
 import shutil
 import time
+from asyncio import Future
 
 from ..protocol import messages as m
 from .farm import Farm, FarmError
 from .models import JOB_FINAL, TASK_HELD, Job, NodeRecord, Task
 from .store import Store
 
+Done = tuple[Job, Future[None]]
 
-def pause(farm: Farm, job_id: str, stop: bool = False) -> Job:
-    """No new tasks start; running ones finish, or with ``stop`` go back to the queue."""
+
+def pause(farm: Farm, job_id: str, stop: bool = False) -> Done:
+    """No new tasks start; running ones finish, or with ``stop`` go back to the queue
+    (and the nodes that held them take other jobs' work at once)."""
     job = farm.job(job_id)
     if job.status in JOB_FINAL:
         raise FarmError(f"job {job_id} is {job.status}; only queued or active jobs pause",
                         "conflict", 409)
+    farm.check_writable()
     job.status = "paused"
     farm.sched.remove_job(job.id)
     changed = _take_back(farm, [t.id for t in _held(farm, job)], "job paused") if stop else []
-    farm._persist(job, changed)
-    farm.emit("job", job=farm.job_json(job))
-    return job
+    return job, farm.commit(job, changed, offer=bool(changed))
 
 
-def resume(farm: Farm, job_id: str) -> Job:
+def resume(farm: Farm, job_id: str) -> Done:
     job = farm.job(job_id)
     if job.status != "paused":
         raise FarmError(f"job {job_id} is {job.status}, not paused", "conflict", 409)
+    farm.check_writable()
     _schedule(farm, job)
-    farm._persist(job)
-    farm.emit("job", job=farm.job_json(job))
-    farm.make_room(job)
-    return job
+    return job, farm.commit(job, room=job)
 
 
-def requeue(farm: Farm, job_id: str, which: str = "failed") -> Job:
+def requeue(farm: Farm, job_id: str, which: str = "failed") -> Done:
     """Render again the failed (and canceled) tasks, or every task with ``all``."""
     if which not in ("failed", "all"):
         raise FarmError("which must be 'failed' or 'all'", field="which")
     job = farm.job(job_id)
+    farm.check_writable()
     states = ("failed", "canceled") if which == "failed" else ("failed", "canceled", "done")
     again = [farm.tasks[t] for t in job.task_ids if farm.tasks[t].status in states]
     ops = []
@@ -59,29 +63,25 @@ def requeue(farm: Farm, job_id: str, which: str = "failed") -> Job:
         job.node_failures, job.blocklist, job.error, job.finished = {}, [], None, None
         if job.status != "paused":
             _schedule(farm, job)
-    farm._persist(job, again, ops)
-    farm.emit("job", job=farm.job_json(job))
-    farm.make_room(job)
-    return job
+    return job, farm.commit(job, again, ops=ops, room=job)
 
 
-def set_priority(farm: Farm, job_id: str, priority: object) -> Job:
+def set_priority(farm: Farm, job_id: str, priority: object) -> Done:
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
         raise FarmError("priority must be an integer from 0 to 100", field="priority")
     job = farm.job(job_id)
+    farm.check_writable()
     job.priority = priority
     farm.sched.set_priority(job.id, priority)
-    farm._persist(job)
-    farm.emit("job", job=farm.job_json(job))
-    farm.make_room(job)
-    return job
+    return job, farm.commit(job, room=job)
 
 
 async def delete(farm: Farm, job_id: str) -> None:
     """Forget a job, its outputs and every blob no other job uses."""
     job = farm.job(job_id)
+    farm.check_writable()
     if job.status not in JOB_FINAL:
-        farm.cancel(job_id)
+        await farm.saved(farm.cancel(job_id)[1])
     orphans = set(job.spec.manifest.values()) | {o.sha256 for o in job.outputs.values()}
     del farm.jobs[job_id]
     for tid in job.task_ids:
@@ -89,7 +89,7 @@ async def delete(farm: Farm, job_id: str) -> None:
     for other in farm.jobs.values():
         orphans -= set(other.spec.manifest.values())
         orphans -= {o.sha256 for o in other.outputs.values()}
-    await farm._persist(extra=Store.delete_job_ops(job_id))
+    await farm.saved(farm.commit(ops=Store.delete_job_ops(job_id), offer=False))
     await asyncio.to_thread(_remove_files, farm, job_id, orphans)
     farm.emit("job_deleted", job_id=job_id)
 
@@ -112,31 +112,30 @@ def node(farm: Farm, uid: str) -> NodeRecord:
     return rec
 
 
-def drain(farm: Farm, uid: str) -> NodeRecord:
+NodeDone = tuple[NodeRecord, Future[None]]
+
+
+def drain(farm: Farm, uid: str) -> NodeDone:
     """Finish the task it renders; tasks it only holds in advance go back to the queue."""
     rec = node(farm, uid)
+    farm.check_writable()
     rec.drained = True
-    return _node_changed(farm, rec, _take_back(farm, rec.tasks[1:], "node drained"))
+    return rec, farm.commit(tasks=_take_back(farm, rec.tasks[1:], "node drained"), nodes=[rec])
 
 
-def disable(farm: Farm, uid: str) -> NodeRecord:
+def disable(farm: Farm, uid: str) -> NodeDone:
     """Stop at once: every task it holds goes back to the queue."""
     rec = node(farm, uid)
+    farm.check_writable()
     rec.disabled = True
-    return _node_changed(farm, rec, _take_back(farm, rec.tasks, "node disabled"))
+    return rec, farm.commit(tasks=_take_back(farm, rec.tasks, "node disabled"), nodes=[rec])
 
 
-def enable(farm: Farm, uid: str) -> NodeRecord:
+def enable(farm: Farm, uid: str) -> NodeDone:
     rec = node(farm, uid)
+    farm.check_writable()
     rec.drained = rec.disabled = False
-    return _node_changed(farm, rec, [])
-
-
-def _node_changed(farm: Farm, rec: NodeRecord, tasks: list[Task]) -> NodeRecord:
-    farm._persist(tasks=tasks, nodes=[rec])
-    farm.emit("node", node=rec.to_json())
-    farm.dispatch()
-    return rec
+    return rec, farm.commit(nodes=[rec])
 
 
 # --- helpers -------------------------------------------------------------------------------

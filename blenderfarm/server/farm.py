@@ -2,8 +2,10 @@
 
 All decisions are synchronous and happen on the event loop, so no two handlers
 ever see a half-made change. Side effects leave through three doors only:
-``NodeSession.send`` (queued websocket frames), ``Farm._persist`` (the journal: batched SQLite
-writes) and ``BlobStore`` calls made in threads by the async handlers.
+``NodeSession.send`` (queued websocket frames), ``Farm.commit`` (the one funnel of every
+state change: it journals the changed rows, announces them to watchers and offers work
+to nodes, so no transition can forget a step) and ``BlobStore`` calls made in threads
+by the async handlers.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .logs import TaskLogs
 from .metrics import FarmMetrics
 from .models import JOB_FINAL, TASK_FINAL, TASK_HELD, Job, NodeRecord, Output, Task
 from .scheduler import Scheduler
-from .store import Journal, Store
+from .store import Journal, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +67,17 @@ class NodeSession:
             self._manifests.popitem(last=False)
         return known
 
-    def send(self, msg: m.Message) -> None:
-        if not self.closed:
-            self.outbox.put_nowait(m.encode(msg))
+    def send(self, msg: m.Message) -> bool:
+        """Queue a frame; False (and nothing sent) when it cannot be encoded."""
+        if self.closed:
+            return True
+        try:
+            data = m.encode(msg)
+        except m.ProtocolError as exc:
+            log.error("not sent to node %s: %s", self.record.name, exc)
+            return False
+        self.outbox.put_nowait(data)
+        return True
 
     def close(self) -> None:
         if not self.closed:
@@ -82,7 +92,7 @@ class Farm:
         self.journal = Journal(store)
         self.blobs = blobs
         self.jobs_dir = config.data_dir / "jobs"
-        self.logs = TaskLogs(config.data_dir / "logs")
+        self.logs = TaskLogs(config.data_dir / "logs", config.max_log_bytes)
         self.metrics = FarmMetrics()
         self.jobs: dict[str, Job] = {}
         self.tasks: dict[str, Task] = {}
@@ -122,6 +132,36 @@ class Farm:
         for rec in loaded.nodes:
             self.nodes[rec.uid] = rec
         self._recover()
+        self._prune_every_hour()
+
+    def _prune_every_hour(self) -> None:
+        self.prune_nodes()
+        self._timers["\0prune"] = asyncio.get_running_loop().call_later(
+            3600, self._prune_every_hour)
+
+    def prune_nodes(self, now: float | None = None) -> list[str]:
+        """Forget the records of nodes offline for longer than ``node_retention_days``
+        and, past ``max_nodes`` records, of the longest-offline ones; never of a node
+        that is online or holds a task. Returns the uids forgotten."""
+        now = time.time() if now is None else now
+        idle = sorted((r for r in self.nodes.values()
+                       if not r.online and not r.tasks and r.uid not in self.sessions),
+                      key=lambda r: r.last_seen)
+        cutoff = now - self.config.node_retention_days * 86400
+        excess = len(self.nodes) - self.config.max_nodes
+        gone = [r.uid for i, r in enumerate(idle) if r.last_seen < cutoff or i < excess]
+        for uid in gone:
+            del self.nodes[uid]
+            timer = self._timers.pop(uid, None)
+            if timer:
+                timer.cancel()
+            self.emit("node_deleted", node_id=uid)
+        if gone:
+            log.info("forgot %d node record(s) offline since before %s, or past max_nodes",
+                     len(gone), time.strftime("%Y-%m-%d", time.localtime(cutoff)))
+            self.commit(ops=[("DELETE FROM nodes WHERE uid=?", [(u,) for u in gone])],
+                        offer=False)
+        return gone
 
     def _recover(self) -> None:
         """Rebuild queues after a restart; held tasks wait a grace period for their node."""
@@ -147,7 +187,7 @@ class Farm:
             timer.cancel()
         for session in list(self.sessions.values()):
             session.close()
-        self.journal.flush()
+        await self.journal.drain()
         await self.store.close()
 
     # --- events for watchers (dashboard, add-on) ------------------------------------------------
@@ -159,14 +199,46 @@ class Farm:
             except Exception:  # a broken watcher must not break the farm
                 log.exception("event listener failed")
 
-    def _persist(self, job: Job | None = None, tasks: list[Task] | None = None,
-                 extra: list[Any] | None = None,
-                 nodes: list[NodeRecord] | None = None) -> asyncio.Future[None]:
-        """Journal these changes; they commit together with the rest of this loop pass."""
+    def commit(self, job: Job | None = None, tasks: list[Task] | None = None,
+               nodes: list[NodeRecord] | None = None, ops: list[Any] | None = None, *,
+               offer: bool | list[NodeSession] = True,
+               room: Job | None = None) -> asyncio.Future[None]:
+        """The one way a state change leaves the farm, whoever made it: journal the
+        changed rows (they commit with the rest of this loop pass), announce the job and
+        nodes to watchers, then offer work: to every node (``offer=True``), to the
+        nodes given, or none; ``room`` means a job entered the queue (see
+        :meth:`make_room`). The future resolves once the rows are committed."""
         if job is not None:
             job.updated = time.time()
-        return self.journal.add((job,) if job is not None else (), tasks or (), nodes or (),
-                                extra or ())
+        fut = self.journal.add((job,) if job is not None else (), tasks or (), nodes or (),
+                               ops or ())
+        if job is not None and job.id in self.jobs:
+            self.emit("job", job=self.job_json(job))
+        for rec in nodes or ():
+            self.emit("node", node=rec.to_json())
+        if room is not None:
+            self.make_room(room)
+        elif offer is True:
+            self.dispatch()
+        elif offer:
+            self.dispatch(offer)
+        return fut
+
+    def check_writable(self) -> None:
+        """Refuse an action up front while the database cannot be written: the change
+        would live in memory only (the journal retries what is already queued)."""
+        error = self.journal.failure
+        if error is not None:
+            raise store_refusal(error, "nothing was changed")
+
+    async def saved(self, fut: asyncio.Future[None]) -> None:
+        """Wait for a person's change to be committed; a store that cannot write becomes
+        a 507 (disk full) or 503 answer that says the change is kept and retried."""
+        try:
+            await fut
+        except StoreError as exc:
+            raise store_refusal(exc, "the change is made and will be saved as soon as the "
+                                "database can be written again") from exc
 
     # --- jobs ---------------------------------------------------------------------------------
     async def submit(self, spec: JobSpec, owner: str = "") -> Job:
@@ -175,6 +247,7 @@ class Farm:
             raise FarmError(f"{len(missing)} file(s) of the manifest were never uploaded; "
                             "upload them first (bf submit does this)", "missing_blobs",
                             field="manifest", data={"missing": missing[:1000]})
+        self.check_writable()
         self._seq += 1
         job_id = secrets.token_hex(6)
         job = Job(id=job_id, seq=self._seq, spec=spec, output_name=output_stem(spec.name),
@@ -186,10 +259,15 @@ class Farm:
         job.frames_total = sum(len(t.frames) for t in tasks)
         for t in tasks:
             job.add_task(t)
+        # The job's row and its spec are enough: tasks get rows once they change. They
+        # are written straight to the store, before the job exists in memory: a job the
+        # database refused is answered with an error and never scheduled.
+        try:
+            await self.store.put([Store.job_op(job), Store.spec_op(job)])
+        except StoreError as exc:
+            raise store_refusal(exc, "the job was not submitted") from exc
         self.jobs[job_id] = job
         self.tasks.update((t.id, t) for t in tasks)
-        # The job's row and its spec are enough: tasks get rows once they change.
-        await self._persist(job, extra=[Store.spec_op(job)])
         if not spec.paused:
             self.sched.add_job(job_id, job.priority, job.seq, job.owner)
             for t in tasks:
@@ -209,19 +287,23 @@ class Farm:
     def job_json(self, job: Job) -> dict[str, Any]:
         return job.to_json()
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str) -> tuple[Job, asyncio.Future[None]]:
         job = self.job(job_id)
         if job.status in JOB_FINAL:
-            return job
-        self._stop_job(job, "canceled", None)
+            return job, self.journal.add()
+        self.check_writable()
+        fut = self._stop_job(job, "canceled", None)
         log.info("job %s canceled", job_id)
-        return job
+        return job, fut
 
-    def _stop_job(self, job: Job, status: str, error: str | None) -> None:
-        """End a job: queued tasks are dropped, held ones canceled on their nodes."""
+    def _stop_job(self, job: Job, status: str, error: str | None,
+                  settled: list[Task] | None = None) -> asyncio.Future[None]:
+        """End a job: queued tasks are dropped, held ones canceled on their nodes.
+        ``settled`` are tasks the caller has just made final (a failed task): their
+        rows are written with the rest."""
         job.status, job.error, job.finished = status, error, time.time()
         self.sched.remove_job(job.id)
-        changed = []
+        changed = list(settled or ())
         for tid in job.task_ids:
             task = self.tasks[tid]
             if task.status in TASK_FINAL:
@@ -233,38 +315,37 @@ class Farm:
                     session.send(m.Cancel(task_id=tid, reason=status))
             task.status, task.node = "canceled", None
             changed.append(task)
-        self._persist(job, changed)
-        self.emit("job", job=self.job_json(job))
-        self.dispatch()
+        return self.commit(job, changed)
 
     # --- nodes --------------------------------------------------------------------------------
     def node_connected(self, hello: m.Hello, session: NodeSession) -> None:
         rec = session.record
-        old = self.sessions.get(rec.uid)
-        if old is not None and old is not session:
-            old.close()  # a reconnect that beat the old socket's close
         self.sessions[rec.uid] = session
         timer = self._timers.pop(rec.uid, None)
         if timer:
             timer.cancel()
         rec.online, rec.lost_at, rec.connected_at = True, None, time.time()
         rec.last_seen = time.time()
-        self._reconcile(rec, session, hello.running)
-        self._persist(nodes=[rec])
+        changed = self._reconcile(rec, session, hello.running)
         log.info("node %s (%s) connected: Blender %s, oidn=%s, holds %d task(s)", rec.name,
                  rec.uid, rec.info.get("blender", {}).get("version"), rec.oidn, len(rec.tasks))
-        self.emit("node", node=rec.to_json())
-        self.dispatch([session])  # the other nodes had their chance already
+        # only this node's room changed, unless it gave tasks back to the queue
+        self.commit(tasks=changed, nodes=[rec], offer=True if changed else [session])
 
-    def _reconcile(self, rec: NodeRecord, session: NodeSession, claimed: list[str]) -> None:
+    def _reconcile(self, rec: NodeRecord, session: NodeSession, claimed: list[str]
+                   ) -> list[Task]:
         """Match what a (re)connecting node says it holds with what we think it holds."""
         kept: list[str] = []
         changed: list[Task] = []
-        for tid in claimed:
+        for tid in dict.fromkeys(claimed):  # a task named twice is held once
             task = self.tasks.get(tid)
             job = self.jobs.get(task.job_id) if task else None
             if task is None or job is None or task.status in TASK_FINAL or job.status in JOB_FINAL:
                 session.send(m.Cancel(task_id=tid, reason="no longer wanted"))
+                continue
+            if task.status == "queued" and not self.sched.is_queued(tid):
+                # queued but not in the scheduler: its job is paused; it waits there
+                session.send(m.Cancel(task_id=tid, reason="job paused"))
                 continue
             if task.status in TASK_HELD and task.node != rec.uid:
                 session.send(m.Cancel(task_id=tid, reason="given to another node"))
@@ -275,14 +356,15 @@ class Farm:
             if tid not in rec.tasks:
                 self.sched.hold(job.owner)
             task.node = rec.uid
+            if rec.uid not in task.assignees:
+                task.assignees.append(rec.uid)
             kept.append(tid)
         for tid in list(rec.tasks):  # a copy: _requeue removes from rec.tasks
             if tid not in kept and tid in self.tasks and self.tasks[tid].node == rec.uid:
                 self._requeue(self.tasks[tid])  # the node lost it (restarted)
                 changed.append(self.tasks[tid])
         rec.tasks = kept
-        if changed:
-            self._persist(tasks=changed)
+        return changed
 
     def node_disconnected(self, session: NodeSession) -> None:
         rec = session.record
@@ -294,8 +376,7 @@ class Farm:
         log.info("node %s (%s) disconnected; holding %d task(s) for %.0fs", rec.name, rec.uid,
                  len(rec.tasks), self.config.grace_period)
         self._arm_grace(rec.uid)
-        self._persist(nodes=[rec])
-        self.emit("node", node=rec.to_json())
+        self.commit(nodes=[rec], offer=False)
 
     def _arm_grace(self, uid: str) -> None:
         loop = asyncio.get_running_loop()
@@ -316,8 +397,7 @@ class Farm:
         if lost:
             log.warning("node %s (%s) gone for %.0fs: requeued %d task(s)", rec.name, uid,
                         self.config.grace_period, len(lost))
-            self._persist(tasks=lost)
-        self.dispatch()
+        self.commit(tasks=lost)
 
     # --- dispatch -----------------------------------------------------------------------------
     def dispatch(self, sessions: list[NodeSession] | None = None) -> None:
@@ -346,7 +426,8 @@ class Farm:
                 if self.sched.queued == 0:
                     break
         if assigned:
-            self._persist(tasks=assigned)
+            # dispatch is the funnel's last step: its rows go straight to the journal
+            self.journal.add(tasks=assigned)
             self.metrics.observe_dispatch(time.perf_counter() - started)
 
     def make_room(self, job: Job) -> None:
@@ -376,7 +457,7 @@ class Farm:
         if taken:
             log.info("job %s (priority %d) takes the place of %d prefetched task(s)", job.id,
                      job.priority, len(taken))
-            self._persist(tasks=taken)
+            self.journal.add(tasks=taken)
             self.dispatch()
 
     def _may_run(self, rec: NodeRecord, job_id: str) -> bool:
@@ -400,19 +481,31 @@ class Farm:
         task.status, task.node, task.progress = "assigned", rec.uid, 0.0
         task.assigned = time.time()
         task.attempts += 1
+        if rec.uid not in task.assignees:
+            task.assignees.append(rec.uid)
         rec.tasks.append(task.id)
         self.sched.hold(job.owner)
         if job.status == "queued":
             job.status, job.started = "active", time.time()
-            self._persist(job)
+            job.updated = job.started
+            self.journal.add(jobs=(job,))
+            self.emit("job", job=self.job_json(job))
         spec = job.spec
         manifest = {} if session.has_manifest(job.id) else spec.manifest
-        session.send(m.Assign(task_id=task.id, job_id=job.id, frames=task.frames,
-                              blend=spec.blend, manifest=manifest,
-                              output_name=job.output_name, scene=spec.scene,
-                              overrides=spec.overrides.to_dict(), attempt=task.attempts,
-                              allow_scripts=spec.scripts))
+        sent = session.send(m.Assign(task_id=task.id, job_id=job.id, frames=task.frames,
+                                     blend=spec.blend, manifest=manifest,
+                                     output_name=job.output_name, scene=spec.scene,
+                                     overrides=spec.overrides.to_dict(),
+                                     attempt=task.attempts, allow_scripts=spec.scripts))
+        if not sent:  # the spec's validation lets no such job in; never loop on one
+            asyncio.get_running_loop().call_soon(self._unsendable, rec, task)
         return task
+
+    def _unsendable(self, rec: NodeRecord, task: Task) -> None:
+        if task.status in TASK_HELD and task.node == rec.uid:
+            self.fail_task(rec, task, m.TaskFailed(
+                task_id=task.id, retryable=False, reason="unsendable",
+                error="the server could not encode this task for its nodes"))
 
     def slot_freed(self, session: NodeSession, task: Task) -> None:
         """The node is through with ``task`` (it reported it done; the server still checks
@@ -425,8 +518,7 @@ class Farm:
         """Back to the queue, through no fault of the node that had it."""
         if task.status in TASK_HELD:
             self._requeue(task)
-            self._persist(self.jobs[task.job_id], [task])
-            self.dispatch()
+            self.commit(self.jobs[task.job_id], [task])
 
     def _release(self, task: Task) -> None:
         rec = self.nodes.get(task.node or "")
@@ -453,32 +545,28 @@ class Farm:
             return
         if task.status == "assigned":
             task.status, task.started = "running", time.time()
-            self._persist(tasks=[task])
+            self.commit(tasks=[task], offer=False)
         task.progress = max(0.0, min(1.0, float(msg.fraction)))
         self.emit("progress", task_id=task.id, job_id=task.job_id, node=rec.uid,
                   frame=msg.frame, fraction=task.progress)
 
-    async def record_outputs(self, task: Task, outputs: list[dict[str, Any]]) -> list[Output]:
+    async def record_outputs(self, task: Task, outputs: list[m.OutputRef]) -> list[Output]:
         """Check and link outputs (safe name, frame of this task, blob exists): one trip
         to a thread for all the file work of a task."""
         job = self.jobs[task.job_id]
         checked: list[Output] = []
         for item in outputs:
-            frame, sha, name, size = (item.get("frame"), item.get("sha256"), item.get("name"),
-                                      item.get("size"))
-            if not isinstance(frame, int) or frame not in task.frames:
-                raise FarmError(f"output for frame {frame!r}, not a frame of {task.id}")
-            if not isinstance(name, str) or not isinstance(size, int):
-                raise FarmError("output needs a name and a size")
+            if item.frame not in task.frames:
+                raise FarmError(f"output for frame {item.frame}, not a frame of {task.id}")
             try:
-                name = normalize_relpath(name)
+                name = normalize_relpath(item.name)
             except PathError as exc:
                 raise FarmError(str(exc)) from exc
             if "/" in name:
                 raise FarmError(f"output name {name!r} has a folder")
-            if not isinstance(sha, str) or not is_sha256(sha):
+            if not is_sha256(item.sha256):
                 raise FarmError(f"output {name} has no valid sha256")
-            checked.append(Output(job.id, task.id, frame, name, sha, size))
+            checked.append(Output(job.id, task.id, item.frame, name, item.sha256, item.size))
         await asyncio.to_thread(self._link_outputs, job.id, checked)
         return checked
 
@@ -522,56 +610,51 @@ class Farm:
             job.status, job.finished = "completed", time.time()
             self.sched.remove_job(job.id)
             log.info("job %s completed: %d frames", job.id, job.frames_done)
-        fut = self._persist(job, [task], ops, [rec])
-        self.emit("job", job=self.job_json(job))
         session = self.sessions.get(rec.uid)
-        if session is not None:  # only this node's room changed
-            self.dispatch([session])
-        return fut
+        # only this node's room changed
+        return self.commit(job, [task], [rec], ops, offer=[session] if session else False)
 
-    def fail_task(self, rec: NodeRecord, task: Task, msg: m.TaskFailed) -> None:
+    def fail_task(self, rec: NodeRecord, task: Task, msg: m.TaskFailed) -> asyncio.Future[None]:
         job = self.jobs[task.job_id]
         self._release(task)
+        if msg.reason in ("node_stopping", "canceled"):  # handed back, not failed
+            self._requeue(task)
+            return self.commit(job, [task])
         task.failed_nodes[rec.uid] = msg.error[:2000]
         task.error, task.log_tail = msg.error[:2000], msg.log_tail[-20_000:]
         task.node = None
         task.failures += 1
-        if msg.reason in ("node_stopping", "canceled"):  # handed back, not failed
-            task.failures -= 1
-            task.failed_nodes.pop(rec.uid, None)
-            self._requeue(task)
-            self._persist(job, [task])
-            self.dispatch()
-            return
+        changed = [task]
         if msg.reason != "needs_denoise":
-            self._count_node_failure(job, rec)
-        log.warning("task %s failed on %s (%s): %s", task.id, rec.name, msg.reason, msg.error)
+            changed += self._count_node_failure(job, rec)
+        log.warning("task %s failed on %s (%s): %s", task.id, rec.name, msg.reason,
+                    msg.error[:2000])
         if msg.reason == "needs_denoise":
             job.needs_oidn = True
             task.failed_nodes.pop(rec.uid, None)  # not this node's fault; it just can't
             if not any(n.oidn for n in self.nodes.values() if n.online):
                 task.status = "failed"
-                self._stop_job(job, "failed", NO_OIDN)
-                return
+                return self._stop_job(job, "failed", NO_OIDN, settled=[task])
             self._requeue(task)
         elif not msg.retryable or task.failures >= self.config.max_attempts:
             task.status = "failed"
             frames = f"frame {task.frames[0]}" if len(task.frames) == 1 else \
                 f"frames {task.frames[0]}-{task.frames[-1]}"
             tries = "" if not msg.retryable else f" after {task.failures} attempts"
-            self._stop_job(job, "failed", f"{frames} failed{tries}: {msg.error}")
-            return
+            return self._stop_job(job, "failed", f"{frames} failed{tries}: {msg.error[:2000]}",
+                                  settled=[task])
         else:
             self._requeue(task)
             if not self.capable_nodes(job):
                 task.status = "failed"
-                self._stop_job(job, "failed", self._no_capable_node(job))
-                return
-        self._persist(job, [task])
-        self.emit("job", job=self.job_json(job))
-        self.dispatch()
+                return self._stop_job(job, "failed", self._no_capable_node(job),
+                                      settled=[task])
+        return self.commit(job, changed)
 
-    def _count_node_failure(self, job: Job, rec: NodeRecord) -> None:
+    def _count_node_failure(self, job: Job, rec: NodeRecord) -> list[Task]:
+        """Count a failure of ``rec`` on ``job``; return the tasks taken back from it when
+        that blocklists it."""
+        taken: list[Task] = []
         job.node_failures[rec.uid] = job.node_failures.get(rec.uid, 0) + 1
         if job.node_failures[rec.uid] >= self.config.blocklist_after and \
                 rec.uid not in job.blocklist:
@@ -583,6 +666,8 @@ class Farm:
                 if session is not None:  # what it holds of the job goes to other nodes
                     session.send(m.Cancel(task_id=tid, reason="node blocklisted for this job"))
                 self._requeue(self.tasks[tid])
+                taken.append(self.tasks[tid])
+        return taken
 
     def _no_capable_node(self, job: Job) -> str:
         names = [self.nodes[u].name for u in job.blocklist if u in self.nodes]
@@ -595,7 +680,19 @@ class Farm:
 
     # --- views ---------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
+        failure = self.journal.failure
         return {"nodes_online": len(self.sessions), "nodes_known": len(self.nodes),
+                "store": "ok" if failure is None else f"refusing writes: {failure}",
                 "tasks_queued": self.sched.queued,
                 "jobs_active": sum(1 for j in self.jobs.values() if j.status == "active")}
 
+
+
+def store_refusal(exc: BaseException, what: str) -> FarmError:
+    """The answer to a person while the database cannot be written: 507 when its disk
+    is full, 503 otherwise; ``what`` says what became of their action."""
+    full = isinstance(exc, StoreError) and exc.full
+    cause = "the server's disk is full" if full else "the server cannot write its database"
+    return FarmError(f"{cause} ({exc}); {what}. Free space on the server (or fix the "
+                     "database) and try again.", "disk_full" if full else "store_unavailable",
+                     507 if full else 503)

@@ -45,7 +45,7 @@ class Task:
 
     __slots__ = ("id", "job_id", "index", "frames", "kind", "depends_on", "_status",
                  "attempts", "failures", "node", "assigned", "failed_nodes", "progress",
-                 "started", "finished", "error", "log_tail", "_counts")
+                 "started", "finished", "error", "log_tail", "assignees", "_counts")
 
     def __init__(self, id: str, job_id: str, index: int, frames: list[int],
                  kind: str = "render", depends_on: list[str] | None = None,
@@ -53,7 +53,8 @@ class Task:
                  node: str | None = None, assigned: float | None = None,
                  failed_nodes: dict[str, str] | None = None, progress: float = 0.0,
                  started: float | None = None, finished: float | None = None,
-                 error: str | None = None, log_tail: str = "") -> None:
+                 error: str | None = None, log_tail: str = "",
+                 assignees: list[str] | None = None) -> None:
         self.id, self.job_id, self.index, self.frames = id, job_id, index, frames
         self.kind = kind
         self.depends_on = depends_on if depends_on is not None else []
@@ -66,6 +67,9 @@ class Task:
         self.progress = progress
         self.started, self.finished = started, finished
         self.error, self.log_tail = error, log_tail
+        #: every node it was ever given to: the only ones whose results count (a node it
+        #: was taken from may still finish it: a late result is welcome)
+        self.assignees = assignees if assignees is not None else []
         self._counts: Counter[str] | None = None
 
     @property
@@ -89,7 +93,7 @@ class Task:
                 "node": self.node, "assigned": self.assigned,
                 "failed_nodes": self.failed_nodes, "progress": self.progress,
                 "started": self.started, "finished": self.finished, "error": self.error,
-                "log_tail": self.log_tail}
+                "log_tail": self.log_tail, "assignees": self.assignees}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 
@@ -21,26 +22,41 @@ from ..protocol.version import __version__
 from .auth import AUTH
 from .farm import Farm, FarmError, NodeSession
 from .keys import FARM
-from .models import NodeRecord
+from .models import TASK_FINAL, NodeRecord
+from .store import StoreError
 
 log = logging.getLogger(__name__)
-HELLO_TIMEOUT = 15.0
 
 
 async def node_socket(request: web.Request) -> web.WebSocketResponse:
     farm = request.app[FARM]
     ws = web.WebSocketResponse(heartbeat=farm.config.heartbeat, max_msg_size=m.MAX_MESSAGE)
     await ws.prepare(request)
-    hello = await _read_hello(ws)
+    hello = await _read_hello(ws, farm.config.hello_timeout)
     if hello is None or not await _admit(request, ws, hello):
         await ws.close()
         return ws
-    rec = farm.nodes.get(hello.uid) or NodeRecord(uid=hello.uid, name=hello.name)
-    farm.nodes[rec.uid] = rec
+    live = farm.sessions.get(hello.uid)
+    if live is not None and not live.closed:
+        # Two live connections with one uid are two nodes sharing a work dir (or a
+        # stranger's copy of its uid), not a reconnect: a node's old socket is closed by
+        # then (or dropped by the heartbeat soon, and the node retries). Taking over
+        # would make each replace the other and render every task twice.
+        message = (f"a node with uid {hello.uid} is connected already (from "
+                   f"{live.record.info.get('peer')}); give each node its own --work-dir")
+        log.warning("refused node %r from %s: %s", hello.name, request.remote, message)
+        await ws.send_bytes(m.encode(m.Error(code="uid_in_use", message=message)))
+        await ws.close()
+        return ws
+    rec = farm.nodes.get(hello.uid)
+    if rec is None:
+        rec = farm.nodes[hello.uid] = NodeRecord(uid=hello.uid, name=hello.name)
+        if len(farm.nodes) > farm.config.max_nodes:
+            farm.prune_nodes()
     rec.name = hello.name
-    rec.info = {"blender": hello.blender, "threads": hello.threads, "ram": hello.ram,
-                "gpus": hello.gpus, "tags": hello.tags, "agent_version": hello.agent_version,
-                "peer": request.remote}
+    rec.info = {"blender": dataclasses.asdict(hello.blender), "threads": hello.threads,
+                "ram": hello.ram, "gpus": hello.gpus, "tags": hello.tags,
+                "agent_version": hello.agent_version, "peer": request.remote}
     session = NodeSession(rec)
     sender = asyncio.create_task(_sender(ws, session))
     try:
@@ -85,9 +101,9 @@ async def _admit(request: web.Request, ws: web.WebSocketResponse, hello: m.Hello
     return False
 
 
-async def _read_hello(ws: web.WebSocketResponse) -> m.Hello | None:
+async def _read_hello(ws: web.WebSocketResponse, timeout: float) -> m.Hello | None:
     try:
-        frame = await ws.receive(timeout=HELLO_TIMEOUT)
+        frame = await ws.receive(timeout=timeout)
     except TimeoutError:
         return None
     if frame.type != WSMsgType.BINARY:
@@ -156,20 +172,29 @@ async def _handle(farm: Farm, session: NodeSession, data: bytes) -> None:
 
 async def _frame_done(farm: Farm, rec: NodeRecord, msg: m.FrameDone) -> None:
     task = farm.tasks.get(msg.task_id)
-    if task is None or task.status in ("canceled", "failed"):
+    if task is None or task.status in TASK_FINAL:
+        return  # a done frame is never replaced by a late copy
+    if rec.uid not in task.assignees:
+        raise FarmError(f"task {msg.task_id} was never given to this node", "not_yours")
+    outputs = await farm.record_outputs(task, [m.OutputRef(
+        frame=msg.frame, sha256=msg.sha256, size=msg.size, name=msg.name)])
+    if task.status in TASK_FINAL:  # changed while we linked files
         return
-    outputs = await farm.record_outputs(task, [{"frame": msg.frame, "sha256": msg.sha256,
-                                                "size": msg.size, "name": msg.name}])
     ops = farm.add_outputs(task, outputs)
     if ops:
-        farm._persist(extra=ops)
+        farm.commit(ops=ops, offer=False)
 
 
 async def _task_done(farm: Farm, session: NodeSession, msg: m.TaskDone) -> None:
     rec = session.record
     task = farm.tasks.get(msg.task_id)
     job = farm.jobs.get(task.job_id) if task else None
-    if task is None or job is None or task.status in ("done", "canceled", "failed"):
+    if task is None or job is None or task.status in TASK_FINAL:
+        session.send(m.Ack(task_id=msg.task_id))
+        return
+    if rec.uid not in task.assignees:  # only a node it was given to may report it
+        session.send(m.Error(code="not_yours",
+                             message=f"task {msg.task_id} was never given to this node"))
         session.send(m.Ack(task_id=msg.task_id))
         return
     if task.node == rec.uid:
@@ -189,7 +214,7 @@ async def _task_done(farm: Farm, session: NodeSession, msg: m.TaskDone) -> None:
         session.send(m.Ack(task_id=msg.task_id))
         farm.render_again(task)
         return
-    if task.status in ("done", "canceled", "failed"):  # changed while we linked files
+    if task.status in TASK_FINAL:  # changed while we linked files
         session.send(m.Ack(task_id=msg.task_id))
         return
     missing = set(task.frames) - {o.frame for o in outputs}
@@ -198,5 +223,15 @@ async def _task_done(farm: Farm, session: NodeSession, msg: m.TaskDone) -> None:
             task_id=task.id, error=f"no output for frame(s) {sorted(missing)}", reason="bad_output"))
         session.send(m.Ack(task_id=msg.task_id))
         return
-    await farm.complete_task(rec, task, outputs, msg.seconds)
+    await _durable(farm, farm.complete_task(rec, task, outputs, msg.seconds))
     session.send(m.Ack(task_id=msg.task_id))
+
+
+async def _durable(farm: Farm, fut: asyncio.Future[None]) -> None:
+    """Wait until a node's result is committed. While the database refuses writes the
+    journal keeps the result and retries: the ack waits for that, and the node keeps
+    its result until then (it resends it after any reconnect)."""
+    try:
+        await fut
+    except StoreError:
+        await farm.journal.healthy()

@@ -77,10 +77,12 @@ class Scheduler:
         if q is None:
             return []
         self._leave(q)
-        dropped = [t for t in q.tasks if self._queued.get(t) == job_id]
+        # A task may stand in the queue twice (a stale entry left by discard() and a
+        # new one from a later push): each task once.
+        dropped = [t for t in dict.fromkeys(q.tasks) if self._queued.get(t) == job_id]
         for t in dropped:
             del self._queued[t]
-        return list(dict.fromkeys(dropped))
+        return dropped
 
     def set_priority(self, job_id: str, priority: int) -> None:
         q = self._jobs.get(job_id)

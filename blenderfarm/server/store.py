@@ -46,7 +46,12 @@ CREATE TABLE IF NOT EXISTS nodes (uid TEXT PRIMARY KEY, data TEXT NOT NULL);
 
 
 class StoreError(RuntimeError):
-    """The database cannot be opened or written (corrupt file, full disk...)."""
+    """The database cannot be opened or written (corrupt file, full disk...); ``full``
+    when the cause is a full disk."""
+
+    def __init__(self, message: str, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
 
 
 @dataclass
@@ -61,9 +66,12 @@ _Op = tuple[str, Any]  # (sql, params or list of params for executemany)
 _STOP = object()
 
 
-def _log_failure(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("could not save state: %s", fut.exception())
+#: seconds between tries to write a batch the database refused, growing to the last
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+#: errors that say the data of one statement is bad (it would fail again and again),
+#: not that the database cannot be written right now
+_BAD_DATA = (OverflowError, TypeError, ValueError, sqlite3.InterfaceError,
+             sqlite3.IntegrityError, sqlite3.ProgrammingError)
 
 
 class Journal:
@@ -85,6 +93,11 @@ class Journal:
         self._ops: list[_Op] = []
         self._fut: asyncio.Future[None] | None = None  # the gathering batch's
         self._busy = False  # a batch is with the store
+        self._failures = 0  # batches refused in a row
+        #: why the database refuses what the journal holds (it retries), else None
+        self.failure: StoreError | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._healthy: asyncio.Future[None] | None = None  # resolves at the next success
 
     def add(self, jobs: Iterable[Job] = (), tasks: Iterable[Task] = (),
             nodes: Iterable[NodeRecord] = (), ops: Iterable[_Op] = ()) -> asyncio.Future[None]:
@@ -96,28 +109,66 @@ class Journal:
         for node in nodes:
             self._nodes[node.uid] = node
         self._ops.extend(ops)
+        return self._gathering()
+
+    def _gathering(self) -> asyncio.Future[None]:
         if self._fut is None:
             loop = asyncio.get_running_loop()
             self._fut = loop.create_future()
-            self._fut.add_done_callback(_log_failure)
-            if not self._busy:  # else it leaves when the batch in flight commits
+            # a failure is logged by the store; nobody need await a batch's future
+            self._fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if not self._busy and self._retry is None:  # else it leaves after those
                 loop.call_soon(self._send)
         return self._fut
 
+    def healthy(self) -> asyncio.Future[None]:
+        """A future that resolves at the next successful commit (at once if the last
+        one succeeded): what was refused before is written by then."""
+        loop = asyncio.get_running_loop()
+        if self._failures == 0 and self._retry is None:
+            done = loop.create_future()
+            done.set_result(None)
+            return done
+        if self._healthy is None or self._healthy.done():
+            self._healthy = loop.create_future()
+        return self._healthy
+
     def _send(self) -> None:
-        if not self._busy:
+        if not self._busy and self._retry is None:
             self.flush()
+
+    def _rows(self) -> list[_Op]:
+        """The gathered rows as statements. A row that cannot be written (it cannot
+        happen to a value that passed validation) is logged and left out: one bad row
+        must not stop every save."""
+        ops: list[_Op] = []
+        for job in self._jobs.values():
+            try:
+                ops.append(Store.job_op(job))
+            except Exception:
+                log.exception("cannot save job %s; it is left out of this save", job.id)
+        for node in self._nodes.values():
+            try:
+                ops.append(Store.node_op(node))
+            except Exception:
+                log.exception("cannot save node %s; it is left out of this save", node.uid)
+        if self._tasks:
+            tasks = []
+            for task in self._tasks.values():
+                try:
+                    tasks.append(Store.task_row(task))
+                except Exception:
+                    log.exception("cannot save task %s; it is left out of this save", task.id)
+            ops.append((Store.TASK_SQL, tasks))
+        return ops
 
     def flush(self) -> None:
         """Hand everything gathered to the store now (also called before it closes)."""
         fut, self._fut = self._fut, None
         if fut is None:
             return
-        ops = [Store.job_op(j) for j in self._jobs.values()]
-        if self._tasks:
-            ops.append(Store.tasks_op(list(self._tasks.values())))
-        ops += [Store.node_op(n) for n in self._nodes.values()]
-        ops += self._ops
+        jobs, tasks, nodes, extra = self._jobs, self._tasks, self._nodes, self._ops
+        ops = self._rows() + extra
         self._jobs, self._tasks, self._nodes, self._ops = {}, {}, {}, []
         if not ops:
             fut.set_result(None)
@@ -127,15 +178,56 @@ class Journal:
 
         def done(c: asyncio.Future[None]) -> None:
             self._busy = False
-            if not fut.done():
-                if c.exception() is not None:
-                    fut.set_exception(c.exception())  # type: ignore[arg-type]
-                else:
+            error = c.exception()
+            if error is None:
+                self._failures = 0
+                self.failure = None
+                if self._healthy is not None and not self._healthy.done():
+                    self._healthy.set_result(None)
+                if not fut.done():
                     fut.set_result(None)
-            if self._fut is not None:  # gathered while this one committed
-                self.flush()
+                if self._fut is not None:  # gathered while this one committed
+                    self.flush()
+                return
+            # Keep what was refused and try again: memory is the truth, and the disk
+            # must catch up with it. Rows gathered since are newer and win; statements
+            # keep their order (the refused ones first).
+            for job_id, job in jobs.items():
+                self._jobs.setdefault(job_id, job)
+            for task_id, task in tasks.items():
+                self._tasks.setdefault(task_id, task)
+            for uid, node in nodes.items():
+                self._nodes.setdefault(uid, node)
+            self._ops[:0] = extra
+            self._failures += 1
+            self.failure = error if isinstance(error, StoreError) else StoreError(str(error))
+            delay = RETRY_DELAYS[min(self._failures, len(RETRY_DELAYS)) - 1]
+            self._retry = asyncio.get_running_loop().call_later(delay, self._try_again)
+            if not fut.done():
+                fut.set_exception(error)
 
         committed.add_done_callback(done)
+
+    def _try_again(self) -> None:
+        self._retry = None
+        self._gathering()
+        self.flush()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Before the store closes: write what is gathered, waiting for the batch in
+        flight; give up after ``timeout`` seconds of a database that refuses writes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._fut is not None or self._busy) and loop.time() < deadline:
+            if self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
+            if not self._busy:
+                self.flush()
+            await asyncio.sleep(0.01)
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
 
 
 class Store:
@@ -191,6 +283,8 @@ class Store:
         return fut
 
     def _writer(self, db: sqlite3.Connection) -> None:
+        """The one thread that writes. It cannot die: whatever one batch raises is
+        logged and answered to that batch's futures, and the next batch is taken."""
         while True:
             batch = [self._queue.get()]
             while True:  # take everything queued so far: one transaction for the burst
@@ -200,31 +294,69 @@ class Store:
                     break
             stop = any(item is _STOP for item in batch)
             items = [item for item in batch if item is not _STOP]
-            error = self._commit(db, items) if items else None
+            try:
+                error = self._commit(db, items) if items else None
+            except BaseException as exc:  # noqa: BLE001 - the writer outlives any batch
+                log.exception("the database writer failed on a batch")
+                error = StoreError(f"database write failed: {exc!r}")
+                with contextlib.suppress(Exception):
+                    db.execute("ROLLBACK")
             for _ops, fut in items:
                 self._resolve(fut, error)
             if stop:
-                db.close()
+                with contextlib.suppress(Exception):
+                    db.close()
                 return
 
-    def _commit(self, db: sqlite3.Connection, items: list[Any]) -> Exception | None:
+    def _commit(self, db: sqlite3.Connection, items: list[Any]) -> StoreError | None:
+        ops = [op for item_ops, _fut in items for op in item_ops]
         try:
-            db.execute("BEGIN")
-            for ops, _fut in items:
-                for sql, params in ops:
-                    if isinstance(params, list):
-                        db.executemany(sql, params)
-                    else:
-                        db.execute(sql, params)
-            db.execute("COMMIT")
-            self.commits += 1
-            return None
-        except sqlite3.Error as exc:
-            log.error("database write failed: %s", exc)
-            self.last_error = str(exc)
-            with contextlib.suppress(sqlite3.Error):
+            self._run(db, ops, careful=False)
+        except _BAD_DATA as exc:
+            # One statement's data is bad; find it, leave it out, write the rest.
+            log.error("a database write had bad data (%s); writing statement by statement",
+                      exc)
+            with contextlib.suppress(Exception):
                 db.execute("ROLLBACK")
-            return StoreError(f"database write failed: {exc}")
+            try:
+                self._run(db, ops, careful=True)
+            except (sqlite3.Error, OSError) as exc2:
+                return self._refused(db, exc2)
+        except (sqlite3.Error, OSError) as exc:
+            return self._refused(db, exc)
+        self.commits += 1
+        self.last_error = None
+        return None
+
+    def _run(self, db: sqlite3.Connection, ops: list[_Op], careful: bool) -> None:
+        db.execute("BEGIN")
+        for sql, params in ops:
+            if careful:
+                db.execute("SAVEPOINT op")
+            try:
+                if isinstance(params, list):
+                    db.executemany(sql, params)
+                else:
+                    db.execute(sql, params)
+            except _BAD_DATA as exc:
+                if not careful:
+                    raise
+                db.execute("ROLLBACK TO op")
+                log.error("left out a write the database refused: %s (%s)", sql[:80], exc)
+            if careful:
+                db.execute("RELEASE op")
+        db.execute("COMMIT")
+
+    def _refused(self, db: sqlite3.Connection, exc: BaseException) -> StoreError:
+        full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc) or \
+            getattr(exc, "errno", None) == 28
+        if self.last_error != str(exc):  # once per kind of failure, not once per retry
+            log.error("database write failed: %s; the farm keeps its state in memory and "
+                      "tries again", exc)
+        self.last_error = str(exc)
+        with contextlib.suppress(Exception):
+            db.execute("ROLLBACK")
+        return StoreError(f"database write failed: {exc}", full=full)
 
     def _resolve(self, fut: asyncio.Future[None], error: Exception | None) -> None:
         assert self._loop is not None
@@ -245,10 +377,15 @@ class Store:
         return ("INSERT OR REPLACE INTO jobs (id, seq, data) VALUES (?, ?, ?)",
                 (job.id, job.seq, json.dumps(job.to_row())))
 
+    TASK_SQL = "INSERT OR REPLACE INTO tasks (id, job_id, idx, data) VALUES (?, ?, ?, ?)"
+
+    @staticmethod
+    def task_row(t: Task) -> tuple[str, str, int, str]:
+        return (t.id, t.job_id, t.index, json.dumps(t.to_json()))
+
     @staticmethod
     def tasks_op(tasks: list[Task]) -> _Op:
-        return ("INSERT OR REPLACE INTO tasks (id, job_id, idx, data) VALUES (?, ?, ?, ?)",
-                [(t.id, t.job_id, t.index, json.dumps(t.to_json())) for t in tasks])
+        return (Store.TASK_SQL, [Store.task_row(t) for t in tasks])
 
     @staticmethod
     def output_op(o: Output) -> _Op:

@@ -72,7 +72,8 @@ export async function loadPage(jobId) {
       api(`/api/jobs/${enc(jobId)}`), api(`/api/jobs/${enc(jobId)}/tasks`),
       api(`/api/jobs/${enc(jobId)}/outputs`)]);
     state.jobs.set(jobId, job.job);
-    page.tasks = tasks.tasks;
+    page.tasks = tasks.tasks;  // the first page: a job of 100,000 tasks is not sent whole
+    page.tasksTotal = tasks.total;
     page.outputs = outputs.outputs;
     page.missing = false;
   } catch (exc) {
@@ -100,6 +101,7 @@ async function refreshPart(part) {
   const data = await api(`/api/jobs/${enc(page.id)}/${part}`).catch(() => null);
   if (data && state.page === page) {
     page[part] = data[part];
+    if (part === "tasks") page.tasksTotal = data.total;
     invalidate();
   }
 }
@@ -127,6 +129,9 @@ export function applyEvent(ev) {
       break;
     case "node":
       state.nodes.set(ev.node.id, ev.node);
+      break;
+    case "node_deleted":
+      state.nodes.delete(ev.node_id);
       break;
     case "progress":
       state.progress.set(ev.task_id, ev);

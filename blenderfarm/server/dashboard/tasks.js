@@ -74,7 +74,8 @@ export function taskTable(job, page) {
   autoSelect(page);
   return h("section", { class: "panel tasks", "aria-labelledby": "tasks-title" },
     h("div", { class: "panel-head" }, h("h2", { id: "tasks-title" }, "Tasks"),
-      h("span", { class: "muted" }, `${page.tasks.length}`)),
+      h("span", { class: "muted" }, page.tasksTotal > page.tasks.length
+        ? `first ${page.tasks.length} of ${page.tasksTotal}` : `${page.tasks.length}`)),
     h("div", { class: "table-wrap scroll" },
       h("table", { class: "grid-table" },
         h("thead", null, h("tr", null, ["#", "Frames", "Status", "Node", "Time", "Attempts",
