@@ -289,8 +289,10 @@ class Farm:
 
     def cancel(self, job_id: str) -> tuple[Job, asyncio.Future[None]]:
         job = self.job(job_id)
-        if job.status in JOB_FINAL:
-            return job, self.journal.add()
+        if job.status in JOB_FINAL:  # nothing to change, nothing to wait for
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return job, done
         self.check_writable()
         fut = self._stop_job(job, "canceled", None)
         log.info("job %s canceled", job_id)
@@ -625,7 +627,7 @@ class Farm:
         task.node = None
         task.failures += 1
         changed = [task]
-        if msg.reason != "needs_denoise":
+        if msg.reason not in ("needs_denoise", "unsendable"):  # the node's fault
             changed += self._count_node_failure(job, rec)
         log.warning("task %s failed on %s (%s): %s", task.id, rec.name, msg.reason,
                     msg.error[:2000])
