@@ -71,12 +71,16 @@ class Proc:
 
 
 class ServerProc(Proc):
-    def __init__(self, data_dir: Path, port: int, extra: list[str] | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int, extra: list[str] | None = None,
+                 log_path: Path | None = None) -> None:
+        """``log_path`` defaults to server.log in the data dir (elsewhere: a data dir that
+        is made to fill up keeps its log)."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__([bin_path("bf-server"), "--data-dir", str(data_dir), "--port", str(port),
-                          "--grace-period", "3", *(extra or [])], data_dir / "server.log")
+                          "--grace-period", "3", *(extra or [])],
+                         log_path or data_dir / "server.log")
 
     def start(self, timeout: float = 20) -> None:
         seen = len(self.text()) if self.log_path.exists() else 0  # a restart appends

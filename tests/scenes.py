@@ -60,14 +60,15 @@ def make_scene(kind: str, out_dir: str | os.PathLike[str], *, frames: int | None
 
 
 def render_frames(blend: str | os.PathLike[str], frames: list[int],
-                  out_dir: str | os.PathLike[str], prefix: str = "frame_") -> list[Path]:
+                  out_dir: str | os.PathLike[str], prefix: str = "frame_",
+                  timeout: float = 180) -> list[Path]:
     """Render ``frames`` of ``blend`` as PNGs in ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     args = [str(blend), "-o", str(out / f"{prefix}####"), "-F", "PNG"]
     for f in frames:
         args += ["-f", str(f)]
-    proc = run_blender(args)
+    proc = run_blender(args, timeout=timeout)
     paths = [out / f"{prefix}{f:04d}.png" for f in frames]
     if not all(p.is_file() for p in paths):
         raise BlenderFailed(f"rendering {blend} frames {frames} left no images", proc)

@@ -284,6 +284,27 @@ async def test_a_failed_task_is_failed_after_a_restart(farm: Farm) -> None:
     assert 'blenderfarm_tasks{state="assigned"} 0.0' in metrics
 
 
+async def test_a_paused_jobs_render_in_flight_is_not_held_forever_after_a_restart(
+        farm: Farm) -> None:
+    """Found by the protocol fuzzer: a restart forgot which node held the tasks of a
+    paused job, so a node that never came back held them for good."""
+    job = await farm.submit(frames="1")
+    node = farm.node()
+    await node.connect()
+    await node.expect(m.Assign)
+    assert (await farm.client.post(f"/api/jobs/{job['id']}/pause")).status == 200
+    await node.close()
+    await farm.restart()
+    assert (await farm.get("/api/nodes"))["nodes"][0]["tasks"] != []
+    await asyncio.sleep(0.6)  # the grace period: the node never came back
+    assert (await farm.job(job["id"]))["tasks_running"] == 0
+    await farm.client.post(f"/api/jobs/{job['id']}/resume")
+    other = farm.node()
+    await other.connect()
+    await other.finish(await other.expect(m.Assign))
+    assert (await farm.job(job["id"]))["status"] == "completed"
+
+
 # --- 6. a full disk -----------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ class Limit:
         return f"Limit({self.lo}, {self.hi})"
 
 
-Id = Annotated[str, Limit(128)]  # job, task and node ids
+#: job, task and node ids: 1 to 128 of ``A-Z a-z 0-9 _ . : -``, never starting with a
+#: dot or a dash (they name files and folders on nodes and the server)
+Id = Annotated[str, Limit(1, 128), "id"]
 Name = Annotated[str, Limit(256)]  # names, versions, paths of a file
 Count = Annotated[int, Limit(0, INT_MAX)]
 Frame = Annotated[int, Limit(-1_048_574, 1_048_574)]  # Blender's MAXFRAME
@@ -250,12 +253,26 @@ class _Bad(Exception):
 _Convert = typing.Callable[[Any], Any]  # a decoded value -> the field's value, or _Bad
 
 
-def _unwrap(hint: Any) -> tuple[Any, Limit | None, bool]:
+def _unwrap(hint: Any) -> tuple[Any, Limit | None, set[str]]:
     if typing.get_origin(hint) is Annotated:
         base, *extra = typing.get_args(hint)
         limit = next((e for e in extra if isinstance(e, Limit)), None)
-        return base, limit, "json" in extra
-    return hint, None, False
+        return base, limit, {e for e in extra if isinstance(e, str)}
+    return hint, None, set()
+
+
+_ID = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_.:-]*")
+
+
+def _identifier(limit: Limit) -> _Convert:
+    text = _text(limit.hi)
+
+    def check(v: Any) -> Any:
+        text(v)
+        if not v or _ID.fullmatch(v) is None:
+            raise _Bad("must be an id: letters, digits, '_', '.', ':' or '-'")
+        return v
+    return check
 
 
 def _text(limit: int) -> _Convert:
@@ -337,10 +354,12 @@ def _json_value(v: Any) -> Any:
 def _converter(hint: Any) -> _Convert:
     """A function that checks a decoded value against ``hint`` and returns the field's
     value; built once per field (the codec runs for every frame, thousands a second)."""
-    base, limit, is_json = _unwrap(hint)
+    base, limit, marks = _unwrap(hint)
     origin = typing.get_origin(base)
-    if is_json or base is Any:
+    if "json" in marks or base is Any:
         return _json_value
+    if "id" in marks:
+        return _identifier(limit or Limit(128))
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(base)
         rest = [a for a in args if a is not type(None)]

@@ -165,22 +165,29 @@ class Farm:
 
     def _recover(self) -> None:
         """Rebuild queues after a restart; held tasks wait a grace period for their node."""
+        requeued: list[Task] = []
         for job in sorted(self.jobs.values(), key=lambda j: j.seq):
-            if job.status in JOB_FINAL or job.status == "paused":
+            if job.status in JOB_FINAL:
                 continue
-            self.sched.add_job(job.id, job.priority, job.seq, job.owner)
+            paused = job.status == "paused"  # its renders in flight still finish
+            if not paused:
+                self.sched.add_job(job.id, job.priority, job.seq, job.owner)
             for tid in job.task_ids:
                 task = self.tasks[tid]
                 if task.status == "queued":
-                    self.sched.push(job.id, tid)
+                    if not paused:
+                        self.sched.push(job.id, tid)
                 elif task.status in TASK_HELD and task.node in self.nodes:
                     self.nodes[task.node].tasks.append(tid)
                     self.sched.hold(job.owner)
                 elif task.status in TASK_HELD:
                     self._requeue(task)
+                    requeued.append(task)
         for rec in self.nodes.values():
             if rec.tasks:
                 self._arm_grace(rec.uid)
+        if requeued:
+            self.journal.add(tasks=requeued)
 
     async def stop(self) -> None:
         for timer in self._timers.values():
@@ -344,6 +351,9 @@ class Farm:
             job = self.jobs.get(task.job_id) if task else None
             if task is None or job is None or task.status in TASK_FINAL or job.status in JOB_FINAL:
                 session.send(m.Cancel(task_id=tid, reason="no longer wanted"))
+                continue
+            if rec.uid not in task.assignees:  # a claim on a task it was never given
+                session.send(m.Cancel(task_id=tid, reason="never given to this node"))
                 continue
             if task.status == "queued" and not self.sched.is_queued(tid):
                 # queued but not in the scheduler: its job is paused; it waits there
@@ -566,6 +576,9 @@ class Farm:
                 raise FarmError(str(exc)) from exc
             if "/" in name:
                 raise FarmError(f"output name {name!r} has a folder")
+            if not _names_frame(name, job.output_name, item.frame):
+                raise FarmError(f"output name {name!r} is not a name of frame {item.frame} "
+                                f"of this job ({job.output_name}_{item.frame:04d}.<ext>)")
             if not is_sha256(item.sha256):
                 raise FarmError(f"output {name} has no valid sha256")
             checked.append(Output(job.id, task.id, item.frame, name, item.sha256, item.size))
@@ -698,3 +711,15 @@ def store_refusal(exc: BaseException, what: str) -> FarmError:
     return FarmError(f"{cause} ({exc}); {what}. Free space on the server (or fix the "
                      "database) and try again.", "disk_full" if full else "store_unavailable",
                      507 if full else 503)
+
+
+def _names_frame(name: str, stem: str, frame: int) -> bool:
+    """Whether ``name`` is a file name the job's naming gives ``frame``:
+    ``<stem>_<frame, zero-padded>.<ext>``. A task's outputs can then never take the
+    place of another frame's file, nor be named ``autorun.inf``."""
+    base, dot, ext = name.rpartition(".")
+    if not dot or not ext.isalnum() or not ext.isascii() or len(ext) > 8:
+        return False
+    head, sep, digits = base.rpartition("_")
+    return (sep == "_" and head == stem and digits.isascii() and digits.isdigit()
+            and int(digits) == frame)
