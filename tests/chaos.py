@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
-import os
 import random
 import re
 import signal
@@ -44,9 +42,12 @@ from procs import (  # noqa: E402
     NodeProc,
     ServerProc,
     bin_path,
+    fill_disk,
     free_port,
     get_json,
+    mount_tmpfs,
     nodes_online,
+    umount,
     wait_for,
 )
 from scenes import make_scene, read_rgba, render_frames  # noqa: E402
@@ -106,43 +107,6 @@ def _job(url: str, job_id: str) -> dict:
 def _blender_pids(work_dir: Path) -> list[int]:
     out = subprocess.run(["pgrep", "-f", f"{work_dir}/jobs/"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
-
-
-def mount_tmpfs(path: Path, size: str) -> str | None:
-    """Mount a tmpfs of ``size`` on ``path``; None when it worked, else why not."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return "mounting a small tmpfs needs root"
-    try:
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run mount: {exc}"
-    if proc.returncode != 0:
-        return f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}"
-    return None
-
-
-def umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
-
-
-def fill_disk(path: Path, leave: int = 0) -> int:
-    """Write ``path`` until its file system is full, then give ``leave`` bytes back (the
-    farm's own writes fill those); return the bytes the file keeps."""
-    written = 0
-    block = b"\0" * (1 << 20)
-    with open(path, "wb", buffering=0) as f:
-        while block:
-            try:
-                written += f.write(block) or 0
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                block = block[:len(block) // 2] if len(block) > 4096 else b""
-        keep = max(0, written - leave)
-        f.truncate(keep)
-    return keep
 
 
 class Chaos:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +130,55 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # ty
 
 def nodes_online(url: str) -> int:
     return sum(1 for n in get_json(f"{url}/api/nodes")["nodes"] if n["online"])
+
+
+def mount_tmpfs(path: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` on ``path``; None when it worked, else why not."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return "mounting a small tmpfs needs root"
+    try:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run mount: {exc}"
+    if proc.returncode != 0:
+        return f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}"
+    return None
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def fill_disk(path: Path, leave: int = 0) -> int:
+    """Write ``path`` until its file system is full, then give ``leave`` bytes back (the
+    farm's own writes fill those); return the bytes the file keeps."""
+    written = 0
+    block = b"\0" * (1 << 20)
+    with open(path, "wb", buffering=0) as f:
+        while block:
+            try:
+                written += f.write(block) or 0
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                block = block[:len(block) // 2] if len(block) > 4096 else b""
+        keep = max(0, written - leave)
+        f.truncate(keep)
+    return keep
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A test's small file system on ``path`` (to fill up); the test is skipped, saying
+    why, where none can be mounted."""
+    why = mount_tmpfs(path, size)
+    if why is not None:
+        import pytest
+
+        pytest.skip(why)
+    try:
+        yield path
+    finally:
+        umount(path)

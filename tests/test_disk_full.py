@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,23 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from blenderfarm.server.app import make_app
 from blenderfarm.server.config import ServerConfig
-from procs import get_json
+from procs import get_json, tmpfs
 from scenes import make_scene, needs_blender
-
-
-@contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 async def test_server_disk_full_refuses_the_upload_and_keeps_working(tmp_path: Path) -> None:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import socket
 import sqlite3
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from blenderfarm.server.keys import FARM
 from blenderfarm.server.scheduler import Scheduler
 from blenderfarm.server.store import StoreError
 from fakenode import FakeNode
+from procs import fill_disk, tmpfs
 
 BLEND = b"BLENDER-v300 pretend .blend for robustness tests"
 SHA = hashlib.sha256(BLEND).hexdigest()
@@ -308,71 +307,44 @@ async def test_a_paused_jobs_render_in_flight_is_not_held_forever_after_a_restar
 # --- 6. a full disk -----------------------------------------------------------------------------
 
 
-def _mount_tmpfs(path: Path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-
-
-def _fill(path: Path) -> Path:
-    """Fill the file system of ``path`` to its last byte."""
-    filler = path / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (1 << 16, 1 << 10, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    return filler
-
-
 async def test_a_full_disk_is_answered_as_such_and_nothing_is_forgotten(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    _mount_tmpfs(data, "4m")
-    farm = Farm(data)
-    try:
-        await farm.start()
-        job = await farm.submit(frames="1-3000", paused=True)
-        filler = _fill(data)
-        # a job whose spec needs room the disk has not: refused, and never scheduled
-        big = {f"tex/{i:05d}_{'x' * 60}.png": SHA for i in range(6000)}
-        resp = await farm.client.post("/api/jobs", json={
-            "blend": "shot.blend", "manifest": {"shot.blend": SHA, **big}, "frames": "1"})
-        body = await resp.json()
-        assert resp.status == 507 and body["error"]["code"] == "disk_full", body
-        assert [j["id"] for j in (await farm.get("/api/jobs"))["jobs"]] == [job["id"]]
-        # canceling 3,000 tasks needs room too: the answer says the change is kept
-        resp = await farm.client.post(f"/api/jobs/{job['id']}/cancel")
-        body = await resp.json()
-        assert resp.status == 507 and "will be saved" in body["error"]["message"], body
-        # while the journal cannot write, further actions change nothing
-        resp = await farm.client.post(f"/api/jobs/{job['id']}/priority", json={"priority": 90})
-        body = await resp.json()
-        assert resp.status == 507 and "nothing was changed" in body["error"]["message"]
-        assert (await farm.job(job["id"]))["priority"] == 50
-        assert (await farm.get("/api/info"))["store"] != "ok"
-        filler.unlink()
-        for _ in range(100):  # the journal tries again by itself
-            if (await farm.get("/api/info"))["store"] == "ok":
-                break
-            await asyncio.sleep(0.1)
-        assert (await farm.get("/api/info"))["store"] == "ok"
-        before = await farm.job(job["id"])
-        await farm.restart()
-        after = await farm.job(job["id"])
-        assert after["status"] == before["status"] == "canceled"
-        assert after["tasks_queued"] == 0
-    finally:
-        await farm.stop()
-        subprocess.run(["umount", "-l", str(data)], check=False)
+    with tmpfs(tmp_path / "data", "4m") as data:
+        farm = Farm(data)
+        try:
+            await farm.start()
+            job = await farm.submit(frames="1-3000", paused=True)
+            filler = data / "filler"
+            fill_disk(filler)
+            # a job whose spec needs room the disk has not: refused, and never scheduled
+            big = {f"tex/{i:05d}_{'x' * 60}.png": SHA for i in range(6000)}
+            resp = await farm.client.post("/api/jobs", json={
+                "blend": "shot.blend", "manifest": {"shot.blend": SHA, **big}, "frames": "1"})
+            body = await resp.json()
+            assert resp.status == 507 and body["error"]["code"] == "disk_full", body
+            assert [j["id"] for j in (await farm.get("/api/jobs"))["jobs"]] == [job["id"]]
+            # canceling 3,000 tasks needs room too: the answer says the change is kept
+            resp = await farm.client.post(f"/api/jobs/{job['id']}/cancel")
+            body = await resp.json()
+            assert resp.status == 507 and "will be saved" in body["error"]["message"], body
+            # while the journal cannot write, further actions change nothing
+            resp = await farm.client.post(f"/api/jobs/{job['id']}/priority", json={"priority": 90})
+            body = await resp.json()
+            assert resp.status == 507 and "nothing was changed" in body["error"]["message"]
+            assert (await farm.job(job["id"]))["priority"] == 50
+            assert (await farm.get("/api/info"))["store"] != "ok"
+            filler.unlink()
+            for _ in range(100):  # the journal tries again by itself
+                if (await farm.get("/api/info"))["store"] == "ok":
+                    break
+                await asyncio.sleep(0.1)
+            assert (await farm.get("/api/info"))["store"] == "ok"
+            before = await farm.job(job["id"])
+            await farm.restart()
+            after = await farm.job(job["id"])
+            assert after["status"] == before["status"] == "canceled"
+            assert after["tasks_queued"] == 0
+        finally:
+            await farm.stop()
 
 
 # --- 7. slow clients ------------------------------------------------------------------------
