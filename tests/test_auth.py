@@ -105,6 +105,48 @@ async def test_failed_attempts_are_rate_limited(secured) -> None:
     assert statuses[:20] == [401] * 20 and set(statuses[20:]) == {429}
 
 
+async def test_a_valid_token_gets_in_from_an_address_that_is_rate_limited(secured) -> None:
+    for _ in range(25):  # someone else at this address (behind the same proxy) guesses
+        await secured.get("/api/jobs", headers=bearer("bfu_guess"))
+    resp = await secured.get("/api/jobs", headers=bearer(secured.tokens["user"]))
+    assert resp.status == 200, await resp.text()
+    node = FakeNode(str(secured.make_url("")), token=secured.tokens["node"])
+    assert isinstance(await node.connect(), m.Welcome)
+    await node.close()
+    wrong = FakeNode(str(secured.make_url("")), token="bfn_guess")
+    refused = await wrong.connect()
+    await wrong.close()
+    # a rate limit is no reason for a node to give up: it is not fatal
+    assert isinstance(refused, m.Error) and refused.code == "rate_limited" and not refused.fatal
+
+
+async def test_clients_behind_a_trusted_proxy_are_counted_apart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    await asyncio.to_thread(tokens.create, data / "farm.db", "user", "alice")
+
+    async def statuses(trusted: tuple[str, ...]) -> tuple[int, int]:
+        cfg = ServerConfig(data_dir=data, trusted_proxies=trusted)
+        client = TestClient(TestServer(make_app(cfg), host="127.0.0.1"))
+        await client.start_server()
+        try:
+            for _ in range(25):
+                await client.get("/api/jobs", headers={**bearer("bfu_guess"),
+                                                       "X-Forwarded-For": "203.0.113.7"})
+            same = await client.get("/api/jobs", headers={**bearer("bfu_guess"),
+                                                          "X-Forwarded-For": "203.0.113.7"})
+            other = await client.get("/api/jobs", headers={**bearer("bfu_guess"),
+                                                           "X-Forwarded-For": "203.0.113.8"})
+            return same.status, other.status
+        finally:
+            await client.close()
+
+    # behind the proxy every client has its own count ...
+    assert await statuses(("127.0.0.1",)) == (429, 401)
+    # ... and a header from an untrusted peer is not believed (anyone can send it)
+    assert await statuses(()) == (429, 429)
+
+
 def test_token_cli_creates_lists_and_revokes(tmp_path: Path) -> None:
     run = [bin_path("bf-server"), "token"]
     made = subprocess.run(run + ["create", "--user", "--name", "ci", "--data-dir", str(tmp_path)],

@@ -50,7 +50,7 @@ def make_app(config: ServerConfig) -> web.Application:
                                         "lingering_time": min(2.0, config.body_timeout)})
     app[FARM] = farm
     app[UPLOAD_SLOTS] = asyncio.Semaphore(config.max_uploads)
-    app[AUTH] = Auth(TokenCache(config.data_dir / "farm.db"))
+    app[AUTH] = Auth(TokenCache(config.data_dir / "farm.db"), config.trusted_proxies)
     app.add_routes(routes)
     app.router.add_get("/ws/node", node_socket)
     app.cleanup_ctx.append(_farm_ctx)

@@ -3,19 +3,27 @@ for /ws/node and the blob downloads and uploads a render needs.
 
 While no valid token exists the server runs open (the one-machine case; the CLI
 refuses to listen beyond loopback like that without ``--insecure``). Once one
-exists, every ``/api/`` call needs ``Authorization: Bearer <token>``. Failed
-attempts are counted per client address and answered 429 past a limit. Tokens
-are never logged.
+exists, every ``/api/`` call needs ``Authorization: Bearer <token>``. Tokens are
+never logged.
+
+Admission is one function, :meth:`Auth.admit`, for the API, the node socket and the
+dashboard's event socket. A valid token always gets in: only failures are counted,
+per client address, and past a limit only further failures from that address are
+answered 429 (a crowd of wrong tokens behind a proxy must not lock out the farm).
+The client address is the socket's peer, or, when that peer is one of the
+``trusted_proxies``, the nearest address in ``X-Forwarded-For`` that is not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -33,10 +41,67 @@ MAX_FAILURES = 20  # per address and window
 WINDOW = 60.0
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a party was not let in: an HTTP status, a code and one sentence."""
+
+    status: int
+    code: str
+    message: str
+
+
+NEED_USER = ("this server needs a valid user token: create one with `bf-server token create "
+             "--user` and pass it with --token or BLENDERFARM_TOKEN")
+NEED_NODE = ("this node's token is missing, wrong or revoked; create one with "
+             "`bf-server token create --node` and start bf-node with --token")
+LIMITED = "too many failed sign-ins from this address; wait a minute"
+
+
 class Auth:
-    def __init__(self, cache: TokenCache) -> None:
+    def __init__(self, cache: TokenCache, trusted_proxies: tuple[str, ...] = ()) -> None:
         self.cache = cache
         self._failures: dict[str, deque[float]] = {}
+        self.trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+
+    async def admit(self, peer: str, secret: str | None, kinds: tuple[str, ...]
+                    ) -> TokenInfo | Refusal | None:
+        """The token's record when ``secret`` is a valid token of one of ``kinds``;
+        None on an open farm; else why not. The token is checked before the
+        address's failures: a valid token is never refused for others' mistakes."""
+        if not self.required:
+            return None
+        info = await self.lookup(secret)
+        if info is not None and info.kind in kinds:
+            return info
+        if self.limited(peer):
+            return Refusal(429, "rate_limited", LIMITED)
+        self.failed(peer)
+        if info is not None and kinds == ("node",):
+            return Refusal(401, "unauthorized", f"a {info.kind} token cannot enroll a node; "
+                           "create a node token with `bf-server token create --node`")
+        if info is not None:
+            return Refusal(403, "forbidden", f"a {info.kind} token cannot do this")
+        return Refusal(401, "unauthorized", NEED_NODE if kinds == ("node",) else NEED_USER)
+
+    def client_address(self, request: web.Request) -> str:
+        """Who the request comes from, for counting failures: the peer, or behind a
+        trusted proxy the nearest untrusted hop of X-Forwarded-For."""
+        peer = request.remote or "?"
+        if not self.trusted or not self._is_trusted(peer):
+            return peer
+        hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", ()))
+                .split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop[:64]
+        return peer
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
 
     @property
     def required(self) -> bool:
@@ -97,21 +162,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not request.path.startswith("/api/"):
         return await handler(request)
     auth = request.app[AUTH]
-    if not auth.required:
-        return await handler(request)
-    peer = request.remote or "?"
-    if auth.limited(peer):
-        return _refuse(429, "too_many_attempts",
-                       "too many failed sign-ins from this address; wait a minute")
-    info = await auth.lookup(bearer(request))
-    if info is None:
-        auth.failed(peer)
-        return _refuse(401, "unauthorized", "this server needs a valid user token: "
-                       "create one with `bf-server token create --user` and pass it with "
-                       "--token or BLENDERFARM_TOKEN")
-    if info.kind not in _kinds_for(request):
-        return _refuse(403, "forbidden", f"a {info.kind} token cannot use {request.path}")
-    request[TOKEN_INFO] = info
+    got = await auth.admit(auth.client_address(request), bearer(request), _kinds_for(request))
+    if isinstance(got, Refusal):
+        return _refuse(got.status, got.code, got.message)
+    if got is not None:
+        request[TOKEN_INFO] = got
     return await handler(request)
 
 
@@ -122,7 +177,8 @@ def token_name(request: web.Request) -> str | None:
 
 
 def user_allowed(app: web.Application, token: str | None) -> bool:
-    """True when ``token`` is a valid user token, or the server runs open."""
+    """Whether ``token`` is (still) a valid user token, or the server runs open; for
+    re-checking a socket that was admitted already (a revoked token ends it)."""
     auth = app[AUTH]
     if not auth.required:
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -58,6 +59,9 @@ class ServerConfig:
     max_nodes: int = 10_000
     #: bytes of a task's log kept: its first quarter and its last three quarters
     max_log_bytes: int = 4 * 1024 * 1024
+    #: addresses or networks of reverse proxies in front of the server, whose
+    #: X-Forwarded-For names the client (comma-separated in the environment)
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, path: Path | None, overrides: dict[str, Any],
@@ -88,6 +92,14 @@ class ServerConfig:
                 raise ConfigError(f"unknown setting {key!r}", key)
         cfg = cls(**values)
         cfg.data_dir = Path(cfg.data_dir).expanduser().resolve()
+        proxies = cfg.trusted_proxies
+        cfg.trusted_proxies = tuple([proxies] if isinstance(proxies, str) else proxies)
+        for net in cfg.trusted_proxies:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"trusted_proxies: {net!r} is not an address or network",
+                                  "trusted_proxies") from exc
         return cfg
 
 
@@ -100,6 +112,8 @@ def _parse_env(name: str, raw: str, default: Any) -> Any:
     try:
         if isinstance(default, bool):
             return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, tuple):
+            return tuple(x.strip() for x in raw.split(",") if x.strip())
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from .auth import AUTH, user_allowed
+from .auth import AUTH, Refusal, user_allowed
 from .farm import Farm
 from .keys import FARM
 
@@ -254,14 +254,10 @@ async def _read_token(ws: web.WebSocketResponse) -> str | None:
 
 
 async def _admit(request: web.Request, token: str | None) -> bool:
-    """A user token (or an open farm); failures count toward the API's rate limit."""
-    auth, peer = request.app[AUTH], request.remote or "?"
-    if auth.required and auth.limited(peer):
-        return False
-    if user_allowed(request.app, token):
-        return True
-    auth.failed(peer)
-    return False
+    """A user token (or an open farm), checked as every party is (:meth:`Auth.admit`)."""
+    auth = request.app[AUTH]
+    got = await auth.admit(auth.client_address(request), token, ("user",))
+    return not isinstance(got, Refusal)
 
 
 async def _sender(client: EventClient) -> None:

@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from ..protocol import PROTOCOL_VERSION
 from ..protocol import messages as m
 from ..protocol.version import __version__
-from .auth import AUTH
+from .auth import AUTH, Refusal
 from .farm import Farm, FarmError, NodeSession
 from .keys import FARM
 from .models import TASK_FINAL, NodeRecord
@@ -80,24 +80,17 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _admit(request: web.Request, ws: web.WebSocketResponse, hello: m.Hello) -> bool:
-    """Check the node token (when the farm requires tokens), counting failures."""
+    """Check the node token (when the farm requires tokens), as every party is checked
+    (:meth:`Auth.admit`). Only a bad token is fatal to the node: a rate limit is
+    answered ``rate_limited``, which the node retries after a while."""
     auth = request.app[AUTH]
-    peer = request.remote or "?"
-    if not auth.required:
+    peer = auth.client_address(request)
+    got = await auth.admit(peer, hello.token, ("node",))
+    if not isinstance(got, Refusal):
         return True
-    if auth.limited(peer):
-        message = "too many failed attempts from this address; wait a minute"
-    else:
-        info = await auth.lookup(hello.token)
-        if info is not None and info.kind == "node":
-            return True
-        auth.failed(peer)
-        message = ("a user token cannot enroll a node; create a node token with "
-                   "`bf-server token create --node`" if info is not None else
-                   "this node's token is missing, wrong or revoked; create one with "
-                   "`bf-server token create --node` and start bf-node with --token")
-    log.warning("refused node %r from %s: %s", hello.name, peer, message)
-    await ws.send_bytes(m.encode(m.Error(code="unauthorized", message=message, fatal=True)))
+    log.warning("refused node %r from %s: %s", hello.name, peer, got.message)
+    await ws.send_bytes(m.encode(m.Error(code=got.code, message=got.message,
+                                         fatal=got.code != "rate_limited")))
     return False
 
 
