@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -223,3 +225,36 @@ def test_a_secured_farm_renders(farm_procs, tmp_path: Path) -> None:
     logs = (tmp_path / "server" / "server.log").read_text() + \
         (tmp_path / "node-n" / "node.log").read_text()
     assert user not in logs and node not in logs, "a token was written to a log"
+
+
+async def test_pages_of_other_sites_cannot_drive_an_open_farm(tmp_path: Path) -> None:
+    client = TestClient(TestServer(make_app(ServerConfig(data_dir=tmp_path / "d")),
+                                   host="127.0.0.1"))
+    await client.start_server()
+    try:
+        blend = b"BLENDER pretend"
+        sha = hashlib.sha256(blend).hexdigest()
+        await client.put(f"/api/blobs/{sha}", data=blend)
+        spec = {"blend": "s.blend", "manifest": {"s.blend": sha}, "frames": "1", "paused": True}
+        job = (await (await client.post("/api/jobs", json=spec)).json())["job"]
+        evil = {"Origin": "http://evil.example"}
+        # what a foreign page can send without asking the browser's permission first
+        for path, kwargs in ((f"/api/jobs/{job['id']}/cancel", {}),
+                             ("/api/jobs", {"data": json.dumps(spec),
+                                            "headers": {"Content-Type": "text/plain"}})):
+            resp = await client.post(path, headers={**evil, **kwargs.pop("headers", {})},
+                                     **kwargs)
+            assert resp.status == 403 and (await resp.json())["error"]["code"] == "cross_site"
+        resp = await client.post("/api/jobs", data=json.dumps(spec),
+                                 headers={"Content-Type": "text/plain"})
+        assert resp.status == 415, await resp.text()  # a form post from a page, Origin lost
+        info = (await (await client.get(f"/api/jobs/{job['id']}")).json())["job"]
+        assert info["status"] == "paused" and len((await (await client.get(
+            "/api/jobs")).json())["jobs"]) == 1
+        # the farm's own dashboard (same origin) and bf (no Origin) go on working
+        own = {"Origin": str(client.make_url("")).rstrip("/")}
+        resp = await client.post(f"/api/jobs/{job['id']}/resume", headers=own)
+        assert resp.status == 200, await resp.text()
+        assert (await client.post(f"/api/jobs/{job['id']}/cancel")).status == 200
+    finally:
+        await client.close()

@@ -19,7 +19,7 @@ from aiohttp.web_server import Server
 
 from ..protocol import messages as m
 from .api import UPLOAD_SLOTS, errors_middleware, routes
-from .auth import AUTH, Auth, auth_middleware, refresh_ctx
+from .auth import AUTH, Auth, auth_middleware, origin_middleware, refresh_ctx
 from .blobs import BlobStore
 from .config import ServerConfig
 from .events import setup_dashboard, setup_events
@@ -42,7 +42,7 @@ def make_app(config: ServerConfig) -> web.Application:
     # keepalive_timeout bounds a connection's idle time and, aiohttp closing a
     # connection that waits for its request's headers past it, their read too;
     # body_timeout bounds each wait for a body's next bytes (api.read_body)
-    app = web.Application(middlewares=[auth_middleware, errors_middleware],
+    app = web.Application(middlewares=[origin_middleware, auth_middleware, errors_middleware],
                           client_max_size=m.MAX_MESSAGE * 4,
                           handler_args={"keepalive_timeout": config.header_timeout,
                                         # what is left of a refused body is read for

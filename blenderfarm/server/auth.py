@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from .tokens import TokenCache, TokenInfo
 
@@ -167,6 +168,45 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return _refuse(got.status, got.code, got.message)
     if got is not None:
         request[TOKEN_INFO] = got
+    return await handler(request)
+
+
+#: methods that change nothing (the rest must come from the farm's own pages)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: body types a page of another site can POST without the browser asking first
+SIMPLE_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def same_origin(request: web.Request) -> bool:
+    """Whether a browser's request comes from a page of this server (requests without
+    ``Origin`` come from no browser page: bf, the add-on, scripts)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    try:
+        host = URL(origin).host_port_subcomponent
+    except ValueError:
+        return False
+    # A page cannot set X-Forwarded-Host; a proxy in front of us can.
+    return host is not None and host in (request.url.host_port_subcomponent,
+                                         request.headers.get("X-Forwarded-Host"))
+
+
+@web.middleware
+async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Another web site's page must not drive the farm through the artist's browser:
+    on an open farm it needs no token, and a form or a ``fetch`` with a text body
+    needs no permission from us. Changes must come with no ``Origin`` or our own, and
+    a body, if any, as JSON (which a foreign page cannot send without asking first)."""
+    if request.method in SAFE_METHODS or not request.path.startswith("/api/"):
+        return await handler(request)
+    if not same_origin(request):
+        return _refuse(403, "cross_site", "requests from pages of other web sites are "
+                       "refused; use the farm's own dashboard, bf or the add-on")
+    if request.method == "POST" and request.can_read_body and \
+            request.content_type.lower() in SIMPLE_TYPES:
+        return _refuse(415, "json_required", "send the body as JSON "
+                       "(Content-Type: application/json)")
     return await handler(request)
 
 

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from yarl import URL
 
-from .auth import AUTH, Refusal, user_allowed
+from .auth import AUTH, Refusal, same_origin, user_allowed
 from .farm import Farm
 from .keys import FARM
 
@@ -176,7 +175,7 @@ EVENTS = web.AppKey("events", EventHub)
 
 async def events_socket(request: web.Request) -> web.StreamResponse:
     hub = request.app[EVENTS]
-    if not request.app[AUTH].required and not _same_origin(request):
+    if not request.app[AUTH].required and not same_origin(request):
         # Websockets ignore the same-origin policy: without this, any web page a user
         # visits could read the events of a farm running open. With tokens, another
         # site's page has no token to send (local storage is per origin).
@@ -217,18 +216,6 @@ async def hang_up(client: EventClient, code: int = 1000, message: bytes = b"") -
     # A transport still holding bytes would wait for the peer to read them, forever.
     if isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size():
         transport.abort()
-
-
-def _same_origin(request: web.Request) -> bool:
-    origin = request.headers.get("Origin")
-    if not origin:  # not a browser (the add-on, scripts)
-        return True
-    try:
-        host = URL(origin).host_port_subcomponent
-    except ValueError:
-        return False
-    # A page cannot set X-Forwarded-Host on a websocket; a proxy in front of us can.
-    return host in (request.url.host_port_subcomponent, request.headers.get("X-Forwarded-Host"))
 
 
 class BadHello(Exception):
