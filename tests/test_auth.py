@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from blenderfarm.protocol import messages as m
 from blenderfarm.server import tokens
 from blenderfarm.server.app import make_app
+from blenderfarm.server.auth import AUTH
 from blenderfarm.server.config import ServerConfig
 from fakenode import FakeNode
 from procs import ServerProc, bin_path, free_port
@@ -258,3 +259,42 @@ async def test_pages_of_other_sites_cannot_drive_an_open_farm(tmp_path: Path) ->
         assert (await client.post(f"/api/jobs/{job['id']}/cancel")).status == 200
     finally:
         await client.close()
+
+
+def test_ipv6_loopback_is_loopback(tmp_path: Path) -> None:
+    """Bound to ::1 an open farm is as private as on 127.0.0.1: it starts."""
+    port = free_port()
+    proc = subprocess.Popen([bin_path("bf-server"), "--host", "::1", "--port", str(port),
+                             "--data-dir", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "listening on" in first, first + (proc.stdout.read() if proc.poll() else "")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_a_node_token_cannot_take_over_another_nodes_uid(secured) -> None:
+    url = str(secured.make_url(""))
+    first = FakeNode(url, uid="render01-uid", token=secured.tokens["node"])
+    assert isinstance(await first.connect(), m.Welcome)
+    await first.close()
+    await asyncio.sleep(0.1)
+    db: Path = secured.tokens["db"]
+    _, other = await asyncio.to_thread(tokens.create, db, "node", "render02")
+    await secured.server.app[AUTH].refresh(force=True)
+    thief = FakeNode(url, uid="render01-uid", token=other)
+    refused = await thief.connect()
+    await thief.close()
+    assert isinstance(refused, m.Error) and refused.code == "uid_taken", refused
+    second = FakeNode(url, uid="render02-uid", token=other)
+    assert isinstance(await second.connect(), m.Welcome)
+    await second.close()
+    # once the first token is revoked, the uid may be enrolled again
+    await asyncio.to_thread(tokens.revoke, db, secured.tokens["node_id"])
+    await secured.server.app[AUTH].refresh(force=True)
+    again = FakeNode(url, uid="render01-uid", token=other)
+    assert isinstance(await again.connect(), m.Welcome)
+    await again.close()

@@ -31,6 +31,7 @@ from .blobs import BlobError
 from .farm import FarmError
 from .keys import FARM
 from .models import Job
+from .webhooks import WEBHOOKS
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -261,6 +262,11 @@ async def blob_get(request: web.Request) -> web.StreamResponse:
 async def job_create(request: web.Request) -> web.Response:
     spec = validate_spec(await read_json(request))
     farm = request.app[FARM]
+    why = request.app[WEBHOOKS].policy.refusal(spec.webhook) if spec.webhook else None
+    if why is not None:
+        raise FarmError(f"a job's webhook may not go there: {why}; the server's webhook_allow "
+                        "setting names the hosts and networks allowed besides public ones",
+                        "webhook_not_allowed", field="webhook")
     job = await farm.submit(spec, owner=token_name(request) or "")
     return web.json_response({"job": farm.job_json(job)}, status=201)
 

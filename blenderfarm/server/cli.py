@@ -187,10 +187,18 @@ async def _serve(app: web.Application, config: ServerConfig, tls: ssl.SSLContext
 
 
 def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (``::1`` too: the IPv4-only
+    look-up this used to make called it not loopback)."""
     try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
         return False
+    return bool(found) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback
+                               for a in found)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ class ServerConfig:
     #: addresses or networks of reverse proxies in front of the server, whose
     #: X-Forwarded-For names the client (comma-separated in the environment)
     trusted_proxies: tuple[str, ...] = ()
+    #: hosts or networks a job's own webhook may reach besides public addresses
+    #: (``["hooks.studio.lan", "10.1.0.0/16"]``); the server-wide webhook_url goes anywhere
+    webhook_allow: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, path: Path | None, overrides: dict[str, Any],
@@ -92,8 +95,9 @@ class ServerConfig:
                 raise ConfigError(f"unknown setting {key!r}", key)
         cfg = cls(**values)
         cfg.data_dir = Path(cfg.data_dir).expanduser().resolve()
-        proxies = cfg.trusted_proxies
-        cfg.trusted_proxies = tuple([proxies] if isinstance(proxies, str) else proxies)
+        for key in ("trusted_proxies", "webhook_allow"):
+            listed = getattr(cfg, key)
+            setattr(cfg, key, tuple([listed] if isinstance(listed, str) else listed))
         for net in cfg.trusted_proxies:
             try:
                 ipaddress.ip_network(net, strict=False)

@@ -199,6 +199,9 @@ class NodeRecord:
     lost_at: float | None = None
     tasks: list[str] = field(default_factory=list)  # held task ids, in order of assignment
     frames_rendered: int = 0
+    #: the node token that enrolled this uid (on a farm with tokens): while that token
+    #: is valid, no other token may connect as this node
+    token_id: str | None = None
 
     @property
     def oidn(self) -> bool:

@@ -19,11 +19,12 @@ from aiohttp import WSMsgType, web
 from ..protocol import PROTOCOL_VERSION
 from ..protocol import messages as m
 from ..protocol.version import __version__
-from .auth import AUTH, Refusal
+from .auth import AUTH, Auth, Refusal
 from .farm import Farm, FarmError, NodeSession
 from .keys import FARM
 from .models import TASK_FINAL, NodeRecord
 from .store import StoreError
+from .tokens import TokenInfo
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +34,15 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=farm.config.heartbeat, max_msg_size=m.MAX_MESSAGE)
     await ws.prepare(request)
     hello = await _read_hello(ws, farm.config.hello_timeout)
-    if hello is None or not await _admit(request, ws, hello):
+    token = await _admit(request, ws, hello) if hello is not None else _REFUSED
+    if hello is None or token is _REFUSED:
         await ws.close()
         return ws
-    live = farm.sessions.get(hello.uid)
-    if live is not None and not live.closed:
-        # Two live connections with one uid are two nodes sharing a work dir (or a
-        # stranger's copy of its uid), not a reconnect: a node's old socket is closed by
-        # then (or dropped by the heartbeat soon, and the node retries). Taking over
-        # would make each replace the other and render every task twice.
-        message = (f"a node with uid {hello.uid} is connected already (from "
-                   f"{live.record.info.get('peer')}); give each node its own --work-dir")
-        log.warning("refused node %r from %s: %s", hello.name, request.remote, message)
-        await ws.send_bytes(m.encode(m.Error(code="uid_in_use", message=message)))
+    token_id = token.id if isinstance(token, TokenInfo) else None
+    conflict = _conflict(farm, request.app[AUTH], hello, token_id)
+    if conflict is not None:
+        log.warning("refused node %r from %s: %s", hello.name, request.remote, conflict.message)
+        await ws.send_bytes(m.encode(conflict))
         await ws.close()
         return ws
     rec = farm.nodes.get(hello.uid)
@@ -53,7 +50,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         rec = farm.nodes[hello.uid] = NodeRecord(uid=hello.uid, name=hello.name)
         if len(farm.nodes) > farm.config.max_nodes:
             farm.prune_nodes()
-    rec.name = hello.name
+    rec.name, rec.token_id = hello.name, token_id or rec.token_id
     rec.info = {"blender": dataclasses.asdict(hello.blender), "threads": hello.threads,
                 "ram": hello.ram, "gpus": hello.gpus, "tags": hello.tags,
                 "agent_version": hello.agent_version, "peer": request.remote}
@@ -79,19 +76,49 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _admit(request: web.Request, ws: web.WebSocketResponse, hello: m.Hello) -> bool:
+_REFUSED = object()
+
+
+async def _admit(request: web.Request, ws: web.WebSocketResponse, hello: m.Hello
+                 ) -> TokenInfo | None | object:
     """Check the node token (when the farm requires tokens), as every party is checked
-    (:meth:`Auth.admit`). Only a bad token is fatal to the node: a rate limit is
-    answered ``rate_limited``, which the node retries after a while."""
+    (:meth:`Auth.admit`): its record, None on an open farm, or ``_REFUSED`` (answered).
+    Only a bad token is fatal to the node: a rate limit is answered ``rate_limited``,
+    which the node retries after a while."""
     auth = request.app[AUTH]
     peer = auth.client_address(request)
     got = await auth.admit(peer, hello.token, ("node",))
     if not isinstance(got, Refusal):
-        return True
+        return got
     log.warning("refused node %r from %s: %s", hello.name, peer, got.message)
     await ws.send_bytes(m.encode(m.Error(code=got.code, message=got.message,
                                          fatal=got.code != "rate_limited")))
-    return False
+    return _REFUSED
+
+
+def _conflict(farm: Farm, auth: Auth, hello: m.Hello, token_id: str | None
+              ) -> m.Error | None:
+    """Why this hello may not take its uid, or None."""
+    live = farm.sessions.get(hello.uid)
+    if live is not None and not live.closed:
+        # Two live connections with one uid are two nodes sharing a work dir (or a
+        # stranger's copy of its uid), not a reconnect: a node's old socket is closed by
+        # then (or dropped by the heartbeat soon, and the node retries). Taking over
+        # would make each replace the other and render every task twice.
+        return m.Error(code="uid_in_use", message=(
+            f"a node with uid {hello.uid} is connected already (from "
+            f"{live.record.info.get('peer')}); give each node its own --work-dir"))
+    rec = farm.nodes.get(hello.uid)
+    bound = rec.token_id if rec is not None else None
+    if bound is not None and token_id is not None and bound != token_id and \
+            auth.cache.valid_id(bound):
+        # A uid belongs to the node token that enrolled it while that token lives: with
+        # another token, a token holder could take over a node's identity (its held
+        # tasks, its results). Revoking the old token frees the uid.
+        return m.Error(code="uid_taken", fatal=True, message=(
+            f"node id {hello.uid} belongs to another node token; give this node its own "
+            "--work-dir, or revoke the other token (bf-server token revoke)"))
+    return None
 
 
 async def _read_hello(ws: web.WebSocketResponse, timeout: float) -> m.Hello | None:

@@ -397,7 +397,8 @@ class Store:
     def node_op(n: NodeRecord) -> _Op:
         data = {"uid": n.uid, "name": n.name, "info": n.info, "drained": n.drained,
                 "disabled": n.disabled,
-                "last_seen": n.last_seen, "frames_rendered": n.frames_rendered}
+                "last_seen": n.last_seen, "frames_rendered": n.frames_rendered,
+                "token_id": n.token_id}
         return ("INSERT OR REPLACE INTO nodes (uid, data) VALUES (?, ?)", (n.uid, json.dumps(data)))
 
     @staticmethod
@@ -430,7 +431,8 @@ class Store:
                                         drained=d.get("drained", False),
                                         disabled=d.get("disabled", False),
                                         last_seen=d.get("last_seen", 0.0),
-                                        frames_rendered=d.get("frames_rendered", 0)))
+                                        frames_rendered=d.get("frames_rendered", 0),
+                                        token_id=d.get("token_id")))
         return out
 
 

@@ -92,6 +92,9 @@ class TokenCache:
         """Tokens are required as soon as one valid token exists."""
         return any(t.revoked is None for t in self._by_hash.values())
 
+    def valid_id(self, token_id: str) -> bool:
+        return any(t.id == token_id and t.revoked is None for t in self._by_hash.values())
+
     def lookup(self, secret: str | None) -> TokenInfo | None:
         if not secret:
             return None
