@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from blenderfarm.protocol import messages as m
 from blenderfarm.server.app import make_app
 from blenderfarm.server.config import ServerConfig
+from blenderfarm.server.store import SCHEMA_VERSION
 from fakenode import FakeNode
 
 BLEND = b"BLENDER-v300 pretend .blend for server tests"
@@ -398,7 +399,7 @@ async def test_a_schema_1_database_is_migrated(tmp_path) -> None:
             db.close()
 
     version, job_data, spec = await asyncio.to_thread(rows)
-    assert version == "2" and "spec" not in json.loads(job_data)
+    assert version == str(SCHEMA_VERSION) and "spec" not in json.loads(job_data)
     assert json.loads(spec)["frames"] == "1-2"
 
 

@@ -61,7 +61,7 @@ class Held:
 class _Rendering:
     held: Held
     done: int = 0
-    uploads: list[asyncio.Task[m.OutputRef]] = field(default_factory=list)
+    uploads: list[asyncio.Task[list[m.OutputRef]]] = field(default_factory=list)
 
 
 class Agent:
@@ -319,7 +319,7 @@ class Agent:
             await runner.render(a.task_id, a.frames, scene=a.scene, overrides=self._overrides(a),
                                 output_dir=str(out_dir), output_name=a.output_name,
                                 on_event=self._on_event(state), watchdog=self.config.watchdog)
-            outputs = list(await asyncio.gather(*state.uploads))
+            outputs = [ref for refs in await asyncio.gather(*state.uploads) for ref in refs]
         except RunnerError as exc:
             for up in state.uploads:
                 up.cancel()
@@ -340,7 +340,7 @@ class Agent:
                 self.runner.on_log = None
             if not self.config.persistent:
                 await self._drop_runner()
-        self.frames_rendered += len(outputs)
+        self.frames_rendered += len({ref.frame for ref in outputs})  # not its extra outputs
         await asyncio.to_thread(shutil.rmtree, out_dir, True)
         return m.TaskDone(task_id=a.task_id, outputs=outputs, seconds=time.monotonic() - t0)
 
@@ -402,13 +402,22 @@ class Agent:
                                      frames_done=state.done, message=str(ev.get("stats", ""))[:200]))
             elif kind == "frame_done":
                 state.done += 1
+                extras = [str(p) for p in ev.get("extras") or []]  # File Output nodes' files
                 state.uploads.append(asyncio.create_task(
-                    self._deliver(a, int(ev["frame"]), str(ev["path"]))))
+                    self._deliver(a, int(ev["frame"]), str(ev["path"]), extras)))
 
         return on_event
 
-    async def _deliver(self, a: m.Assign, frame: int, path: str) -> m.OutputRef:
-        """Check a written frame, upload it (retrying through outages), announce it."""
+    async def _deliver(self, a: m.Assign, frame: int, path: str,
+                       extras: list[str]) -> list[m.OutputRef]:
+        """Deliver a written frame, then the extra outputs its File Output nodes wrote
+        (named by the runner, ``runner.file_output_name``) as outputs of the same frame:
+        the frame first, so a frame never counts as done on the server by a pass alone."""
+        return [await self._deliver_file(a, frame, p) for p in (path, *extras)]
+
+    async def _deliver_file(self, a: m.Assign, frame: int, path: str) -> m.OutputRef:
+        """Check a written file, upload it (retrying through outages), announce it."""
+        await asyncio.to_thread(_regular_file, path)
         await asyncio.to_thread(check_image, path)
         sha = await asyncio.to_thread(sha256_file, path)
         size = await asyncio.to_thread(os.path.getsize, path)
@@ -443,6 +452,13 @@ class Agent:
 def _hash_write(h: Any, f: Any, chunk: bytes) -> None:
     h.update(chunk)
     f.write(chunk)
+
+
+def _regular_file(path: str) -> None:
+    # the runner moves only regular files into the task's folder; a link there would
+    # upload whatever it points to
+    if os.path.islink(path):
+        raise BadOutput("the output is a symbolic link, not a file", path)
 
 
 def _unlink(path: str) -> None:

@@ -26,6 +26,7 @@ from ..protocol.hashing import is_sha256
 from ..protocol.jobspec import SpecError, validate_spec
 from ..protocol.version import __version__
 from . import control
+from .access import actor, require_read
 from .auth import AUTH, token_name
 from .blobs import BlobError
 from .farm import FarmError
@@ -174,7 +175,8 @@ async def read_options(request: web.Request) -> dict[str, Any]:
 async def info(request: web.Request) -> web.Response:
     farm = request.app[FARM]
     return web.json_response({"server_version": __version__, "protocol": PROTOCOL_VERSION,
-                              "auth_required": request.app[AUTH].required, **farm.info()})
+                              "auth_required": request.app[AUTH].required, **farm.info(),
+                              "you": actor(request).to_json(farm.config.share_outputs)})
 
 
 # --- blobs -----------------------------------------------------------------------------------
@@ -322,41 +324,50 @@ async def _answer(request: web.Request, job: Job, fut: asyncio.Future[None]) -> 
     return web.json_response({"job": farm.job_json(job)})
 
 
+def _readable(request: web.Request) -> Job:
+    """The job whose outputs or logs are asked for, once the token may read them."""
+    farm = request.app[FARM]
+    job = farm.job(request.match_info["job_id"])
+    require_read(actor(request), job, farm.config.share_outputs)
+    return job
+
+
 @routes.post("/api/jobs/{job_id}/cancel")
 async def job_cancel(request: web.Request) -> web.Response:
-    return await _answer(request, *request.app[FARM].cancel(request.match_info["job_id"]))
+    return await _answer(request, *control.cancel(request.app[FARM],
+                                                  request.match_info["job_id"], actor(request)))
 
 
 @routes.post("/api/jobs/{job_id}/pause")
 async def job_pause(request: web.Request) -> web.Response:
     stop = bool((await read_options(request)).get("stop"))
     return await _answer(request, *control.pause(request.app[FARM], request.match_info["job_id"],
-                                                 stop=stop))
+                                                 actor(request), stop=stop))
 
 
 @routes.post("/api/jobs/{job_id}/resume")
 async def job_resume(request: web.Request) -> web.Response:
     return await _answer(request, *control.resume(request.app[FARM],
-                                                  request.match_info["job_id"]))
+                                                  request.match_info["job_id"], actor(request)))
 
 
 @routes.post("/api/jobs/{job_id}/requeue")
 async def job_requeue(request: web.Request) -> web.Response:
     which = (await read_options(request)).get("which", "failed")
-    return await _answer(request, *control.requeue(request.app[FARM],
-                                                   request.match_info["job_id"], str(which)))
+    return await _answer(request, *control.requeue(request.app[FARM], request.match_info["job_id"],
+                                                   actor(request), str(which)))
 
 
 @routes.post("/api/jobs/{job_id}/priority")
 async def job_priority(request: web.Request) -> web.Response:
     priority = (await read_options(request)).get("priority")
-    return await _answer(request, *control.set_priority(request.app[FARM],
-                                                        request.match_info["job_id"], priority))
+    return await _answer(request, *control.set_priority(
+        request.app[FARM], request.match_info["job_id"], actor(request), priority))
 
 
 @routes.delete("/api/jobs/{job_id}")
 async def job_delete(request: web.Request) -> web.Response:
-    await control.delete(request.app[FARM], request.match_info["job_id"])
+    await control.delete(request.app[FARM], request.match_info["job_id"], actor(request))
     return web.json_response({"deleted": request.match_info["job_id"]})
 
 
@@ -366,14 +377,14 @@ async def task_log(request: web.Request) -> web.Response:
     task = farm.tasks.get(request.match_info["task_id"])
     if task is None:
         raise FarmError(f"no task {request.match_info['task_id']!r}", "not_found", 404)
+    require_read(actor(request), farm.jobs[task.job_id], farm.config.share_outputs)
     text = await asyncio.to_thread(farm.logs.read, task)
     return web.json_response({"text": text, "task_id": task.id, "status": task.status})
 
 
 @routes.get("/api/jobs/{job_id}/outputs")
 async def job_outputs(request: web.Request) -> web.Response:
-    farm = request.app[FARM]
-    job = farm.job(request.match_info["job_id"])
+    job = _readable(request)
     outs = sorted(job.outputs.values(), key=lambda o: (o.frame, o.name))
     return web.json_response({"outputs": [o.to_json() for o in outs]})
 
@@ -381,7 +392,7 @@ async def job_outputs(request: web.Request) -> web.Response:
 @routes.get("/api/jobs/{job_id}/outputs.zip")
 async def job_outputs_zip(request: web.Request) -> web.StreamResponse:
     farm = request.app[FARM]
-    job = farm.job(request.match_info["job_id"])
+    job = _readable(request)
     files = [(o.name, farm.output_path(job.id, o.name)) for o in job.outputs.values()]
     tmp = await asyncio.to_thread(_build_zip, files, farm.blobs.tmp)
     try:
@@ -414,7 +425,7 @@ def _build_zip(files: list[tuple[str, Path]], tmp_dir: Path) -> str:
 @routes.get("/api/jobs/{job_id}/outputs/{name}")
 async def job_output_file(request: web.Request) -> web.StreamResponse:
     farm = request.app[FARM]
-    job = farm.job(request.match_info["job_id"])
+    job = _readable(request)
     out = job.outputs.get(request.match_info["name"])
     if out is None:
         raise FarmError(f"job {job.id} has no output {request.match_info['name']!r}",
@@ -427,7 +438,8 @@ async def job_output_file(request: web.Request) -> web.StreamResponse:
 async def node_action(request: web.Request) -> web.Response:
     farm = request.app[FARM]
     act = {"drain": control.drain, "disable": control.disable, "enable": control.enable}
-    rec, fut = act[request.match_info["action"]](farm, request.match_info["node_id"])
+    rec, fut = act[request.match_info["action"]](farm, request.match_info["node_id"],
+                                                 actor(request))
     await farm.saved(fut)
     return web.json_response({"node": rec.to_json()})
 

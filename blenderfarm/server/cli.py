@@ -1,7 +1,7 @@
 """``bf-server``: start the farm's server daemon, or manage its tokens.
 
     bf-server [--host H] [--port P] [--data-dir D] [--config F] [--tls-cert C --tls-key K]
-    bf-server token create --user|--node [--name N]   (prints the token once)
+    bf-server token create --user|--admin|--node [--name N]   (prints the token once)
     bf-server token list | bf-server token revoke ID
 """
 
@@ -60,6 +60,9 @@ def parse_token_args(argv: list[str]) -> argparse.Namespace:
     kind = c.add_mutually_exclusive_group(required=True)
     kind.add_argument("--user", action="store_const", const="user", dest="kind",
                       help="for people, bf and the add-on: the HTTP API and the dashboard")
+    kind.add_argument("--admin", action="store_const", const="admin", dest="kind",
+                      help="a user token that may also control every user's jobs, the "
+                      "nodes and the tokens")
     kind.add_argument("--node", action="store_const", const="node", dest="kind",
                       help="for bf-node: enroll a render node")
     c.add_argument("--name", default="", help="a label to recognise it by")
@@ -86,8 +89,9 @@ def token_main(argv: list[str]) -> int:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     db = config.data_dir / "farm.db"
     if args.action == "create":
-        info, secret = tokens.create(db, args.kind, args.name or f"{args.kind}-token")
-        print(f"created {info.kind} token {info.id} ({info.name}); it is shown only now:",
+        kind, role = ("user", "admin") if args.kind == "admin" else (args.kind, "user")
+        info, secret = tokens.create(db, kind, args.name or f"{args.kind}-token", role)
+        print(f"created {args.kind} token {info.id} ({info.name}); it is shown only now:",
               file=sys.stderr)
         print(secret)
     elif args.action == "list":
@@ -95,7 +99,7 @@ def token_main(argv: list[str]) -> int:
             state = "revoked " + time.strftime("%Y-%m-%d %H:%M", time.localtime(t.revoked)) \
                 if t.revoked else "active"
             made = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.created))
-            print(f"{t.id}  {t.kind:<4}  {state:<24}  {made}  {t.name}")
+            print(f"{t.id}  {'admin' if t.admin else t.kind:<5}  {state:<24}  {made}  {t.name}")
     elif not tokens.revoke(db, args.id):
         print(f"bf-server: no active token {args.id!r}", file=sys.stderr)
         return 1

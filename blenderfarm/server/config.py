@@ -62,6 +62,9 @@ class ServerConfig:
     #: addresses or networks of reverse proxies in front of the server, whose
     #: X-Forwarded-For names the client (comma-separated in the environment)
     trusted_proxies: tuple[str, ...] = ()
+    #: whether every user may read every job's outputs and logs (else only its owner
+    #: and admins); everyone sees the job list either way
+    share_outputs: bool = True
     #: hosts or networks a job's own webhook may reach besides public addresses
     #: (``["hooks.studio.lan", "10.1.0.0/16"]``); the server-wide webhook_url goes anywhere
     webhook_allow: tuple[str, ...] = ()

@@ -2,7 +2,8 @@
 drain, disable, enable. Each is a synchronous change of the farm's state (plus
 ``delete``'s file clean-up in a thread) that leaves through ``Farm.commit`` like any
 other, and returns the future of its commit: the API answers only once it resolves.
-Each refuses up front, changing nothing, while the database cannot be written.
+Each refuses up front, changing nothing, while the database cannot be written, and
+each takes the acting identity (``who``) and checks first that it may (``access``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from asyncio import Future
 
 from ..protocol import messages as m
+from .access import Actor, require_admin, require_control
 from .farm import Farm, FarmError
 from .models import JOB_FINAL, TASK_HELD, Job, NodeRecord, Task
 from .store import Store
@@ -21,10 +23,21 @@ from .store import Store
 Done = tuple[Job, Future[None]]
 
 
-def pause(farm: Farm, job_id: str, stop: bool = False) -> Done:
+def _mine(farm: Farm, job_id: str, who: Actor) -> Job:
+    job = farm.job(job_id)
+    require_control(who, job)
+    return job
+
+
+def cancel(farm: Farm, job_id: str, who: Actor) -> Done:
+    _mine(farm, job_id, who)
+    return farm.cancel(job_id)
+
+
+def pause(farm: Farm, job_id: str, who: Actor, stop: bool = False) -> Done:
     """No new tasks start; running ones finish, or with ``stop`` go back to the queue
     (and the nodes that held them take other jobs' work at once)."""
-    job = farm.job(job_id)
+    job = _mine(farm, job_id, who)
     if job.status in JOB_FINAL:
         raise FarmError(f"job {job_id} is {job.status}; only queued or active jobs pause",
                         "conflict", 409)
@@ -35,8 +48,8 @@ def pause(farm: Farm, job_id: str, stop: bool = False) -> Done:
     return job, farm.commit(job, changed, offer=bool(changed))
 
 
-def resume(farm: Farm, job_id: str) -> Done:
-    job = farm.job(job_id)
+def resume(farm: Farm, job_id: str, who: Actor) -> Done:
+    job = _mine(farm, job_id, who)
     if job.status != "paused":
         raise FarmError(f"job {job_id} is {job.status}, not paused", "conflict", 409)
     farm.check_writable()
@@ -44,11 +57,11 @@ def resume(farm: Farm, job_id: str) -> Done:
     return job, farm.commit(job, room=job)
 
 
-def requeue(farm: Farm, job_id: str, which: str = "failed") -> Done:
+def requeue(farm: Farm, job_id: str, who: Actor, which: str = "failed") -> Done:
     """Render again the failed (and canceled) tasks, or every task with ``all``."""
     if which not in ("failed", "all"):
         raise FarmError("which must be 'failed' or 'all'", field="which")
-    job = farm.job(job_id)
+    job = _mine(farm, job_id, who)
     farm.check_writable()
     states = ("failed", "canceled") if which == "failed" else ("failed", "canceled", "done")
     again = [farm.tasks[t] for t in job.task_ids if farm.tasks[t].status in states]
@@ -66,19 +79,19 @@ def requeue(farm: Farm, job_id: str, which: str = "failed") -> Done:
     return job, farm.commit(job, again, ops=ops, room=job)
 
 
-def set_priority(farm: Farm, job_id: str, priority: object) -> Done:
+def set_priority(farm: Farm, job_id: str, who: Actor, priority: object) -> Done:
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
         raise FarmError("priority must be an integer from 0 to 100", field="priority")
-    job = farm.job(job_id)
+    job = _mine(farm, job_id, who)
     farm.check_writable()
     job.priority = priority
     farm.sched.set_priority(job.id, priority)
     return job, farm.commit(job, room=job)
 
 
-async def delete(farm: Farm, job_id: str) -> None:
+async def delete(farm: Farm, job_id: str, who: Actor) -> None:
     """Forget a job, its outputs and every blob no other job uses."""
-    job = farm.job(job_id)
+    job = _mine(farm, job_id, who)
     farm.check_writable()
     if job.status not in JOB_FINAL:
         await farm.saved(farm.cancel(job_id)[1])
@@ -115,23 +128,26 @@ def node(farm: Farm, uid: str) -> NodeRecord:
 NodeDone = tuple[NodeRecord, Future[None]]
 
 
-def drain(farm: Farm, uid: str) -> NodeDone:
+def drain(farm: Farm, uid: str, who: Actor) -> NodeDone:
     """Finish the task it renders; tasks it only holds in advance go back to the queue."""
+    require_admin(who, "drain a node")
     rec = node(farm, uid)
     farm.check_writable()
     rec.drained = True
     return rec, farm.commit(tasks=_take_back(farm, rec.tasks[1:], "node drained"), nodes=[rec])
 
 
-def disable(farm: Farm, uid: str) -> NodeDone:
+def disable(farm: Farm, uid: str, who: Actor) -> NodeDone:
     """Stop at once: every task it holds goes back to the queue."""
+    require_admin(who, "disable a node")
     rec = node(farm, uid)
     farm.check_writable()
     rec.disabled = True
     return rec, farm.commit(tasks=_take_back(farm, rec.tasks, "node disabled"), nodes=[rec])
 
 
-def enable(farm: Farm, uid: str) -> NodeDone:
+def enable(farm: Farm, uid: str, who: Actor) -> NodeDone:
+    require_admin(who, "enable a node")
     rec = node(farm, uid)
     farm.check_writable()
     rec.drained = rec.disabled = False

@@ -714,12 +714,33 @@ def store_refusal(exc: BaseException, what: str) -> FarmError:
 
 
 def _names_frame(name: str, stem: str, frame: int) -> bool:
-    """Whether ``name`` is a file name the job's naming gives ``frame``:
-    ``<stem>_<frame, zero-padded>.<ext>``. A task's outputs can then never take the
-    place of another frame's file, nor be named ``autorun.inf``."""
+    """Whether ``name`` is a file name the job's naming gives ``frame``, one of:
+
+    - the frame: ``<stem>_<frame, zero-padded>.<ext>`` (``shot_0001.png``);
+    - a file a compositor File Output node wrote for it (the node's runner names them,
+      ``runner.file_output_name``): ``<stem>.<rest>.<ext>``, ``rest`` of ``A-Z a-z
+      0-9 . _ -``, not starting with a dot, whose last number is the frame
+      (``shot.File_Output.Image0001.png``, Blender's ``Image0001.png`` of node
+      "File Output").
+
+    The frame is read from the name alone, so the names of two frames never meet: a
+    task's outputs can never take the place of another frame's file, nor be named
+    ``autorun.inf``."""
     base, dot, ext = name.rpartition(".")
     if not dot or not ext.isalnum() or not ext.isascii() or len(ext) > 8:
         return False
+    if base.startswith(stem + "."):
+        rest = base[len(stem) + 1:]
+        if not rest or rest[0] == "." or \
+                not all(c.isascii() and (c.isalnum() or c in "._-") for c in rest):
+            return False
+        end = len(rest)
+        while end and not rest[end - 1].isdigit():
+            end -= 1
+        start = end
+        while start and rest[start - 1].isdigit():
+            start -= 1
+        return end > 0 and int(rest[start:end]) == frame
     head, sep, digits = base.rpartition("_")
     return (sep == "_" and head == stem and digits.isascii() and digits.isdigit()
             and int(digits) == frame)

@@ -28,8 +28,9 @@ from .models import Job, NodeRecord, Output, Task
 
 log = logging.getLogger(__name__)
 
-#: 2: a job's spec moved from its row to the ``specs`` table (written once, at submit)
-SCHEMA_VERSION = 2
+#: 2: a job's spec moved from its row to the ``specs`` table (written once, at submit);
+#: 3: the tokens table is the store's, with a ``role`` (user or admin)
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, data TEXT NOT NULL);
@@ -42,6 +43,9 @@ CREATE TABLE IF NOT EXISTS outputs (
     sha256 TEXT NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (job_id, name));
 CREATE TABLE IF NOT EXISTS nodes (uid TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL, revoked REAL, role TEXT NOT NULL DEFAULT 'user');
 """
 
 
@@ -243,17 +247,8 @@ class Store:
     def _connect(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(f"{self.path} was written by a newer bf-server "
-                                 f"(schema {row[0]} > {SCHEMA_VERSION}); upgrade bf-server")
-            elif int(row[0]) < SCHEMA_VERSION:
-                _migrate(db, int(row[0]))
+            prepare(db, self.path)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
         return db
@@ -434,6 +429,26 @@ class Store:
                                         frames_rendered=d.get("frames_rendered", 0),
                                         token_id=d.get("token_id")))
         return out
+
+
+def prepare(db: sqlite3.Connection, path: Path) -> None:
+    """Bring a connection's database to this schema: the one place every user of
+    ``farm.db`` (the server's store, ``bf-server token`` from a shell) goes through."""
+    db.execute("PRAGMA journal_mode=WAL")
+    # A tokens table made before schema 3 (by ``bf-server token`` alone, even before
+    # the server first ran) lacks the role column; CREATE ... IF NOT EXISTS keeps it.
+    db.executescript(_SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
+    if "role" not in columns:
+        db.execute("ALTER TABLE tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'user'")
+    row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if row is None:
+        db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif int(row[0]) > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer bf-server "
+                         f"(schema {row[0]} > {SCHEMA_VERSION}); upgrade bf-server")
+    elif int(row[0]) < SCHEMA_VERSION:
+        _migrate(db, int(row[0]))
 
 
 def _migrate(db: sqlite3.Connection, version: int) -> None:

@@ -1,9 +1,12 @@
 """API and node tokens: created once, shown once, stored only as SHA-256 hashes.
 
-Kept in the ``tokens`` table of ``farm.db`` so that ``bf-server token ...`` can
-manage them from a shell while the server runs; the server re-reads the table
-every few seconds (:class:`TokenCache`), so a revocation takes effect within
-that time without a restart.
+Kept in the ``tokens`` table of ``farm.db`` (part of the store's schema and its
+migrations) so that ``bf-server token ...`` can manage them from a shell while the
+server runs; the server re-reads the table every few seconds (:class:`TokenCache`),
+so a revocation takes effect within that time without a restart.
+
+A user token has a role: ``user`` (controls the jobs it submitted) or ``admin``
+(controls every job, the nodes and, through the API, the tokens).
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .store import prepare
+
 KINDS = ("user", "node")
+ROLES = ("user", "admin")
 PREFIX = {"user": "bfu_", "node": "bfn_"}
-_SCHEMA = """CREATE TABLE IF NOT EXISTS tokens (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
-    created REAL NOT NULL, revoked REAL)"""
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class TokenInfo:
     name: str
     created: float
     revoked: float | None = None
+    role: str = "user"  # of a user token: "user" or "admin"
+
+    @property
+    def admin(self) -> bool:
+        return self.kind == "user" and self.role == "admin"
 
 
 def token_hash(token: str) -> str:
@@ -37,26 +45,30 @@ def token_hash(token: str) -> str:
 
 def _connect(db_path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(db_path, timeout=10)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(_SCHEMA)
+    prepare(db, db_path)
     return db
 
 
-def create(db_path: Path, kind: str, name: str) -> tuple[TokenInfo, str]:
+def create(db_path: Path, kind: str, name: str, role: str = "user") -> tuple[TokenInfo, str]:
     """Make a token; return its record and the secret, which is never stored."""
     if kind not in KINDS:
         raise ValueError(f"token kind must be one of {', '.join(KINDS)}")
+    if role not in ROLES or (kind == "node" and role != "user"):
+        raise ValueError("a role is user or admin, and only a user token has one")
     secret = PREFIX[kind] + secrets.token_urlsafe(32)
-    info = TokenInfo(id=secrets.token_hex(4), kind=kind, name=name, created=time.time())
+    info = TokenInfo(id=secrets.token_hex(4), kind=kind, name=name, created=time.time(),
+                     role=role)
     with _connect(db_path) as db:
-        db.execute("INSERT INTO tokens (id, kind, name, hash, created) VALUES (?, ?, ?, ?, ?)",
-                   (info.id, kind, name, token_hash(secret), info.created))
+        db.execute("INSERT INTO tokens (id, kind, name, hash, created, role) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+                   (info.id, kind, name, token_hash(secret), info.created, role))
     return info, secret
 
 
 def list_tokens(db_path: Path) -> list[TokenInfo]:
     with _connect(db_path) as db:
-        rows = db.execute("SELECT id, kind, name, created, revoked FROM tokens ORDER BY created")
+        rows = db.execute("SELECT id, kind, name, created, revoked, role FROM tokens "
+                          "ORDER BY created")
         return [TokenInfo(*row) for row in rows]
 
 
@@ -79,7 +91,8 @@ class TokenCache:
     def refresh(self) -> None:
         """Blocking: call from a thread."""
         with _connect(self.db_path) as db:
-            rows = db.execute("SELECT hash, id, kind, name, created, revoked FROM tokens").fetchall()
+            rows = db.execute("SELECT hash, id, kind, name, created, revoked, role "
+                              "FROM tokens").fetchall()
         self._by_hash = {h: TokenInfo(*rest) for h, *rest in rows}
         self._loaded = time.monotonic()
 
