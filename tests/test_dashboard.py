@@ -194,6 +194,7 @@ def test_sign_in_with_a_user_token_and_frames_still_show(live: Live, tmp_path: P
     data.mkdir()
     _, secret = tokens.create(data / "farm.db", "user", "artist")
     _, node_token = tokens.create(data / "farm.db", "node", "render-02")
+    _, other = tokens.create(data / "farm.db", "user", "producer")
     server = ServerProc(data, free_port())
     server.start()
     node = NodeProc(server.url, tmp_path / "node", "render-02", ["--token", node_token])
@@ -219,9 +220,23 @@ def test_sign_in_with_a_user_token_and_frames_still_show(live: Live, tmp_path: P
                                arg=preview.element_handle(), timeout=10_000)
         assert preview.get_attribute("src").startswith("blob:")
 
+        expect(page.locator('[data-action="act-cancel"]')).to_be_visible()  # its owner's
+
         page.get_by_role("button", name="Sign out").click()
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
         assert page.evaluate("localStorage.getItem('blenderfarm.token')") is None
+
+        # another user sees the job, but is not offered what the server would refuse
+        page.get_by_label("User token").fill(other)
+        page.get_by_role("button", name="Sign in").click()
+        page.goto(f"{server.url}/#/jobs/{job_id}")
+        expect(page.locator('[data-role="read-only"]')).to_contain_text("artist's job",
+                                                                        timeout=10_000)
+        expect(page.locator('[data-action="act-cancel"]')).to_have_count(0)
+        expect(page.locator('[data-action="act-zip"]')).to_be_visible()
+        page.goto(f"{server.url}/#/nodes")
+        expect(page.get_by_text("admins only").first).to_be_visible(timeout=10_000)
+        expect(page.locator('[data-action="drain"]')).to_have_count(0)
     finally:
         node.stop()
         server.stop()

@@ -145,3 +145,27 @@ def test_a_tokens_table_from_before_roles_is_migrated(tmp_path: Path) -> None:
     db.close()
     (info,) = tokens.list_tokens(tmp_path / "farm.db")
     assert (info.name, info.role, info.admin) == ("old", "user", False)
+
+
+async def test_bf_says_what_the_token_may_do(tmp_path: Path) -> None:
+    client, t = await start(tmp_path)
+    try:
+        job = await submit(client, t["alice"])
+        url = str(client.make_url("")).rstrip("/")
+
+        async def bf(token: str, *args: str) -> str:
+            proc = await asyncio.create_subprocess_exec(
+                bin_path("bf"), "--server", url, "--token", token, *args,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await proc.communicate()
+            return out.decode()
+
+        assert "bob (user): may change your own jobs; may read every job's" in \
+            await bf(t["bob"], "info")
+        assert "boss (admin): may change every job, the nodes" in await bf(t["boss"], "info")
+        assert "may only look: it is alice's" in await bf(t["bob"], "show", job["id"])
+        assert "may change it" in await bf(t["alice"], "show", job["id"])
+        refused = await bf(t["bob"], "cancel", job["id"])
+        assert "only its owner or an admin may change it" in refused, refused
+    finally:
+        await client.close()

@@ -439,6 +439,12 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
     for key, value in job.items():
         shown = fmt.format_age(value, now) if key in fmt.TIME_KEYS else fmt.cell(value)
         print(f"{key + ':':16} {'-' if shown is None else shown}", file=ctx.out)
+    you = ctx.client.info().get("you")
+    if you:
+        mine = you["may"]["control_all_jobs"] or job.get("owner") == you["name"]
+        print(f"{'you:':16} " + ("may change it (pause, cancel, requeue, priority, delete)"
+                                 if mine else f"may only look: it is {job.get('owner') or 'another user'}'s"),
+              file=ctx.out)
     print(file=ctx.out)
     print(fmt.item_table(tasks, fmt.TASK_COLUMNS, now) if tasks else "No tasks.", file=ctx.out)
     return EXIT_OK
@@ -481,12 +487,25 @@ def cmd_nodes(args: argparse.Namespace, ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def _may(you: dict[str, Any]) -> str:
+    """What the token may do, in one line."""
+    may = you["may"]
+    jobs = "every job" if may["control_all_jobs"] else "your own jobs"
+    nodes = ", the nodes" if may["control_nodes"] else ""
+    reads = "every job's" if may["read_all_outputs"] else "your own jobs'"
+    who = f"{you['name']} ({you['role']})" if you["name"] else "anyone (an open farm)"
+    return f"{who}: may change {jobs}{nodes}; may read {reads} outputs and logs"
+
+
 def cmd_info(args: argparse.Namespace, ctx: Ctx) -> int:
     info = ctx.client.info()
     if ctx.json:
         ctx.emit({"server": ctx.client.server_url, **info})
     else:
         print(f"server:        {ctx.client.server_url}", file=ctx.out)
-        for key in ("server_version", "protocol", "nodes_online", "auth_required"):
+        for key in ("server_version", "protocol", "nodes_online", "auth_required", "store"):
             print(f"{key + ':':14} {info.get(key)}", file=ctx.out)
+        you = info.get("you")
+        if you:
+            print(f"{'you:':14} {_may(you)}", file=ctx.out)
     return EXIT_OK

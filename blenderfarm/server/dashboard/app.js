@@ -138,6 +138,7 @@ async function start() {
     return;
   }
   state.authRequired = info.auth_required;
+  state.you = info.you || null;
   state.stats = { ...state.stats, ...info };
   state.signedIn = true;
   onRoute();

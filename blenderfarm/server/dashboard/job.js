@@ -4,7 +4,7 @@
 import { api, apiBlob, enc, getToken } from "./api.js";
 import { badge, clock, duration, eta, h, progressBar, toast } from "./dom.js";
 import { frameImage } from "./images.js";
-import { invalidate, nodeName, state } from "./state.js";
+import { invalidate, mayControl, nodeName, state } from "./state.js";
 import { frameGrid, logPanel, taskTable } from "./tasks.js";
 
 const STRIP_MAX = 48; // finished frames shown in the strip (the newest)
@@ -51,6 +51,12 @@ function actions(job) {
   const final = ["completed", "failed", "canceled"].includes(job.status);
   const post = (path, body, done) => run(() => api(`/api/jobs/${enc(job.id)}/${path}`,
     { method: "POST", body: body || {} }), done);
+  const zip = button("Download zip", "act-zip", () => downloadZip(job),
+    { disabled: !job.frames_done });
+  if (!mayControl(job)) {  // the server would refuse: say why instead of offering them
+    return [h("span", { class: "muted", "data-role": "read-only" },
+      `${job.owner || "Another user"}'s job: only its owner or an admin may change it`), zip];
+  }
   return [
     job.status === "paused"
       ? button("Resume", "act-resume", () => post("resume", null, "Resumed"))
@@ -61,7 +67,7 @@ function actions(job) {
     button("Requeue failed", "act-requeue", () => post("requeue", { which: "failed" }, "Requeued"),
       { disabled: !(job.tasks_failed || ["failed", "canceled"].includes(job.status)) }),
     priorityForm(job),
-    button("Download zip", "act-zip", () => downloadZip(job), { disabled: !job.frames_done }),
+    zip,
     button("Delete", "act-delete", () => deleteJob(job), { cls: "danger" }),
   ];
 }

@@ -2,7 +2,7 @@
 
 import { api, enc } from "./api.js";
 import { ago, badge, h, progressBar, toast } from "./dom.js";
-import { invalidate, state } from "./state.js";
+import { invalidate, mayControlNodes, state } from "./state.js";
 
 export function nodesView() {
   const now = Date.now() / 1000;
@@ -76,6 +76,7 @@ function currentTask(node) {
 }
 
 function nodeActions(node) {
+  if (!mayControlNodes()) return [h("span", { class: "muted" }, "admins only")];
   const call = (action, done) => async () => {
     try {
       const data = await api(`/api/nodes/${enc(node.id)}/${action}`, { method: "POST", body: {} });

@@ -12,6 +12,7 @@ export const state = {
   live: "connecting",    // connecting | live | offline
   signedIn: false,
   authRequired: false,
+  you: null,             // who the token is and what it may do (/api/info's "you")
   page: null,            // the open job page: {id, tasks, outputs, missing, selected, log}
 };
 
@@ -148,4 +149,15 @@ export function applyEvent(ev) {
       return;
   }
   invalidate();
+}
+
+/** Whether the signed-in token may change this job (its owner's, or an admin's). */
+export function mayControl(job) {
+  const you = state.you;
+  return !you || you.may.control_all_jobs || job.owner === you.name;
+}
+
+/** Whether the signed-in token may drain, disable and enable nodes (admins). */
+export function mayControlNodes() {
+  return !state.you || state.you.may.control_nodes;
 }
