@@ -35,7 +35,7 @@ def _strategy(hint):
         if "json" in extra:
             return st.dictionaries(text, st.none() | ints | text, max_size=5)
         if "id" in extra:
-            return st.from_regex(r"[A-Za-z0-9_:][A-Za-z0-9_.:-]{0,20}", fullmatch=True)
+            return st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True)
         limit = next((e for e in extra if isinstance(e, m.Limit)), None)
     origin = typing.get_origin(base)
     if origin in (typing.Union, types.UnionType):

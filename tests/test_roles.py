@@ -169,3 +169,26 @@ async def test_bf_says_what_the_token_may_do(tmp_path: Path) -> None:
         assert "only its owner or an admin may change it" in refused, refused
     finally:
         await client.close()
+
+
+async def test_admins_manage_tokens_and_users_cannot(tmp_path: Path) -> None:
+    client, t = await start(tmp_path)
+    try:
+        assert (await client.get("/api/tokens", headers=as_(t["alice"]))).status == 403
+        resp = await client.post("/api/tokens", headers=as_(t["alice"]),
+                                 json={"kind": "admin", "name": "me-too"})
+        assert resp.status == 403
+        resp = await client.post("/api/tokens", headers=as_(t["boss"]),
+                                 json={"kind": "user", "name": "carol"})
+        made = await resp.json()
+        assert resp.status == 201 and made["secret"].startswith("bfu_"), made
+        assert (await client.get("/api/jobs", headers=as_(made["secret"]))).status == 200
+        listed = (await (await client.get("/api/tokens", headers=as_(t["boss"]))).json())
+        assert {x["name"] for x in listed["tokens"]} == {"alice", "bob", "boss", "n1", "carol"}
+        assert all("secret" not in x and "hash" not in x for x in listed["tokens"])
+        resp = await client.post(f"/api/tokens/{made['token']['id']}/revoke",
+                                 headers=as_(t["boss"]))
+        assert resp.status == 200
+        assert (await client.get("/api/jobs", headers=as_(made["secret"]))).status == 401
+    finally:
+        await client.close()

@@ -5,6 +5,12 @@ downloads each task's files while the previous one renders (prefetch), renders
 through a persistent :class:`~.runner_proc.Runner`, uploads every frame as soon
 as it is written, and reports. Results the server has not acknowledged survive a
 lost connection: they are sent again after the next ``welcome``.
+
+It leaves only when the server says its token is no good or its protocol differs;
+any other refusal (a rate limit, its uid in use, a server error, no answer) is
+waited out and retried. Names and paths from the server are checked where an
+``assign`` arrives, and every path built from them is confined to the work dir
+(:mod:`.safe`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import errno
 import hashlib
 import logging
+import math
 import os
 import random
 import shutil
@@ -35,12 +42,28 @@ from .cache import BlobCache, CacheError
 from .config import NodeConfig
 from .outputs import BadOutput, check_image
 from .runner_proc import Runner, RunnerError
+from .safe import BadAssign, check_assign, inside
 
 log = logging.getLogger(__name__)
 
+#: refusals that retrying cannot cure: a missing, wrong or revoked token, another protocol.
+#: Any other refusal is retried, whatever its ``fatal`` says (a rate limit, a uid in use).
+FATAL_CODES = frozenset({"unauthorized", "protocol_version"})
+#: seconds between the node's pings when the server's welcome names none, and the bounds
+#: of what it may name; a server silent for twice this is left (as the server does a node)
+HEARTBEAT, HEARTBEAT_MIN, HEARTBEAT_MAX = 10.0, 1.0, 60.0
+
 
 class FatalError(RuntimeError):
-    """The server refused this node for good (protocol version, token)."""
+    """The server refused this node for good (its token, its protocol version)."""
+
+
+class Refused(ConnectionError):
+    """The server refused this connection for now (``code`` says why): retry later."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Canceled(Exception):
@@ -82,6 +105,7 @@ class Agent:
         self._http: aiohttp.ClientSession | None = None
         self.connected = asyncio.Event()
         self.frames_rendered = 0
+        self._trouble: str | None = None  # the kind of the last failure to connect, logged once
 
     # --- connection -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -95,8 +119,15 @@ class Agent:
                 started = time.monotonic()
                 try:
                     await self._session()
+                except Refused as exc:
+                    self._retrying(f"refused:{exc.code}", "the server %s refused this node (%s): "
+                                   "%s", self.config.server, exc.code, exc)
+                except aiohttp.ClientResponseError as exc:  # a 429 or 5xx to the upgrade
+                    self._retrying(f"http:{exc.status}", "the server %s answered the node's "
+                                   "connection with HTTP %s", self.config.server, exc.status)
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    log.warning("server %s unreachable: %s", self.config.server, exc or type(exc).__name__)
+                    self._retrying(type(exc).__name__, "server %s unreachable: %s",
+                                   self.config.server, exc or type(exc).__name__)
                 if time.monotonic() - started > 30:
                     delay = 0.5  # it had been up for a while: start the backoff again
                 await asyncio.sleep(delay * (0.75 + random.random() / 2))
@@ -109,38 +140,85 @@ class Agent:
                 await self.runner.stop()
             await self._http.close()
 
+    def _retrying(self, kind: str, message: str, *args: object) -> None:
+        """Log a failure to connect once, not once per retry, until another kind comes."""
+        if kind != self._trouble:
+            log.warning(message + "; retrying with backoff", *args)
+        else:
+            log.debug(message, *args)
+        self._trouble = kind
+
     async def _session(self) -> None:
         assert self._http is not None
-        async with self._http.ws_connect(self.config.ws_url, heartbeat=10,
-                                         max_msg_size=m.MAX_MESSAGE) as ws:
-            await ws.send_bytes(m.encode(self._hello()))
-            first = await ws.receive(timeout=30)
-            msg = self._decode(first)
-            if isinstance(msg, m.Error):
-                raise FatalError(msg.message) if msg.fatal else ConnectionError(msg.message)
-            if not isinstance(msg, m.Welcome):
-                raise ConnectionError("the server did not welcome this node")
-            log.info("connected to %s as %s (%s)", self.config.server, self.config.name, msg.node_id)
-            outbox: asyncio.Queue[bytes] = asyncio.Queue()
-            self._outbox = outbox
-            self._manifests.clear()  # the server counts what it sent per connection
-            self._laid_out.clear()
-            for report in list(self.reports.values()):
-                self.send(report)
-            sender = asyncio.create_task(self._sender(ws, outbox))
-            self.connected.set()
-            try:
-                async for frame in ws:
-                    msg = self._decode(frame)
-                    if msg is not None:
-                        self._handle(msg)
-            finally:
-                self.connected.clear()
-                self._outbox = None
-                sender.cancel()
+        wait = self.config.handshake_timeout
+        try:
+            # bounded: a server that accepts the connection but never answers (a blackhole,
+            # a hung proxy) would hold the node for good
+            async with asyncio.timeout(wait):
+                ws = await self._http.ws_connect(self.config.ws_url, max_msg_size=m.MAX_MESSAGE)
+        except TimeoutError:
+            raise TimeoutError(f"no answer to the websocket upgrade within {wait:g} s") from None
+        try:
+            await self._talk(ws)
+        finally:
+            # close() answers at once after a receive timeout; a dead peer's full send
+            # buffer must not stall it either
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await ws.close()
+
+    async def _talk(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Hello, then the welcome (or a refusal), then frames until the socket goes."""
+        wait = self.config.handshake_timeout
+        await ws.send_bytes(m.encode(self._hello()))
+        try:
+            first = await ws.receive(timeout=wait)
+        except TimeoutError:
+            raise TimeoutError(f"the server did not answer the hello within {wait:g} s") from None
+        msg = self._decode(first)
+        if isinstance(msg, m.Error):
+            self._refused(msg)
+        if not isinstance(msg, m.Welcome):
+            raise ConnectionError("the server did not welcome this node")
+        self._trouble = None
+        heartbeat = _heartbeat(msg.settings)
+        log.info("connected to %s as %s (%s)", self.config.server, self.config.name, msg.node_id)
+        outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._outbox = outbox
+        self._manifests.clear()  # the server counts what it sent per connection
+        self._laid_out.clear()
+        for report in list(self.reports.values()):
+            self.send(report)
+        helpers = [asyncio.create_task(self._sender(ws, outbox)),
+                   asyncio.create_task(_pinger(ws, heartbeat))]
+        self.connected.set()
+        try:
+            while True:
+                try:  # a live server answers each ping: silence means it is gone
+                    frame = await ws.receive(timeout=2 * heartbeat)
+                except TimeoutError:
+                    raise ConnectionError(f"the server sent nothing for {2 * heartbeat:g} s, "
+                                          "not even an answer to a ping") from None
+                if frame.type in _CLOSED:
+                    break
+                msg = self._decode(frame)
+                if msg is not None:
+                    self._handle(msg)
+        finally:
+            self.connected.clear()
+            self._outbox = None
+            for helper in helpers:
+                helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sender
+                    await helper
         log.warning("lost the connection to %s", self.config.server)
+
+    def _refused(self, msg: m.Error) -> None:
+        """Leave on a refusal that retrying cannot cure; retry on any other, whatever
+        its ``fatal`` says (a server may call its rate limit fatal)."""
+        if msg.code in FATAL_CODES:
+            raise FatalError(msg.message)
+        raise Refused(msg.code, msg.message)
 
     def _hello(self) -> m.Hello:
         return m.Hello(protocol=PROTOCOL_VERSION, name=self.config.name, uid=self.uid,
@@ -176,7 +254,7 @@ class Agent:
 
     def _handle(self, msg: m.Message) -> None:
         if isinstance(msg, m.Assign):
-            if not self._manifest_of(msg):
+            if not self._checked(msg) or not self._manifest_of(msg):
                 return
             if msg.task_id in self.held:
                 return
@@ -192,8 +270,23 @@ class Agent:
             self.reports.pop(msg.task_id, None)
         elif isinstance(msg, m.Error):
             if msg.fatal:
-                raise FatalError(msg.message)
+                self._refused(msg)
             log.error("server says: %s (%s)", msg.message, msg.code)
+
+    def _checked(self, a: m.Assign) -> bool:
+        """Check the assign's names and paths before any is used (:mod:`.safe`); False,
+        with the task reported failed for good, for one the node will not use."""
+        try:
+            check_assign(a)
+            # where it would write: refused now, not after a download
+            self.job_dir(a.job_id)
+            self.out_dir(a.task_id)
+            self.log_path(a.job_id)
+        except BadAssign as exc:
+            self.reports[a.task_id] = report = _bad_assign(a.task_id, exc)
+            self.send(report)
+            return False
+        return True
 
     def _manifest_of(self, a: m.Assign) -> bool:
         """Fill in a manifest the server left out (this connection carried it already);
@@ -237,7 +330,7 @@ class Agent:
         per file of a project that may have thousands)."""
         lock = self._job_locks.setdefault(a.job_id, asyncio.Lock())
         async with lock:  # prefetched tasks of one job lay out the same folder
-            main = self.job_dir(a.job_id) / a.blend
+            main = inside(self.job_dir(a.job_id), a.blend)
             if self._laid_out.get(a.job_id) is a.manifest and \
                     await asyncio.to_thread(main.is_file):
                 return
@@ -272,8 +365,15 @@ class Agent:
                     raise CacheError(f"could not download {sha[:12]}: {exc}", sha) from exc
                 await asyncio.sleep(0.5 * 2**attempt)
 
+    # Every path built from the server's names comes from these, confined to the work dir.
     def job_dir(self, job_id: str) -> Path:
-        return self.config.work_dir / "jobs" / job_id
+        return inside(self.config.work_dir, "jobs", job_id)
+
+    def out_dir(self, task_id: str) -> Path:
+        return inside(self.config.work_dir, "out", task_id)
+
+    def log_path(self, job_id: str) -> Path:
+        return inside(self.config.work_dir, "logs", f"{job_id}.log")
 
     # --- rendering --------------------------------------------------------------------------
     async def _worker(self) -> None:
@@ -288,6 +388,8 @@ class Agent:
                 report = await self._run_task(held)
             except asyncio.CancelledError:
                 raise
+            except BadAssign as exc:  # a path found to lead out of the work dir
+                report = _bad_assign(held.assign.task_id, exc)
             except Exception as exc:  # a bug must not kill the node: fail the task, go on
                 log.exception("task %s crashed the agent", held.assign.task_id)
                 report = m.TaskFailed(task_id=held.assign.task_id, error=f"agent error: {exc}",
@@ -308,7 +410,7 @@ class Agent:
         except (CacheError, OSError) as exc:
             return m.TaskFailed(task_id=a.task_id, error=_disk_message(exc, "download the files"),
                                 reason="download_failed", retryable=True)
-        out_dir = self.config.work_dir / "out" / a.task_id
+        out_dir = self.out_dir(a.task_id)
         await asyncio.to_thread(_fresh_dir, out_dir)
         state = _Rendering(held)
         lines: list[str] = []
@@ -375,11 +477,11 @@ class Agent:
         if self.runner is not None and self.runner_job == a.job_id and self.runner.alive:
             return self.runner
         await self._drop_runner()
-        logs = self.config.work_dir / "logs"
-        await asyncio.to_thread(logs.mkdir, parents=True, exist_ok=True)
+        job_dir, log_path = self.job_dir(a.job_id), self.log_path(a.job_id)
+        await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
         self.runner = await Runner.start(
-            self.blender.path, str(self.job_dir(a.job_id) / a.blend), cwd=str(self.job_dir(a.job_id)),
-            log_path=str(logs / f"{a.job_id}.log"),
+            self.blender.path, str(inside(job_dir, a.blend)), cwd=str(job_dir),
+            log_path=str(log_path),
             allow_scripts=a.allow_scripts and self.config.allow_scripts)
         self.runner_job = a.job_id
         return self.runner
@@ -447,6 +549,36 @@ class Agent:
                 await asyncio.to_thread(f.close)
             await asyncio.sleep(delay)  # the server may be restarting: keep the frame, retry
             delay = min(delay * 2, self.config.reconnect_max)
+
+
+_CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
+           aiohttp.WSMsgType.ERROR)
+
+
+async def _pinger(ws: aiohttp.ClientWebSocketResponse, every: float) -> None:
+    """Ping the server every ``every`` seconds: its pongs keep the receive loop's
+    timeout from running out on a quiet but live connection."""
+    try:
+        while True:
+            await asyncio.sleep(every)
+            await ws.ping()
+    except (ConnectionError, RuntimeError, aiohttp.ClientError):
+        return  # the socket is gone; the receive loop notices on its own
+
+
+def _heartbeat(settings: dict[str, Any]) -> float:
+    """The server's heartbeat from its welcome, bounded; the default where it names none."""
+    value = settings.get("heartbeat")
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not math.isfinite(value):
+        return HEARTBEAT
+    return min(max(float(value), HEARTBEAT_MIN), HEARTBEAT_MAX)
+
+
+def _bad_assign(task_id: str, exc: BadAssign) -> m.TaskFailed:
+    log.error("refused task %r: %s", task_id, exc)
+    return m.TaskFailed(task_id=task_id, error=f"this node refused the task: {exc}",
+                        reason="bad_assign", retryable=False)
 
 
 def _hash_write(h: Any, f: Any, chunk: bytes) -> None:

@@ -3,7 +3,8 @@
 One cache for every job (``<work>/blobs/ab/abcdef...``): a texture shared by ten
 jobs is downloaded once. A job folder (``<work>/jobs/<job>/``) is the manifest
 laid out with hard links into the cache (copies where links are impossible), so
-Blender sees the project exactly as the artist packed it.
+Blender sees the project exactly as the artist packed it. Every path from a
+manifest is resolved and confined (:func:`~.safe.inside`) before a file is placed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..protocol.hashing import is_sha256, link_or_copy
 from ..protocol.paths import normalize_relpath
+from .safe import inside
 
 
 class CacheError(RuntimeError):
@@ -34,7 +36,7 @@ class BlobCache:
     def path(self, sha256: str) -> Path:
         if not is_sha256(sha256):
             raise CacheError(f"not a sha256: {sha256[:80]!r}", sha256)
-        return self.root / sha256[:2] / sha256
+        return inside(self.root, sha256[:2], sha256)
 
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
@@ -63,7 +65,7 @@ class BlobCache:
         job_dir.mkdir(parents=True, exist_ok=True)
         for raw, sha in manifest.items():
             rel = normalize_relpath(raw)  # never trust a path, even from our server
-            dest = job_dir / rel
+            dest = inside(job_dir, rel)  # a link in the folder must not lead out of it
             src = self.path(sha)
             with contextlib.suppress(FileNotFoundError):
                 if os.path.samefile(src, dest):

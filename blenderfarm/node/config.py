@@ -25,6 +25,8 @@ class NodeConfig:
     #: keep Blender running between the tasks of a job (False: the naive one-Blender-per-task)
     persistent: bool = True
     reconnect_max: float = 10.0
+    #: seconds for the server to answer the websocket upgrade, and again the hello
+    handshake_timeout: float = 30.0
 
     @property
     def ws_url(self) -> str:

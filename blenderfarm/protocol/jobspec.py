@@ -219,4 +219,9 @@ def _webhook(value: Any) -> str | None:
 def output_stem(job_name: str) -> str:
     """A file-name-safe stem for a job's frames: ``<stem>_0001.png``."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job_name).strip("._")
-    return safe[:80] or "frame"
+    # at most 80 characters and 120 bytes: a file name (with the frame, a File Output
+    # node's part and the extension) stays within the 255 bytes file systems allow
+    safe = safe[:80]
+    while len(safe.encode("utf-8")) > 120:
+        safe = safe[:-1]
+    return safe.strip("._") or "frame"

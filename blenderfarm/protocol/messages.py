@@ -56,8 +56,9 @@ class Limit:
         return f"Limit({self.lo}, {self.hi})"
 
 
-#: job, task and node ids: 1 to 128 of ``A-Z a-z 0-9 _ . : -``, never starting with a
-#: dot or a dash (they name files and folders on nodes and the server)
+#: job, task and node ids: 1 to 128 of ``A-Z a-z 0-9 _ . -``, never starting with a
+#: dot or a dash (they name files and folders on nodes and the server; no ``:``, the
+#: stream separator of NTFS)
 Id = Annotated[str, Limit(1, 128), "id"]
 Name = Annotated[str, Limit(256)]  # names, versions, paths of a file
 Count = Annotated[int, Limit(0, INT_MAX)]
@@ -261,7 +262,7 @@ def _unwrap(hint: Any) -> tuple[Any, Limit | None, set[str]]:
     return hint, None, set()
 
 
-_ID = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9_.:-]*")
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def _identifier(limit: Limit) -> _Convert:
@@ -270,7 +271,7 @@ def _identifier(limit: Limit) -> _Convert:
     def check(v: Any) -> Any:
         text(v)
         if not v or _ID.fullmatch(v) is None:
-            raise _Bad("must be an id: letters, digits, '_', '.', ':' or '-'")
+            raise _Bad("must be an id: letters, digits, '_', '.' or '-'")
         return v
     return check
 

@@ -25,13 +25,14 @@ from ..protocol import PROTOCOL_VERSION
 from ..protocol.hashing import is_sha256
 from ..protocol.jobspec import SpecError, validate_spec
 from ..protocol.version import __version__
-from . import control
-from .access import actor, require_read
+from . import control, tokens
+from .access import actor, require_admin, require_read
 from .auth import AUTH, token_name
 from .blobs import BlobError
 from .farm import FarmError
 from .keys import FARM
 from .models import Job
+from .tokens import TokenInfo
 from .webhooks import WEBHOOKS
 
 log = logging.getLogger(__name__)
@@ -448,3 +449,47 @@ async def node_list(request: web.Request) -> web.Response:
     farm = request.app[FARM]
     nodes = sorted(farm.nodes.values(), key=lambda n: n.name)
     return web.json_response({"nodes": [n.to_json() for n in nodes]})
+
+
+# --- tokens (admins) --------------------------------------------------------------------------
+def _token_json(t: TokenInfo) -> dict[str, Any]:
+    return {"id": t.id, "kind": t.kind, "role": t.role if t.kind == "user" else None,
+            "name": t.name, "created": t.created, "revoked": t.revoked}
+
+
+@routes.get("/api/tokens")
+async def token_list(request: web.Request) -> web.Response:
+    require_admin(actor(request), "list tokens")
+    db = request.app[FARM].config.data_dir / "farm.db"
+    return web.json_response({"tokens": [_token_json(t) for t in
+                                         await asyncio.to_thread(tokens.list_tokens, db)]})
+
+
+@routes.post("/api/tokens")
+async def token_create(request: web.Request) -> web.Response:
+    """``{"kind": "user"|"admin"|"node", "name": ...}``; the secret is in this answer only."""
+    require_admin(actor(request), "create tokens")
+    body = await read_options(request)
+    kind, name = body.get("kind"), body.get("name")
+    if kind not in ("user", "admin", "node"):
+        raise FarmError("kind must be user, admin or node", field="kind")
+    if not isinstance(name, str) or not name.strip() or len(name) > 64 or \
+            any(ord(c) < 32 for c in name):
+        raise FarmError("name must be a short line of text", field="name")
+    role = "admin" if kind == "admin" else "user"
+    db = request.app[FARM].config.data_dir / "farm.db"
+    info, secret = await asyncio.to_thread(tokens.create, db, "node" if kind == "node" else
+                                           "user", name.strip(), role)
+    await request.app[AUTH].refresh(force=True)
+    return web.json_response({"token": _token_json(info), "secret": secret}, status=201)
+
+
+@routes.post("/api/tokens/{token_id}/revoke")
+async def token_revoke(request: web.Request) -> web.Response:
+    require_admin(actor(request), "revoke tokens")
+    db = request.app[FARM].config.data_dir / "farm.db"
+    token_id = request.match_info["token_id"]
+    if not await asyncio.to_thread(tokens.revoke, db, token_id):
+        raise FarmError(f"no active token {token_id!r}", "not_found", 404)
+    await request.app[AUTH].refresh(force=True)
+    return web.json_response({"revoked": token_id})
