@@ -18,7 +18,7 @@ import pytest
 
 from blenderfarm.node.outputs import check_image
 from blenderfarm.node.runner_proc import RUNNER_SCRIPT
-from blenderfarm.server.farm import _names_frame
+from blenderfarm.server.outputs import names_frame
 from procs import get_json
 from scenes import BLENDER, read_rgba, render_frames, run_blender
 from test_e2e import bf, submit, wait_job
@@ -156,8 +156,8 @@ def test_the_server_accepts_exactly_the_names_the_runner_gives() -> None:
         "shot.v2.P.hidden0002.png", "shot.v2.Grp.File_Output.Diffuse_Color0001_L.png",
         "shot.v2.P._n_code0004.png"]
     for (frame, _rel), name in zip(CASES, got["names"], strict=True):
-        assert _names_frame(name, "shot.v2", frame), name
-        assert not any(_names_frame(name, "shot.v2", other)
+        assert names_frame(name, "shot.v2", frame), name
+        assert not any(names_frame(name, "shot.v2", other)
                        for other in (frame - 1, frame + 1, 10 * frame + 1)), name
     # nothing climbs out of the node's folder, nor names a root, a drive or a template
     assert got["confined"] == ["x", "abs/x", "C_/x/y", "a/b", "_scene_name_/c_d"]
@@ -168,7 +168,7 @@ def test_the_server_accepts_exactly_the_names_the_runner_gives() -> None:
     ("shot.P.x0002.png", 2), ("shot.P.pass_0003_v2.0003.png", 3), ("shot.0.png", 0),
 ])
 def test_frame_names_pass(name: str, frame: int) -> None:
-    assert _names_frame(name, "shot", frame)
+    assert names_frame(name, "shot", frame)
 
 
 @pytest.mark.parametrize("name", [
@@ -178,4 +178,4 @@ def test_frame_names_pass(name: str, frame: int) -> None:
     ".shot.P.x0001.png", "shot.P.x0001", "shot.P.Ünï0001.png", "shot_0001.P.x0001.png",
 ])
 def test_other_names_fail_for_frame_1(name: str) -> None:
-    assert not _names_frame(name, "shot", 1)
+    assert not names_frame(name, "shot", 1)

@@ -20,15 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol import messages as m
-from ..protocol.hashing import is_sha256
 from ..protocol.jobspec import JobSpec, output_stem
-from ..protocol.paths import PathError, normalize_relpath
 from .blobs import BlobStore
 from .compiler import compile_job
 from .config import ServerConfig
 from .logs import TaskLogs
 from .metrics import FarmMetrics
 from .models import JOB_FINAL, TASK_FINAL, TASK_HELD, Job, NodeRecord, Output, Task
+from .outputs import BadOutputs, check_outputs
 from .scheduler import Scheduler
 from .store import Journal, Store, StoreError
 
@@ -566,22 +565,10 @@ class Farm:
         """Check and link outputs (safe name, frame of this task, blob exists): one trip
         to a thread for all the file work of a task."""
         job = self.jobs[task.job_id]
-        checked: list[Output] = []
-        for item in outputs:
-            if item.frame not in task.frames:
-                raise FarmError(f"output for frame {item.frame}, not a frame of {task.id}")
-            try:
-                name = normalize_relpath(item.name)
-            except PathError as exc:
-                raise FarmError(str(exc)) from exc
-            if "/" in name:
-                raise FarmError(f"output name {name!r} has a folder")
-            if not _names_frame(name, job.output_name, item.frame):
-                raise FarmError(f"output name {name!r} is not a name of frame {item.frame} "
-                                f"of this job ({job.output_name}_{item.frame:04d}.<ext>)")
-            if not is_sha256(item.sha256):
-                raise FarmError(f"output {name} has no valid sha256")
-            checked.append(Output(job.id, task.id, item.frame, name, item.sha256, item.size))
+        try:
+            checked = check_outputs(job, task, outputs)
+        except BadOutputs as exc:
+            raise FarmError(str(exc)) from exc
         await asyncio.to_thread(self._link_outputs, job.id, checked)
         return checked
 
@@ -711,36 +698,3 @@ def store_refusal(exc: BaseException, what: str) -> FarmError:
     return FarmError(f"{cause} ({exc}); {what}. Free space on the server (or fix the "
                      "database) and try again.", "disk_full" if full else "store_unavailable",
                      507 if full else 503)
-
-
-def _names_frame(name: str, stem: str, frame: int) -> bool:
-    """Whether ``name`` is a file name the job's naming gives ``frame``, one of:
-
-    - the frame: ``<stem>_<frame, zero-padded>.<ext>`` (``shot_0001.png``);
-    - a file a compositor File Output node wrote for it (the node's runner names them,
-      ``runner.file_output_name``): ``<stem>.<rest>.<ext>``, ``rest`` of ``A-Z a-z
-      0-9 . _ -``, not starting with a dot, whose last number is the frame
-      (``shot.File_Output.Image0001.png``, Blender's ``Image0001.png`` of node
-      "File Output").
-
-    The frame is read from the name alone, so the names of two frames never meet: a
-    task's outputs can never take the place of another frame's file, nor be named
-    ``autorun.inf``."""
-    base, dot, ext = name.rpartition(".")
-    if not dot or not ext.isalnum() or not ext.isascii() or len(ext) > 8:
-        return False
-    if base.startswith(stem + "."):
-        rest = base[len(stem) + 1:]
-        if not rest or rest[0] == "." or \
-                not all(c.isascii() and (c.isalnum() or c in "._-") for c in rest):
-            return False
-        end = len(rest)
-        while end and not rest[end - 1].isdigit():
-            end -= 1
-        start = end
-        while start and rest[start - 1].isdigit():
-            start -= 1
-        return end > 0 and int(rest[start:end]) == frame
-    head, sep, digits = base.rpartition("_")
-    return (sep == "_" and head == stem and digits.isascii() and digits.isdigit()
-            and int(digits) == frame)
