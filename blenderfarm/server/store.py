@@ -379,10 +379,6 @@ class Store:
         return (t.id, t.job_id, t.index, json.dumps(t.to_json()))
 
     @staticmethod
-    def tasks_op(tasks: list[Task]) -> _Op:
-        return (Store.TASK_SQL, [Store.task_row(t) for t in tasks])
-
-    @staticmethod
     def output_op(o: Output) -> _Op:
         return ("INSERT OR REPLACE INTO outputs (job_id, name, task_id, frame, sha256, size, "
                 "created) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -89,10 +89,14 @@ class TokenCache:
         self._loaded = 0.0
 
     def refresh(self) -> None:
-        """Blocking: call from a thread."""
-        with _connect(self.db_path) as db:
+        """Blocking: call from a thread. Every couple of seconds, so a plain read: the
+        server's store brought the schema up to date when it opened."""
+        db = sqlite3.connect(self.db_path, timeout=10)
+        try:
             rows = db.execute("SELECT hash, id, kind, name, created, revoked, role "
                               "FROM tokens").fetchall()
+        finally:
+            db.close()
         self._by_hash = {h: TokenInfo(*rest) for h, *rest in rows}
         self._loaded = time.monotonic()
 
