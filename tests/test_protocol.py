@@ -176,3 +176,20 @@ def test_spec_errors_name_the_field(change: dict, field: str) -> None:
     with pytest.raises(SpecError) as info:
         validate_spec(_spec(**change))
     assert info.value.path == field
+
+
+def test_linking_a_file_twice_leaves_no_twin(tmp_path) -> None:
+    from blenderfarm.protocol.hashing import link_or_copy
+
+    src = tmp_path / "blob"
+    src.write_bytes(b"a frame")
+    dest = tmp_path / "job" / "shot_0001.png"
+    for _ in range(3):  # frame_done, task_done, a late report
+        link_or_copy(src, dest)
+    assert dest.read_bytes() == b"a frame"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["shot_0001.png"]
+    other = tmp_path / "other"
+    other.write_bytes(b"another frame")
+    link_or_copy(other, dest)  # a new render of the frame replaces it
+    assert dest.read_bytes() == b"another frame"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["shot_0001.png"]

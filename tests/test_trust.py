@@ -135,3 +135,30 @@ async def test_a_hello_cannot_claim_queued_tasks_it_was_never_given(farm) -> Non
     assert sorted(given) == [f"{j['id']}-{i:05d}" for i in range(4)]
     tasks = (await (await farm.get(f"/api/jobs/{j['id']}/tasks")).json())["tasks"]
     assert all(len(t["assignees"]) == 1 for t in tasks)
+
+
+async def test_a_failed_task_keeps_who_failed_it_and_why(farm) -> None:
+    j = await submit(farm, frames="1")
+    node = farm.node(name="render07")
+    await node.connect()
+    a = await node.expect(m.Assign)
+    await node.send(m.TaskFailed(task_id=a.task_id, error="Blender crashed", retryable=False))
+    await node.expect(m.Ack)
+    (task,) = (await (await farm.get(f"/api/jobs/{j['id']}/tasks")).json())["tasks"]
+    assert task["status"] == "failed" and task["node"] == node.uid
+    assert task["failed_nodes"] == {node.uid: "Blender crashed"}
+
+
+async def test_a_denoise_refusal_keeps_who_refused_it(farm) -> None:
+    j = await submit(farm, frames="1")
+    node = farm.node(name="no-oidn", oidn=False)
+    await node.connect()
+    a = await node.expect(m.Assign)
+    await node.send(m.TaskFailed(task_id=a.task_id, error="this Blender cannot denoise",
+                                 reason="needs_denoise"))
+    await node.expect(m.Ack)
+    info = await job(farm, j["id"])
+    assert info["status"] == "failed" and info["needs_oidn"]
+    (task,) = (await (await farm.get(f"/api/jobs/{j['id']}/tasks")).json())["tasks"]
+    assert task["node"] == node.uid
+    assert task["failed_nodes"] == {node.uid: "this Blender cannot denoise"}

@@ -47,6 +47,9 @@ def link_or_copy(src: Path, dest: Path) -> None:
             raise
     except OSError:
         pass  # already there (replaced below), or no hard links on this file system
+    with contextlib.suppress(OSError):
+        if os.path.samefile(src, dest):
+            return  # linked already (a frame is reported twice: frame_done, task_done)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.bf-tmp")
     with contextlib.suppress(FileNotFoundError):
@@ -56,3 +59,6 @@ def link_or_copy(src: Path, dest: Path) -> None:
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
+    # rename() of two names of one file does nothing and leaves both: never a twin
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()

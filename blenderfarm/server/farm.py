@@ -632,14 +632,15 @@ class Farm:
         log.warning("task %s failed on %s (%s): %s", task.id, rec.name, msg.reason,
                     msg.error[:2000])
         if msg.reason == "needs_denoise":
+            # not this node's fault (it just cannot denoise), but who refused it and why
+            # stays on the task
             job.needs_oidn = True
-            task.failed_nodes.pop(rec.uid, None)  # not this node's fault; it just can't
             if not any(n.oidn for n in self.nodes.values() if n.online):
-                task.status = "failed"
+                task.status, task.node = "failed", rec.uid
                 return self._stop_job(job, "failed", NO_OIDN, settled=[task])
             self._requeue(task)
         elif not msg.retryable or task.failures >= self.config.max_attempts:
-            task.status = "failed"
+            task.status, task.node = "failed", rec.uid  # the node that failed it last
             frames = f"frame {task.frames[0]}" if len(task.frames) == 1 else \
                 f"frames {task.frames[0]}-{task.frames[-1]}"
             tries = "" if not msg.retryable else f" after {task.failures} attempts"
@@ -648,7 +649,7 @@ class Farm:
         else:
             self._requeue(task)
             if not self.capable_nodes(job):
-                task.status = "failed"
+                task.status, task.node = "failed", rec.uid
                 return self._stop_job(job, "failed", self._no_capable_node(job),
                                       settled=[task])
         return self.commit(job, changed)
