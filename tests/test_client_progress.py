@@ -202,6 +202,10 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> No
                  "--json"]) == EXIT_USAGE
     out = capsys.readouterr().out
     assert '"invalid_frames"' in out
+    # an empty frame list is a mistake, not "the scene's whole range"
+    assert main(["submit", str(tmp_path / "x.blend"), "--frames", "", "--server", url,
+                 "--json"]) == EXIT_USAGE
+    assert '"invalid_frames"' in capsys.readouterr().out
 
 
 def test_api_error_text() -> None:

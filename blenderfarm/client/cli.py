@@ -294,7 +294,7 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def _submit_frames(args: argparse.Namespace, blend: pathlib.Path, ctx: Ctx) -> str:
-    if args.frames:
+    if args.frames is not None:  # given, even empty: "" is a mistake, not "all of them"
         parse_frames(args.frames)  # fail before packing, not after
         return str(args.frames)
     start, end = scene_frame_range(blend, args.scene)
