@@ -25,6 +25,8 @@ from typing import Annotated, Any, ClassVar
 
 import msgpack
 
+from .paths import is_utf8
+
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes; bigger frames are refused by both ends
 #: The server leaves a job's manifest out of an assign when it sent it on the same
 #: connection within the last this many distinct jobs; a node keeps at least as many.
@@ -282,11 +284,8 @@ def _text(limit: int) -> _Convert:
             raise _Bad("must be a string")
         if len(v) > limit:
             raise _Bad(f"longer than {limit} characters")
-        if not v.isascii():
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                raise _Bad("is not valid UTF-8 (a lone surrogate)") from None
+        if not is_utf8(v):
+            raise _Bad("is not valid UTF-8 (a lone surrogate)")
         return v
     return check
 

@@ -24,6 +24,8 @@ from aiohttp import web
 from ..protocol import PROTOCOL_VERSION
 from ..protocol.hashing import is_sha256
 from ..protocol.jobspec import SpecError, validate_spec
+from ..protocol.messages import INT_MAX, INT_MIN
+from ..protocol.paths import is_utf8
 from ..protocol.version import __version__
 from . import control, tokens
 from .access import actor, require_admin, require_read
@@ -123,13 +125,10 @@ def _unstorable(data: Any) -> str | None:
         value, depth = stack.pop()
         kind = type(value)
         if kind is str:
-            if not value.isascii():
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    return "text with a lone surrogate (not valid UTF-8)"
+            if not is_utf8(value):
+                return "text with a lone surrogate (not valid UTF-8)"
         elif kind is int:
-            if not -(2**63) <= value < 2**63:
+            if not INT_MIN <= value <= INT_MAX:
                 return "an integer beyond 64 bits"
         elif kind is list or kind is dict:
             if depth >= MAX_DEPTH:
@@ -143,25 +142,16 @@ def _unstorable(data: Any) -> str | None:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The whole body, with the body timeout between chunks (a client that stalls
-    mid-body is answered 408 and its connection closed)."""
-    timeout = request.app[FARM].config.body_timeout
+    """The whole body (at most :data:`MAX_JSON` bytes), with the body timeout between
+    chunks (a client that stalls mid-body is answered 408 and its connection closed)."""
     parts: list[bytes] = []
     size = 0
-    while True:
-        try:
-            async with asyncio.timeout(timeout):
-                chunk = await request.content.readany()
-        except TimeoutError as exc:
-            raise ClientTooSlow(f"no part of the body came for {timeout:g} s") from exc
-        except (ConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise ClientGone(str(exc)) from exc
-        if not chunk:
-            return b"".join(parts)
+    async for chunk in _body_chunks(request, request.app[FARM].config.body_timeout):
         size += len(chunk)
         if size > MAX_JSON:
             raise FarmError("request body too large", "too_large", 413)
         parts.append(chunk)
+    return b"".join(parts)
 
 
 async def read_options(request: web.Request) -> dict[str, Any]:
@@ -207,17 +197,14 @@ async def blob_put(request: web.Request) -> web.Response:
         return web.json_response({"sha256": sha, "size": size})
     config = request.app[FARM].config
     slots = request.app[UPLOAD_SLOTS]
-    if slots.locked():  # every upload slot is taken: a temp file and a socket each
-        try:
-            async with asyncio.timeout(config.body_timeout):
-                await slots.acquire()
-        except TimeoutError:
-            resp = error_response(503, "busy", f"{config.max_uploads} uploads are running; "
-                                  "try again shortly")
-            resp.headers["Retry-After"] = "5"
-            return resp
-    else:
-        await slots.acquire()
+    try:  # a slot is a temp file and a socket; when all are taken, wait a while
+        async with asyncio.timeout(config.body_timeout):
+            await slots.acquire()
+    except TimeoutError:
+        resp = error_response(503, "busy", f"{config.max_uploads} uploads are running; "
+                              "try again shortly")
+        resp.headers["Retry-After"] = "5"
+        return resp
     try:
         size = await blobs.write(sha, _body_chunks(request, config.body_timeout))
     finally:
@@ -240,12 +227,11 @@ async def _body_chunks(request: web.Request, timeout: float) -> AsyncIterator[by
         except StopAsyncIteration:
             return
         except TimeoutError as exc:
-            raise ClientTooSlow(f"no part of the upload came for {timeout:g} s") from exc
+            raise ClientTooSlow(f"no part of the body came for {timeout:g} s") from exc
         except (ConnectionError, aiohttp.ClientPayloadError) as exc:
             raise ClientGone(str(exc)) from exc
-        if request.content_length is None and not chunk:
-            return
-        yield chunk
+        if chunk:  # an empty one only marks the end of an HTTP chunk
+            yield chunk
 
 
 @routes.get("/api/blobs/{sha256}")
