@@ -55,8 +55,9 @@ VENDORED = (
     "client/pack.py",
     "client/progress.py",
 )
-#: Absolute imports the vendored code may make: the stdlib and BAT.
-ALLOWED_THIRD_PARTY = frozenset({BAT_PACKAGE})
+#: Absolute imports the vendored code may make: the stdlib and BAT, and zstandard where
+#: BAT itself needs it (packing a zstd-compressed .blend compresses it again).
+ALLOWED_THIRD_PARTY = frozenset({BAT_PACKAGE, "zstandard"})
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 

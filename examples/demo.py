@@ -2,8 +2,10 @@
 
 Starts bf-server and two bf-nodes (each in its own folder under ./demo-data),
 makes a small animated scene with Blender, submits it with `bf submit`, shows
-`bf wait`'s progress bar, downloads the frames and says where they are. It stops
-everything it started, even on Ctrl-C or an error.
+`bf wait`'s progress bar, downloads the frames and says where they are. Run in a
+terminal, it then keeps the farm up, so its dashboard can be looked at, until Enter;
+otherwise (CI, a pipe) it stops at once. It stops everything it started, even on
+Ctrl-C or an error.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "demo-data"
@@ -72,6 +75,23 @@ def bf(*args: str, capture: bool = False) -> str:
     return result.stdout or ""
 
 
+def hold_for_dashboard(url: str, stdin: TextIO, out: TextIO) -> None:
+    """In a terminal, keep the farm up until Enter (or Ctrl-D, Ctrl-C), so the
+    dashboard's address printed here still answers; elsewhere return at once, since
+    nobody could press Enter and `make demo` must end by itself."""
+    try:
+        interactive = stdin.isatty()
+    except (ValueError, OSError):  # stdin closed
+        interactive = False
+    if not interactive:
+        return
+    print(f"\nDashboard: {url} \N{EM DASH} press Enter to stop", file=out, flush=True)
+    try:
+        stdin.readline()
+    except KeyboardInterrupt:
+        print(file=out)
+
+
 def main() -> int:
     DATA.mkdir(exist_ok=True)
     blend = make_scene()
@@ -101,6 +121,7 @@ def main() -> int:
         files = sorted(frames_dir.glob("*.png"))
         print(f"\n{len(files)} frames rendered by the farm are in {frames_dir}/")
         print(f"(the server also keeps them in {DATA / 'server' / 'jobs' / job}/)")
+        hold_for_dashboard(url, sys.stdin, sys.stdout)
         return 0 if len(files) == FRAMES else 1
     finally:
         for proc in reversed(procs):

@@ -6,6 +6,8 @@ so a pack that still pointed at the artist's files would fail here.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import random
 import shutil
@@ -29,7 +31,16 @@ from blenderfarm.client.pack import (
 )
 from blenderfarm.protocol.hashing import sha256_bytes, sha256_file
 from blenderfarm.protocol.jobspec import SpecError, validate_spec
-from scenes import make_scene, needs_blender, read_rgba, render_frames, textured_colors
+from scenes import (
+    BLENDER,
+    BlenderFailed,
+    make_scene,
+    needs_blender,
+    read_rgba,
+    render_frames,
+    run_blender,
+    textured_colors,
+)
 
 EXPECTED = {"shots/shot.blend", "textures/checker.png", "lib/props.blend"}
 
@@ -166,6 +177,62 @@ class TestTexturedProject:
         spec = build_spec(packed, frames="1-3", chunk=2, overrides={"samples": 2})
         assert validate_spec(spec).blend == "shots/shot.blend"
         assert spec["manifest"] == packed.manifest and spec["name"] == "shot"
+
+
+ZSTD_MAGIC, GZIP_MAGIC = b"\x28\xb5\x2f\xfd", b"\x1f\x8b"
+
+
+def save_compressed(blend: Path, how: str) -> None:
+    """Save ``blend`` again with absolute paths (which packing rewrites), compressed:
+    ``zstd`` as Blender 3.0+ saves it, ``gzip`` as Blender 2.x did."""
+    script = ("import bpy; bpy.ops.file.make_paths_absolute(); "
+              "bpy.ops.wm.save_as_mainfile(filepath=bpy.data.filepath, "
+              f"compress={how == 'zstd'}, relative_remap=False)")
+    proc = run_blender([str(blend), "--python-expr", script])
+    if proc.returncode != 0:
+        raise BlenderFailed(f"saving {blend} compressed", proc)
+    if how == "gzip":
+        blend.write_bytes(gzip.compress(blend.read_bytes()))
+    assert blend.read_bytes().startswith(ZSTD_MAGIC if how == "zstd" else GZIP_MAGIC)
+
+
+def submit_json(capsys: pytest.CaptureFixture[str], args: list[str]) -> Any:
+    from blenderfarm.client.cli import main
+
+    assert main(["submit", *args, "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("how", ["zstd", "gzip"])
+@pytest.mark.blender
+@pytest.mark.skipif(BLENDER is None, reason="blender is not on PATH")
+def test_a_compressed_blend_whose_paths_are_rewritten_packs_the_same_bytes_every_time(
+        project: Path, tmp_path: Path, farm_procs: Any, capsys: pytest.CaptureFixture[str],
+        original_frame: Any, how: str) -> None:
+    # BAT writes a .blend it rewrites gzip-compressed, stamped with the time and its
+    # temporary file's random name: every submit of an unchanged project uploaded it again.
+    shot = project / "shots" / "shot.blend"
+    save_compressed(shot, how)
+    first = pack_project(shot, workdir=tmp_path / "one")
+    second = pack_project(shot, workdir=tmp_path / "two")
+    assert first.blend == "shot.blend"
+    assert first.manifest["shot.blend"] != sha256_file(shot), "packing rewrote no path"
+    assert any(r.startswith("_outside_project/") for r in first.manifest)
+    assert first.manifest == second.manifest and first.sizes == second.sizes
+    for rel in first.manifest:
+        assert (first.root / rel).read_bytes() == (second.root / rel).read_bytes(), rel
+    # Compressed the way the artist saved it (a Blender older than 3.0 reads no zstd).
+    assert (first.root / "shot.blend").read_bytes()[:4] == shot.read_bytes()[:4]
+
+    server = farm_procs.server()
+    args = [str(shot), "--server", server.url, "--frames", "1", "--paused"]
+    once = submit_json(capsys, args)
+    assert once["upload"]["files_sent"] == len(first.manifest)
+    again = submit_json(capsys, args)
+    assert again["upload"]["files_sent"] == 0 and again["upload"]["bytes_sent"] == 0
+
+    shutil.rmtree(project)  # the pack finds its texture and library inside itself
+    assert np.array_equal(render_packed(first, tmp_path / "out"), original_frame)
 
 
 def test_not_a_blend_file(tmp_path: Path) -> None:

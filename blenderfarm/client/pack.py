@@ -17,9 +17,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import getpass
+import gzip
 import os
 import pathlib
 import queue
+import shutil
 import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -28,12 +30,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from blender_asset_tracer import blendfile, bpathlib, trace
+from blender_asset_tracer.blendfile import magic_compression
 from blender_asset_tracer.blendfile.exceptions import (
     BlendFileError,
     NoReaderImplemented,
     SegmentationFault,
 )
-from blender_asset_tracer.pack import Aborted, Packer, filesystem, transfer
+from blender_asset_tracer.pack import Aborted, AssetAction, Packer, filesystem, transfer
 from blender_asset_tracer.pack import progress as bat_progress
 
 from ..protocol.hashing import sha256_file
@@ -250,6 +253,7 @@ class _Packer(Packer):
         # BAT drops its own reference when the copying ends; this one tells a failed
         # copy from a user's abort afterwards.
         self.transferer: _PromptTransfer | None = None
+        self.rewritten: list[tuple[pathlib.Path, magic_compression.Compression]] = []
 
     def _create_file_transferer(self) -> transfer.FileTransferer:
         if self.copy:
@@ -257,6 +261,54 @@ class _Packer(Packer):
         else:
             self.transferer = self.referencing = _ReferencingCopier()
         return self.transferer
+
+    # BAT gzips every compressed .blend it rewrites, stamping the gzip header with the
+    # time and its temporary file's random name: the same project packed twice gave two
+    # blobs, and each submit uploaded the .blend again. These two hooks note which
+    # files BAT rewrote and compress those again, the artist's way, deterministically.
+    def _rewrite_paths(self) -> None:
+        self.rewritten.clear()
+        super()._rewrite_paths()
+        for path, compression in self.rewritten:
+            recompress(path, compression)
+
+    def _apply_rewrites_to_blendfile(self, bfile: blendfile.BlendFile,
+                                     action: AssetAction) -> None:
+        # Here ``bfile.filepath`` still holds the original's bytes (BAT copied them and
+        # reads a decompressed twin); BAT compresses it when it closes the file.
+        with pathlib.Path(bfile.filepath).open("rb") as f:
+            compression = magic_compression.find_compression_type(f)
+        super()._apply_rewrites_to_blendfile(bfile, action)
+        if bfile.is_modified and bfile.is_compressed:
+            self.rewritten.append((pathlib.Path(bfile.filepath), compression))
+
+
+#: zstd's default level
+ZSTD_LEVEL = 3
+
+
+def recompress(path: pathlib.Path, compression: magic_compression.Compression) -> None:
+    """Compress the .blend at ``path`` again with ``compression``, the same bytes for the
+    same content every time: zstd (Blender 3.0+) single-threaded at a fixed level,
+    gzip (older Blender, which reads no zstd) with no time and no file name."""
+    if compression not in (magic_compression.Compression.GZIP,
+                           magic_compression.Compression.ZSTD):
+        return
+    fresh = path.with_name(path.name + ".bf-tmp")
+    info = magic_compression.open(path, "rb", 1 << 20)
+    try:
+        with info.fileobj as plain, fresh.open("wb") as out:
+            plain.seek(0)
+            if compression is magic_compression.Compression.GZIP:
+                with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
+                    shutil.copyfileobj(plain, gz, 1 << 20)
+            else:
+                import zstandard  # BAT needed it to read this file in the first place
+
+                zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=0).copy_stream(plain, out)
+        os.replace(fresh, path)
+    finally:
+        fresh.unlink(missing_ok=True)
 
 
 def _run_packer(
