@@ -16,7 +16,8 @@ sys.path.insert(0, str(REPO))
 import build_addon  # noqa: E402
 
 WHEELS = REPO / ".cache" / "addon-wheels"
-BPY_FREE = ("__init__.py", "worker.py", "submit.py", "watcher.py", "vendor/__init__.py")
+BPY_FREE = ("__init__.py", "worker.py", "submit.py", "watcher.py", "wording.py",
+            "vendor/__init__.py")
 
 
 @pytest.fixture(scope="module")

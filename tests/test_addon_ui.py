@@ -128,7 +128,7 @@ def submit_and_download():
     yield from until(lambda: wm.blenderfarm.last_job_id and not wm.blenderfarm.task, 60,
                      "the job to be queued")
     out["submit_message"] = wm.blenderfarm.message
-    job_id = wm.blenderfarm.last_job_id
+    job_id = out["job_id"] = wm.blenderfarm.last_job_id
     state = lambda: next((s for s in wm.blenderfarm.jobs if s.job_id == job_id), None)
     # No refresh here: the add-on's own timer and watcher thread must get there.
     yield from until(lambda: state() and state().status == "completed", 120, "completion")
@@ -256,7 +256,10 @@ def test_panel_operators_in_blenders_ui(legacy_zip, farm_procs, tmp_path) -> Non
     assert r["submit_message"].startswith("Submitted job 'shot'"), r
     assert r["frames"] == [1, 1]
     assert r["download_invoke"] == ["RUNNING_MODAL"]
-    assert r["download_message"] == "Downloaded 1 frame(s) to //renders/.", r
+    # Each job into its own folder: jobs of the same name never share files.
+    sub = f"shot-{r['job_id'][:6]}"
+    assert r["download_message"] == f"Downloaded 1 frame(s) to //renders/{sub}/.", r
+    assert Path(r["downloaded_to"]) == blend.parent / "renders" / sub
     frame = Path(r["downloaded_to"]) / "shot_0001.png"
     assert frame.is_file() and textured_colors(frame)["magenta"] == 0
     assert r["missing_invoke"] == ["RUNNING_MODAL"] and r["missing"] == ["gone.png"]

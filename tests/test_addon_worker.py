@@ -43,7 +43,7 @@ def addon(tmp_path_factory) -> SimpleNamespace:
     sys.path.insert(0, str(root))
     try:
         mods = {name: importlib.import_module(f"blenderfarm_addon.{name}")
-                for name in ("worker", "submit", "watcher")}
+                for name in ("worker", "submit", "watcher", "wording")}
         assert Path(mods["worker"].__file__).is_relative_to(root)
         assert "bpy" not in sys.modules, "the bpy-free modules imported bpy"
         yield SimpleNamespace(**mods)
@@ -79,7 +79,7 @@ def request(addon: SimpleNamespace, blend: Path, plan=None, **kw):
     fields = {"name": "shot", "frames": "1", "chunk": 1, "priority": 50, "overrides": {},
               "scene": None, "on_missing": addon.submit.MISSING_ASK, **kw}
     addon.submit.check_settings(**fields)
-    plan = plan or addon.submit.plan_copy(str(blend), False)
+    plan = plan or addon.submit.as_saved(str(blend))
     return addon.submit.SubmitRequest(plan, **fields)
 
 
@@ -195,12 +195,13 @@ def test_plan_copy_never_touches_the_users_file(addon, tmp_path) -> None:
     blend.parent.mkdir()
     blend.write_bytes(b"BLENDER-original")
 
-    clean = s.plan_copy(str(blend), False)
+    clean = s.as_saved(str(blend))
     assert clean.save_to is None and clean.blend == str(blend) and clean.main_name == "shot.blend"
     s.discard_copy(clean)
     assert blend.read_bytes() == b"BLENDER-original"
 
-    dirty = s.plan_copy(str(blend), True, tag="t1")
+    # Always a copy of the state in memory: is_dirty misses edits made from Python.
+    dirty = s.plan_copy(str(blend), tag="t1")
     # beside the original, so that every // path in the copy means the same file
     assert Path(dirty.save_to).parent == blend.parent
     assert Path(dirty.save_to).name.startswith(".") and dirty.main_name == "shot.blend"
@@ -209,12 +210,12 @@ def test_plan_copy_never_touches_the_users_file(addon, tmp_path) -> None:
     s.discard_copy(dirty)
     assert sorted(p.name for p in blend.parent.iterdir()) == ["shot.blend"]
 
-    readonly = s.plan_copy(str(blend), True, folder_writable=False)
+    readonly = s.plan_copy(str(blend), folder_writable=False)
     assert readonly.temp_dir and Path(readonly.save_to).parent == Path(readonly.temp_dir)
     s.discard_copy(readonly)
     assert not Path(readonly.temp_dir).exists()
 
-    unsaved = s.plan_copy("", True)
+    unsaved = s.plan_copy("")
     assert unsaved.main_name == "untitled.blend" and unsaved.temp_dir
     s.discard_copy(unsaved)
     assert not Path(unsaved.temp_dir).exists() and blend.read_bytes() == b"BLENDER-original"
@@ -246,6 +247,74 @@ def test_server_checks_name_the_exact_problem(addon) -> None:
     assert "protocol 99" in str(info.value) and "9.0.0" in str(info.value)
     unreachable = addon.worker.ServerUnreachable("http://farm:1", "connection refused")
     assert "connection refused" in w.describe_error(unreachable)
+
+
+def _runner_constant(name: str) -> str:
+    """A message constant of the runner (which imports bpy), read from its source."""
+    import ast
+
+    tree = ast.parse((REPO / "blenderfarm" / "node" / "runner" / "runner.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name
+                                                for t in node.targets):
+            return str(ast.literal_eval(node.value))
+    raise AssertionError(f"runner.py has no {name}")
+
+
+def test_farm_errors_are_worded_for_the_panel_not_for_bf(addon) -> None:
+    from blenderfarm.server.farm import NO_OIDN
+
+    wording = addon.wording
+    camera = ("The scene 'Scene' has no active camera; set one in the file or submit with "
+              "a camera override.")
+    for message in (NO_OIDN, _runner_constant("DENOISE_MESSAGE")):
+        assert "--no-denoise" in message  # the farm speaks bf's language
+        said = wording.farm_error(message)
+        assert "set Denoise to Off" in said and "--" not in said, said
+    assert "pick a Camera in the panel" in wording.farm_error(camera)
+    assert "set Denoise to Off" in wording.farm_error("whatever", "needs_denoise")
+    assert "pick a Camera" in wording.farm_error("whatever", "bad_camera")
+    assert wording.farm_error("Blender crashed (SIGSEGV).") == "Blender crashed (SIGSEGV)."
+
+
+def test_job_summary_tells_two_jobs_of_one_name_apart(addon) -> None:
+    summary = addon.wording.job_summary
+    now = 1_800_000_000.0
+    first = {"id": "3fa2b1c4d5e6", "name": "shot", "created": now - 60, "frames": "1-250",
+             "overrides": {}}
+    second = {"id": "9b8c7d6e5f4a", "name": "shot", "created": now - 30, "frames": "1-10",
+              "overrides": {"samples": 7, "camera": "CamB", "denoise": False},
+              "tags": ["gpu"]}
+    a, b = summary(first, now), summary(second, now)
+    assert a != b
+    assert a.startswith("3fa2b1 · ") and "frames 1-250" in a
+    assert b.startswith("9b8c7d · ") and "frames 1-10" in b
+    assert "7 samples" in b and "camera CamB" in b and "denoise off" in b and "tags gpu" in b
+    assert time.strftime("%H:%M", time.localtime(now - 30)) in b
+
+
+def test_long_sentences_wrap_without_cutting_a_url(addon) -> None:
+    url = "http://render-farm-server.studio.example.com:8765"
+    text = (f"Cannot reach the farm server at {url} (connection refused): is bf-server "
+            "running, and is the server URL in the add-on preferences right?")
+    lines = addon.wording.wrap_lines(text, 300)
+    assert len(lines) > 2 and " ".join(lines) == text
+    assert any(url in line for line in lines), lines  # whole, on one line
+
+
+def test_online_access_off_means_offline(addon) -> None:
+    # A stand-in for bpy.app: Blender 4.2+ has online_access, older ones do not.
+    online = addon.wording.online_access
+    assert online(SimpleNamespace(online_access=True))
+    assert not online(SimpleNamespace(online_access=False))
+    assert online(SimpleNamespace())  # Blender 3.x/4.1: no such setting
+    assert "Allow Online Access" in addon.wording.OFFLINE
+
+
+def test_tags_field_becomes_the_specs_list(addon) -> None:
+    s = addon.submit
+    assert s.parse_tags("") == ()
+    assert s.parse_tags(" gpu, big-ram  gpu,,") == ("gpu", "big-ram")
 
 
 # --- against a real server -------------------------------------------------------------------
@@ -288,7 +357,7 @@ def test_upload_runs_in_a_thread_while_the_ui_drains(addon, farm_procs, textured
     w, s = addon.worker, addon.submit
     server = farm_procs.server()
     blend = project_copy(textured, tmp_path / "project", big=BIG)
-    plan = s.plan_copy(str(blend), True, tag="t")  # as with unsaved changes:
+    plan = s.plan_copy(str(blend), tag="t")  # as with unsaved changes:
     shutil.copy(blend, plan.save_to)  # the operator saved the copy beside the file
     task = s.SubmitTask(w.Server(server.url), request(addon, blend, plan=plan), s.load_pack())
     task.start()
@@ -335,6 +404,28 @@ def test_cancel_stops_an_upload_midway(addon, farm_procs, textured, tmp_path) ->
     last = [m for m in seen if isinstance(m, w.Progress)][-1]
     assert last.bytes_done < last.bytes_total, "the upload should have stopped midway"
     assert get_json(f"{server.url}/api/jobs")["jobs"] == [], "no job after a cancel"
+
+
+@with_blender
+def test_a_cancel_while_the_job_is_created_leaves_no_job(addon, farm_procs, textured,
+                                                         tmp_path, monkeypatch) -> None:
+    """ESC just as the job is being queued: "Canceled." must mean no job on the farm."""
+    w, s = addon.worker, addon.submit
+    server = farm_procs.server()
+    blend = project_copy(textured, tmp_path / "project")
+    task = s.SubmitTask(w.Server(server.url), request(addon, blend), s.load_pack())
+    real_create = s._CountingClient.create_job
+
+    def create_then_cancel(self, spec):
+        job = real_create(self, spec)  # the server has queued it...
+        task.cancel()  # ...and the user pressed ESC meanwhile
+        return job
+
+    monkeypatch.setattr(s._CountingClient, "create_job", create_then_cancel)
+    task.start()
+    seen, _ = run_ui_loop(addon, task)
+    assert isinstance(seen[-1], w.Canceled), seen[-1]
+    assert get_json(f"{server.url}/api/jobs")["jobs"] == [], "a canceled submit left a job"
 
 
 @with_blender

@@ -75,7 +75,7 @@ def test_two_nodes_render_an_animation_like_blender_does(farm_procs, anim, direc
     assert len({t["node"] for t in tasks}) == 2, "both nodes should have rendered"
 
     out = tmp_path / "frames"
-    assert bf(server.url, "download", job_id, str(out)).returncode == 0
+    assert bf(server.url, "download", job_id, str(out), "--flat").returncode == 0
     files = sorted(out.glob("*.png"))
     assert [f.name for f in files] == [f"anim_{i:04d}.png" for i in range(1, 13)]
     pixels = [read_rgba(f) for f in files]
@@ -100,7 +100,7 @@ def test_textures_and_linked_libraries_travel(farm_procs, tmp_path) -> None:
     assert manifest_files >= 3  # shot.blend, the texture, the library
     wait_job(server.url, job_id)
     assert bf(server.url, "download", job_id, str(tmp_path / "out")).returncode == 0
-    (frame,) = sorted((tmp_path / "out").glob("*.png"))
+    (frame,) = sorted((tmp_path / "out").glob("shot-*/*.png"))  # a folder per job
     colors = textured_colors(frame)
     assert colors["magenta"] == 0, "the texture went missing on the node"
     assert colors["yellow"] > 50 and colors["green"] > 20, colors
@@ -125,7 +125,7 @@ def _check_all_frames(server: str, job_id: str, count: int, tmp_path: Path, anim
     outputs = get_json(f"{server}/api/jobs/{job_id}/outputs")["outputs"]
     assert sorted(o["frame"] for o in outputs) == list(range(1, count + 1)), "each frame once"
     out = tmp_path / "got"
-    assert bf(server, "download", job_id, str(out)).returncode == 0
+    assert bf(server, "download", job_id, str(out), "--flat").returncode == 0
     files = sorted(out.glob("*.png"))
     assert len(files) == count
     # spot-check against direct renders: the first, a middle and the last frame
@@ -192,3 +192,41 @@ def test_cancel_kills_running_renders_within_two_seconds(farm_procs, tmp_path) -
     assert time.monotonic() - t0 <= 2.0
     job = get_json(f"{server.url}/api/jobs/{job_id}")["job"]
     assert job["status"] == "canceled" and job["frames_done"] < 30
+
+
+def test_download_never_replaces_another_jobs_frames(farm_procs, tmp_path) -> None:
+    """Two jobs of the same name: each downloads into its own folder; into one folder
+    (--flat) the second is refused, naming the file and --overwrite, and loses nothing."""
+    blend = make_scene("anim", tmp_path / "same", frames=2, res=32, samples=2)
+    server = farm_procs.server()
+    farm_procs.node("a")
+    farm_procs.wait_nodes(1)
+    first, _ = submit(server.url, blend, "--frames", "1-2")
+    second, _ = submit(server.url, blend, "--frames", "1-2", "--samples", "16")
+    wait_job(server.url, first)
+    wait_job(server.url, second)
+
+    out = tmp_path / "renders"
+    for job_id in (first, second):
+        assert bf(server.url, "download", job_id, str(out)).returncode == 0
+    folders = sorted(p.name for p in out.iterdir())
+    assert folders == sorted([f"anim-{first[:6]}", f"anim-{second[:6]}"])
+    a, b = (sorted((out / f"anim-{j[:6]}").glob("*.png")) for j in (first, second))
+    assert [f.name for f in a] == [f.name for f in b] == ["anim_0001.png", "anim_0002.png"]
+    assert a[0].read_bytes() != b[0].read_bytes(), "16 samples render other pixels than 2"
+
+    flat = tmp_path / "flat"
+    assert bf(server.url, "download", first, str(flat), "--flat").returncode == 0
+    kept = {f.name: f.read_bytes() for f in flat.iterdir()}
+    proc = bf(server.url, "download", second, str(flat), "--flat")
+    assert proc.returncode == 1
+    message = proc.stderr.strip()
+    assert message.count("\n") == 0 and "--overwrite" in message, message
+    assert str(flat / "anim_0001.png") in message, message
+    assert {f.name: f.read_bytes() for f in flat.iterdir()} == kept, "nothing replaced"
+
+    again = bf(server.url, "download", first, str(flat), "--flat", "--json")
+    assert again.returncode == 0 and len(json.loads(again.stdout)["unchanged"]) == 2
+    assert bf(server.url, "download", second, str(flat), "--flat", "--overwrite"
+              ).returncode == 0
+    assert (flat / "anim_0001.png").read_bytes() == b[0].read_bytes()

@@ -1,5 +1,9 @@
 """Operators on the farm jobs of this file: download results, cancel, open, forget.
 
+Each job downloads into its own folder under Download To by default
+(``<job name>-<short id>``, :func:`job_folder`), which Open Folder opens; a file
+there whose content differs is replaced only with the panel's Overwrite.
+
 Downloads run as a :class:`worker.DownloadTask` under the same modal pattern as a
 submit (``operators.TaskOperator``); cancelling a job goes through the job watcher's
 thread. Nothing here waits on the network on Blender's main thread, except when
@@ -12,8 +16,9 @@ import bpy
 from bpy.props import StringProperty
 from bpy.types import Operator
 
-from . import preferences, status
+from . import preferences, status, wording
 from .operators import TaskOperator, busy
+from .vendor.blenderfarm.client.api import job_folder_name
 from .worker import Done, DownloadTask
 
 
@@ -22,10 +27,27 @@ def _job_name(context, job_id: str) -> str:
     return state.name if state is not None and state.name else job_id
 
 
+def job_folder(context, job_id: str, name: str) -> str:
+    """The folder a job's frames are in: where it was downloaded to, else where the
+    panel's settings put them ("" for a file never saved with a relative folder)."""
+    state = status.job_state(context.window_manager, job_id)
+    if state is not None and state.downloaded_to:
+        return state.downloaded_to
+    settings = context.scene.blenderfarm
+    raw = settings.download_dir
+    if raw.startswith("//") and not bpy.data.filepath:
+        return ""
+    folder = os.path.normpath(bpy.path.abspath(raw))
+    if settings.download_per_job:
+        folder = os.path.join(folder, job_folder_name(name, job_id))
+    return folder
+
+
 class BLENDERFARM_OT_download(TaskOperator, Operator):
     bl_idname = "blenderfarm.download"
     bl_label = "Download Results"
-    bl_description = "Download the job's rendered frames into the download folder"
+    bl_description = ("Download the job's rendered frames into its own folder under the "
+                      "download folder")
 
     job_id: StringProperty(name="Job ID")
     folder: StringProperty(
@@ -43,7 +65,11 @@ class BLENDERFARM_OT_download(TaskOperator, Operator):
         return self.start(context, modal=False)
 
     def start(self, context, modal: bool) -> set:
-        raw = self.folder or context.scene.blenderfarm.download_dir
+        if not wording.online_access(bpy.app):
+            self.say(context, wording.OFFLINE, "ERROR")
+            return {"CANCELLED"}
+        settings = context.scene.blenderfarm
+        raw = self.folder or settings.download_dir
         if raw.startswith("//") and not bpy.data.filepath:
             self.say(context, "Save the file first, or choose a download folder that is not "
                               "relative (// means: next to the saved file).", "ERROR")
@@ -55,7 +81,9 @@ class BLENDERFARM_OT_download(TaskOperator, Operator):
             return {"CANCELLED"}
         self._job_id = job_id
         status.set_message(context, "")
-        task = DownloadTask(preferences.server(context), job_id, folder, raw)
+        task = DownloadTask(preferences.server(context), job_id, folder, raw,
+                            per_job=settings.download_per_job,
+                            overwrite=settings.download_overwrite)
         return self.run_task(context, task, modal)
 
     def on_done(self, context, message: Done) -> None:
@@ -79,6 +107,9 @@ class BLENDERFARM_OT_cancel_job(Operator):
         return context.window_manager.invoke_confirm(self, event)
 
     def execute(self, context) -> set:
+        if not wording.online_access(bpy.app):
+            self.report({"ERROR"}, wording.OFFLINE)
+            return {"CANCELLED"}
         status.sync(context)
         status.watcher.cancel_job(self.job_id)
         if bpy.app.background:
@@ -107,7 +138,7 @@ class BLENDERFARM_OT_open_dashboard(Operator):
 class BLENDERFARM_OT_open_folder(Operator):
     bl_idname = "blenderfarm.open_folder"
     bl_label = "Open Folder"
-    bl_description = "Open the folder the frames were downloaded into"
+    bl_description = "Open the folder this job's frames were downloaded into"
     bl_options = {"INTERNAL"}
 
     path: StringProperty(subtype="DIR_PATH")
@@ -178,6 +209,9 @@ class BLENDERFARM_OT_refresh_jobs(Operator):
     bl_description = "Ask the farm for the state of this file's jobs now"
 
     def execute(self, context) -> set:
+        if not wording.online_access(bpy.app):
+            self.report({"ERROR"}, wording.OFFLINE)
+            return {"CANCELLED"}
         if bpy.app.background:
             status.poll_now(context)  # no timers run in the background: poll here
         else:

@@ -7,18 +7,20 @@ the timer is removed. Where there is no event loop (``blender -b``, or an operat
 called from a script, which runs ``execute``) the task runs inline instead, so
 ``bpy.ops.blenderfarm.submit()`` returns when the job is queued and reports its id.
 
-Saving the copy of a file with unsaved changes is the only bpy work of a submit; the
-rest is ``submit.py``. Errors end as one sentence in the panel and the status bar.
+Saving a copy of the file as it is in memory is the only bpy work of a submit (always:
+Python edits do not mark a file dirty); the rest is ``submit.py``. Errors end as one
+sentence in the panel and the status bar, worded for the panel (``wording.py``).
 """
 
 import dataclasses
 import logging
+import time
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 from bpy.types import Operator
 
-from . import preferences, status
+from . import preferences, status, wording
 from .submit import (
     MISSING_ASK,
     MISSING_CANCEL,
@@ -29,6 +31,7 @@ from .submit import (
     discard_copy,
     frame_range,
     load_pack,
+    parse_tags,
     plan_copy,
 )
 from .worker import (
@@ -48,6 +51,7 @@ from .worker import (
 log = logging.getLogger(__name__)
 
 TIMER_STEP = 0.05  # seconds between drains of a running task's queue
+CANCEL_GRACE = 5.0  # seconds a canceled task has to say how it ended
 
 #: The task of each kind that runs now (submit, download, connection); the panel's
 #: buttons reach it here.
@@ -65,11 +69,12 @@ class TaskOperator:
     _task = None
     _timer = None
     _result = None
+    _canceled_at = None
     #: Whether the panel's progress bar follows this task (one such task at a time).
     shows_progress = True
 
     def run_task(self, context, task: Task, modal: bool) -> set:
-        self._task, self._result = task, None
+        self._task, self._result, self._canceled_at = task, None, None
         if not modal:
             task.run()
             drain(task.queue, lambda m: self.handle(context, m), budget=float("inf"))
@@ -77,7 +82,7 @@ class TaskOperator:
         running[task.kind] = task
         if self.shows_progress:
             state = context.window_manager.blenderfarm
-            state.task, state.stage, state.progress = task.kind, "Starting...", 0.0
+            state.task, state.stage, state.progress_value = task.kind, "Starting...", 0.0
         task.start()
         wm = context.window_manager
         self._timer = wm.event_timer_add(TIMER_STEP, window=context.window)
@@ -87,10 +92,20 @@ class TaskOperator:
 
     def modal(self, context, event) -> set:
         if (event.type == "ESC" and event.value == "PRESS") or self._task.canceled:
-            self._task.cancel()
-            self._quit(context)
-            self.say(context, "Canceled.", "WARNING")
-            return {"CANCELLED"}
+            # Ask the thread to stop, and go on draining until it says how it ended: a
+            # job it had already created is taken back or reported, never left behind
+            # a "Canceled." (unless the thread hangs past CANCEL_GRACE).
+            if self._canceled_at is None:
+                self._task.cancel()
+                self._canceled_at = time.monotonic()
+                if self.shows_progress:
+                    context.window_manager.blenderfarm.stage = "Canceling..."
+            elif time.monotonic() - self._canceled_at > CANCEL_GRACE:
+                self._quit(context)
+                self.say(context, "Canceled.", "WARNING")
+                return {"CANCELLED"}
+            if event.type == "ESC":
+                return {"RUNNING_MODAL"}  # handled: not for the editor under the mouse
         if event.type == "TIMER":
             try:
                 drain(self._task.queue, lambda m: self.handle(context, m))
@@ -132,7 +147,8 @@ class TaskOperator:
     def handle(self, context, message) -> None:
         state = context.window_manager.blenderfarm
         if isinstance(message, Progress):
-            state.stage, state.progress = progress_text(message), 100.0 * message.fraction
+            state.stage = progress_text(message)
+            state.progress_value = 100.0 * message.fraction
             self.status_bar(context, f"Blenderfarm: {state.stage}   (Esc: cancel)")
             status.tag_redraw(context)
         elif isinstance(message, MissingFiles):
@@ -162,8 +178,8 @@ class TaskOperator:
 class BLENDERFARM_OT_submit(TaskOperator, Operator):
     bl_idname = "blenderfarm.submit"
     bl_label = "Render on Farm"
-    bl_description = ("Pack this file with everything it uses (unsaved changes included), "
-                      "upload it and queue a render job on the farm")
+    bl_description = ("Pack this file as it is now (unsaved changes included) with "
+                      "everything it uses, upload it and queue a render job on the farm")
     bl_options = {"REGISTER"}
 
     frames: StringProperty(
@@ -186,6 +202,9 @@ class BLENDERFARM_OT_submit(TaskOperator, Operator):
         return self.submit(context, modal=False)
 
     def submit(self, context, modal: bool) -> set:
+        if not wording.online_access(bpy.app):
+            self.say(context, wording.OFFLINE, "ERROR")
+            return {"CANCELLED"}
         server = preferences.server(context)
         try:
             pack = load_pack()
@@ -210,9 +229,15 @@ class BLENDERFARM_OT_submit(TaskOperator, Operator):
         policy = {"ASK": MISSING_ASK if ask else MISSING_CONTINUE, "CONTINUE": MISSING_CONTINUE,
                   "CANCEL": MISSING_CANCEL}[self.on_missing]
         fields = dict(name=s.job_name, frames=frames, chunk=s.chunk, priority=s.priority,
-                      overrides=overrides(s), scene=context.scene.name, on_missing=policy)
+                      overrides=overrides(s), scene=context.scene.name, on_missing=policy,
+                      tags=parse_tags(s.tags))
         check_settings(**fields)  # before saving anything
-        return SubmitRequest(plan_copy(bpy.data.filepath, bpy.data.is_dirty), **fields)
+        if s.camera is None and context.scene.camera is None:
+            raise Problem(f"The scene {context.scene.name!r} has no active camera: pick a "
+                          "Camera in the panel's Overrides, or set the scene's camera in "
+                          "the Scene properties.")
+        # Always the state in memory: bpy.data.is_dirty misses edits made from Python.
+        return SubmitRequest(plan_copy(bpy.data.filepath), **fields)
 
     @staticmethod
     def save_copy(request: SubmitRequest) -> None:
@@ -258,6 +283,8 @@ def overrides(settings) -> dict:
         out["format"] = settings.file_format
     if settings.denoise != "SCENE":
         out["denoise"] = settings.denoise == "ON"
+    if settings.camera is not None:
+        out["camera"] = settings.camera.name
     return out
 
 
@@ -361,6 +388,9 @@ class BLENDERFARM_OT_test_connection(TaskOperator, Operator):
         return self.start(context, modal=False)
 
     def start(self, context, modal: bool) -> set:
+        if not wording.online_access(bpy.app):
+            self.say(context, wording.OFFLINE, "ERROR")
+            return {"CANCELLED"}
         server = preferences.server(context)
         context.window_manager.blenderfarm.connection = f"Connecting to {server.url}..."
         task = ConnectionTest(dataclasses.replace(server, timeout=10.0))

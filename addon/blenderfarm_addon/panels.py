@@ -1,17 +1,21 @@
 """The "Render on Farm" panel in Properties > Output, with its sub-panels.
 
-Settings (job name, frames, chunk size, priority), Overrides, the submit button (a
-progress bar with Cancel while a submit or download runs, and the missing-files
-question), and this file's jobs with live progress. Drawing only: every action is an
-operator, every value a property; nothing here changes data or talks to the farm.
+Settings (job name, frames, chunk size, priority, tags), Overrides (the camera too),
+the submit button (a progress bar with Cancel while a submit or download runs, and the
+missing-files question), and this file's jobs with live progress, each told apart by
+its short id, when it was submitted, its frames and overrides. Why the farm cannot be
+used (down, refused, online access off) shows once, at the top. Drawing only: every
+action is an operator, every value a property; nothing here changes data or talks to
+the farm.
 """
 
-import textwrap
+import os
 
 import bpy
 from bpy.types import Panel
 
-from . import preferences, status
+from . import job_operators, preferences, status
+from .wording import wrapped_label
 
 STATUS_ICONS = {
     "queued": "SORTTIME",
@@ -26,22 +30,14 @@ MESSAGE_ICONS = {"INFO": "INFO", "DONE": "CHECKMARK", "WARNING": "ERROR", "ERROR
 
 
 def progress_bar(layout, owner, attr: str, text: str) -> None:
-    """A read-only bar: Blender 4's ``layout.progress``, a slider before that."""
+    """A bar: Blender 4's ``layout.progress``; before that a slider of a read-only
+    property (a getter), which cannot be dragged."""
     percent = getattr(owner, attr)
     if hasattr(layout, "progress"):
         layout.progress(factor=percent / 100.0, type="BAR", text=text)
     else:
         row = layout.row()
         row.prop(owner, attr, text=text, slider=True)
-
-
-def wrapped_label(layout, context, text: str, icon: str = "NONE") -> None:
-    """Labels do not wrap: split a sentence to the panel's width, icon on the first line."""
-    scale = context.preferences.view.ui_scale
-    width = max(20, int((context.region.width if context.region else 400) / (7 * scale)) - 4)
-    col = layout.column(align=True)
-    for i, line in enumerate(textwrap.wrap(text, width) or [""]):
-        col.label(text=line, icon=icon if i == 0 else "BLANK1")
 
 
 class FarmPanel:
@@ -67,6 +63,9 @@ class BLENDERFARM_PT_render_on_farm(FarmPanel, Panel):
         row.operator("blenderfarm.open_dashboard", text="", icon="WORLD")
         row.operator("preferences.addon_show", text="", icon="PREFERENCES").module = \
             preferences.__package__
+        problem = status.farm_problem(context)
+        if problem:
+            wrapped_label(layout, context, problem, "ERROR")
 
         layout.prop(settings, "job_name")
         col = layout.column(align=True)
@@ -80,6 +79,7 @@ class BLENDERFARM_PT_render_on_farm(FarmPanel, Panel):
         col = layout.column()
         col.prop(settings, "chunk")
         col.prop(settings, "priority", slider=True)
+        col.prop(settings, "tags")
 
 
 class BLENDERFARM_PT_render_on_farm_overrides(FarmPanel, Panel):
@@ -98,6 +98,7 @@ class BLENDERFARM_PT_render_on_farm_overrides(FarmPanel, Panel):
             sub = row.row(align=True)
             sub.active = getattr(settings, toggle)
             sub.prop(settings, value, text="")
+        layout.prop(settings, "camera")  # empty: the scene's camera
         layout.prop(settings, "file_format")
         layout.prop(settings, "denoise")
 
@@ -120,7 +121,8 @@ class BLENDERFARM_PT_render_on_farm_submit(FarmPanel, Panel):
             row = layout.row()
             row.scale_y = 1.6
             row.operator("blenderfarm.submit", icon="RENDER_ANIMATION")
-        if state.message:
+        # Said once: the top of the panel already shows why the farm cannot be used.
+        if state.message and state.message != status.farm_problem(context):
             wrapped_label(layout, context, state.message, MESSAGE_ICONS[state.message_kind])
 
     def draw_missing(self, context, state) -> None:
@@ -148,9 +150,6 @@ class BLENDERFARM_PT_render_on_farm_jobs(FarmPanel, Panel):
     def draw(self, context) -> None:
         layout = self.layout
         settings = context.scene.blenderfarm
-        state = context.window_manager.blenderfarm
-        if state.watch_error:
-            wrapped_label(layout, context, state.watch_error, "ERROR")
         if not settings.jobs:
             layout.label(text="No jobs submitted from this file yet.")
         for ref in settings.jobs:
@@ -159,6 +158,8 @@ class BLENDERFARM_PT_render_on_farm_jobs(FarmPanel, Panel):
         col.use_property_split = True
         col.use_property_decorate = False
         col.prop(settings, "download_dir")
+        col.prop(settings, "download_per_job")
+        col.prop(settings, "download_overwrite")
 
     def draw_job(self, context, ref, job) -> None:
         box = self.layout.box()
@@ -170,8 +171,10 @@ class BLENDERFARM_PT_render_on_farm_jobs(FarmPanel, Panel):
             row.operator("blenderfarm.cancel_job", text="", icon="CANCEL").job_id = ref.job_id
         row.operator("blenderfarm.forget_job", text="", icon="X").job_id = ref.job_id
         if job is None:
-            box.label(text="Waiting for the farm...")
+            box.label(text=f"{ref.job_id[:6]} · waiting for the farm...")
             return
+        if job.summary:
+            wrapped_label(box, context, job.summary)
         text = f"{job.frames_done} / {job.frames_total} frames, {job.status}"
         progress_bar(box, job, "progress", text)
         if job.error:
@@ -180,8 +183,9 @@ class BLENDERFARM_PT_render_on_farm_jobs(FarmPanel, Panel):
         sub = row.row(align=True)
         sub.enabled = job.frames_done > 0
         sub.operator("blenderfarm.download", icon="IMPORT").job_id = ref.job_id
-        if job.downloaded_to:
-            row.operator("blenderfarm.open_folder", icon="FILE_FOLDER").path = job.downloaded_to
+        folder = job_operators.job_folder(context, ref.job_id, ref.name or job.name)
+        if folder and os.path.isdir(folder):
+            row.operator("blenderfarm.open_folder", icon="FILE_FOLDER").path = folder
 
 
 classes = (

@@ -2,11 +2,13 @@
 WindowManager.
 
 ``Scene.blenderfarm`` (saved with the file): job name, frame range, chunk size,
-priority, render overrides, the download folder and the ids of the jobs submitted
-from this file. The job name and frame range follow the file name and the scene until
+priority, required node tags, render overrides (the camera too), the download folder
+and the ids of the jobs submitted from this file. The job name and frame range follow the file name and the scene until
 the user edits them (getters, not copies, so they never go stale).
 ``WindowManager.blenderfarm`` (never saved): the running submit's progress, the last
-message, missing files awaiting a decision, and the live state of each job.
+message, missing files awaiting a decision, and the live state of each job. Progress
+values are read-only (getters): Blender 3.x draws them as sliders, which must not be
+draggable.
 
 Only property definitions and their getters: no network, no threads. No ``from
 __future__ import annotations`` here: Blender reads the properties from the classes'
@@ -64,6 +66,19 @@ def _frame_set(attr: str):
     return set_
 
 
+def _is_camera(self, obj) -> bool:
+    # Of this scene: the node looks the override up among the scene's objects.
+    return obj.type == "CAMERA" and obj.name in self.id_data.objects
+
+
+def _job_progress(self) -> float:
+    return 100.0 * self.frames_done / self.frames_total if self.frames_total > 0 else 0.0
+
+
+def _task_progress(self) -> float:
+    return self.progress_value
+
+
 class BLENDERFARM_PG_job_ref(PropertyGroup):
     """A job submitted from this file (``name`` is the job's name)."""
 
@@ -116,10 +131,24 @@ class BLENDERFARM_PG_settings(PropertyGroup):
         items=[("SCENE", "Scene's Setting", "Keep the scene's denoising setting"),
                ("ON", "On", "Denoise (only nodes with OpenImageDenoise take the job)"),
                ("OFF", "Off", "Do not denoise")])
+    camera: PointerProperty(
+        name="Camera", type=bpy.types.Object, poll=_is_camera,
+        description="Render through this camera of the scene (empty: the scene's camera)")
+    tags: StringProperty(
+        name="Tags", description="Node tags the job requires, like gpu, big-ram: only "
+                                 "nodes that have every one of them render it")
 
     download_dir: StringProperty(
         name="Download To", default="//renders/", subtype="DIR_PATH",
         description="Folder the rendered frames are downloaded into")
+    download_per_job: BoolProperty(
+        name="Folder per Job", default=True,
+        description="Download each job into its own folder, <job name>-<short id>, so "
+                    "that jobs of the same name never mix")
+    download_overwrite: BoolProperty(
+        name="Overwrite", default=False,
+        description="Replace files in the folder whose content differs (else they are "
+                    "never replaced, and nothing is downloaded)")
     jobs: CollectionProperty(type=BLENDERFARM_PG_job_ref)
 
 
@@ -135,16 +164,20 @@ class BLENDERFARM_PG_job_state(PropertyGroup):
     frames_done: IntProperty()
     frames_total: IntProperty()
     error: StringProperty()
+    summary: StringProperty(description="Short id, when submitted, frames, overrides")
     progress: FloatProperty(
-        name="Progress", min=0.0, max=100.0, subtype="PERCENTAGE", precision=0)
+        name="Progress", min=0.0, max=100.0, subtype="PERCENTAGE", precision=0,
+        get=_job_progress)
     downloaded_to: StringProperty(subtype="DIR_PATH")
 
 
 class BLENDERFARM_PG_status(PropertyGroup):
     task: StringProperty(description="The running task: submit, download or empty")
     stage: StringProperty()
+    progress_value: FloatProperty(options={"HIDDEN"})
     progress: FloatProperty(
-        name="Progress", min=0.0, max=100.0, subtype="PERCENTAGE", precision=0)
+        name="Progress", min=0.0, max=100.0, subtype="PERCENTAGE", precision=0,
+        get=_task_progress)
     message: StringProperty()
     message_kind: StringProperty(default="INFO")
     missing: CollectionProperty(type=BLENDERFARM_PG_path)
@@ -153,6 +186,8 @@ class BLENDERFARM_PG_status(PropertyGroup):
     connection: StringProperty()
     connection_ok: BoolProperty()
     watch_error: StringProperty()
+    farm_error: StringProperty(description="Why the farm cannot be reached, checked "
+                                           "every few seconds; empty while it answers")
     jobs: CollectionProperty(type=BLENDERFARM_PG_job_state)
 
 

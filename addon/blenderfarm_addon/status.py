@@ -7,28 +7,39 @@ time budget and copies each update into ``WindowManager.blenderfarm.jobs``, whic
 panel draws; a ``load_post`` handler points it at the jobs of a newly opened file.
 Unregistering stops the thread and removes the timer and the handler.
 
-Here bpy is touched on the main thread only; the network is the watcher's.
+The same timer asks the server for ``/api/info`` every ``PING_EVERY`` seconds in a
+:class:`worker.ConnectionTest` thread (:func:`check_farm`), so the panel says the farm
+is down even while no job runs. Changing the server URL or token clears what was said
+about the old one. With Blender 4.2+'s Allow Online Access off, nothing connects.
+
+Here bpy is touched on the main thread only; the network is the threads'.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from typing import Any
 
 import bpy
 from bpy.app.handlers import persistent
 
-from . import preferences
+from . import preferences, wording
 from .properties import MAX_RECENT_JOBS
 from .watcher import JobGone, JobUpdate, JobWatcher, WatchError
-from .worker import drain
+from .worker import ConnectionTest, Done, Failed, drain
 
 log = logging.getLogger(__name__)
 
 TICK_BUSY = 0.25  # seconds between drains while a job runs
 TICK_IDLE = 1.0
+PING_EVERY = 10.0  # seconds between checks that the farm answers
+PING_TIMEOUT = 5.0
 
 watcher = JobWatcher()
+_ping: ConnectionTest | None = None
+_ping_due = 0.0
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -96,9 +107,8 @@ def apply_job(wm: Any, job: dict[str, Any]) -> None:
     state.status = str(job.get("status") or "")
     state.frames_done = int(job.get("frames_done") or 0)
     state.frames_total = int(job.get("frames_total") or 0)
-    state.error = str(job.get("error") or "")
-    total = state.frames_total
-    state.progress = 100.0 * state.frames_done / total if total else 0.0
+    state.error = wording.farm_error(str(job.get("error") or ""), str(job.get("reason") or ""))
+    state.summary = wording.job_summary(job)
 
 
 def apply_message(context: Any, message: Any) -> None:
@@ -110,8 +120,9 @@ def apply_message(context: Any, message: Any) -> None:
         apply_job(wm, message.job)
         status = message.job.get("status")
         if status == "failed" and old_status not in ("", "failed"):
-            text = (f"Job {message.job.get('name')!r} failed: "
-                    f"{message.job.get('error') or 'see its log in the dashboard.'}")
+            error = job_state(wm, str(message.job.get("id"))).error
+            text = f"Job {message.job.get('name')!r} failed: " \
+                   f"{error or 'see its log in the dashboard.'}"
             set_message(context, text, "ERROR")
             notify(context, text)
     elif isinstance(message, JobGone):
@@ -123,10 +134,73 @@ def apply_message(context: Any, message: Any) -> None:
             notify(context, message.message)
 
 
+def server_changed(context: Any) -> None:
+    """The server URL or token changed: what was said about the old one no longer holds."""
+    global _ping_due
+    state = context.window_manager.blenderfarm
+    state.connection, state.connection_ok = "", False
+    state.watch_error = state.farm_error = ""
+    if state.message_kind == "ERROR":
+        state.message = ""
+    _ping_due = 0.0  # check the new one at the next tick
+    tag_redraw(context)
+
+
+def farm_problem(context: Any) -> str:
+    """The one sentence on why the farm cannot be used now ("" when it can)."""
+    if not wording.online_access(bpy.app):
+        return wording.OFFLINE
+    state = context.window_manager.blenderfarm
+    return state.watch_error or state.farm_error
+
+
+def check_farm(context: Any, now: float | None = None) -> None:
+    """Every PING_EVERY seconds, ask the farm whether it answers, in a thread; its
+    answer sets ``farm_error``. Called by the timer (and by tests in ``blender -b``)."""
+    global _ping, _ping_due
+    state = context.window_manager.blenderfarm
+    now = time.monotonic() if now is None else now
+    if _ping is not None:
+        ping, alive = _ping, _ping.is_alive()  # dead: all its messages are queued
+
+        def answer(message: Any) -> None:
+            if ping.server.url != preferences.server(context).url:
+                return  # about a URL since changed
+            if isinstance(message, Done):
+                state.farm_error = ""
+            elif isinstance(message, Failed):
+                state.farm_error = message.message
+
+        if drain(ping.queue, answer):
+            tag_redraw(context)
+        if not alive:
+            _ping = None
+        return
+    if now < _ping_due or not wording.online_access(bpy.app):
+        return
+    _ping_due = now + PING_EVERY
+    try:
+        server = preferences.server(context)
+    except KeyError:  # the add-on is being disabled
+        return
+    _ping = ConnectionTest(dataclasses.replace(server, timeout=PING_TIMEOUT))
+    _ping.start()
+
+
+def _stop_ping() -> None:
+    global _ping
+    if _ping is not None:
+        _ping.cancel()
+        _ping.join(1.0)  # a daemon thread: one stuck on a dead server ends by itself
+        _ping = None
+
+
 def sync(context: Any) -> None:
     """Point the watcher at the current server and the current file's jobs."""
     scene = getattr(context, "scene", None)
     ids = [ref.job_id for ref in scene.blenderfarm.jobs] if scene is not None else []
+    if not wording.online_access(bpy.app):
+        ids = []  # Blender forbids going online: follow nothing
     try:
         watcher.configure(preferences.server(context))
     except KeyError:  # the add-on is being disabled
@@ -149,6 +223,7 @@ def _tick() -> float:
     try:
         sync(context)
         handled = drain(watcher.queue, lambda m: apply_message(context, m))
+        check_farm(context)
     except Exception:  # Blender drops a timer that raises: the job list would freeze
         log.exception("Blenderfarm: updating the job list failed")
         return TICK_IDLE
@@ -178,3 +253,4 @@ def unregister() -> None:
         bpy.app.handlers.load_post.remove(_on_load_post)
     watcher.stop()
     watcher.watch([])
+    _stop_ping()

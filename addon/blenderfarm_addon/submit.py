@@ -1,9 +1,11 @@
 """Submitting the open file to the farm, without bpy: plan the copy, pack, upload, queue.
 
-:func:`plan_copy` decides what to pack: the saved file as it is, or, when it has
-unsaved changes (or was never saved), a copy the operator saves first. The copy goes
-next to the original under a hidden name, so every ``//`` relative path in it means
-the same file; the user's own file is never written. :class:`SubmitTask` then, in its
+:func:`plan_copy` decides where the copy the operator saves first goes: always a
+copy of the state in memory, never the saved file as it is, because Python edits
+(``scene.cycles.samples = 7`` from a script or a startup script) do not set
+``bpy.data.is_dirty``. The copy goes next to the original under a hidden name, so
+every ``//`` relative path in it means the same file; the user's own file is never
+written. :class:`SubmitTask` then, in its
 thread: checks the server, packs with the vendored client (BAT traces every
 dependency; files outside the project folder are packed too), deletes the copy, asks
 about missing files, uploads what the server lacks with byte progress, and creates
@@ -72,19 +74,18 @@ class CopyPlan:
     temp_dir: str | None = None  # a folder made for the copy, removed with it
 
 
-def plan_copy(filepath: str, is_dirty: bool, *, folder_writable: bool | None = None,
+def plan_copy(filepath: str, *, folder_writable: bool | None = None,
               tag: str | None = None) -> CopyPlan:
-    """Where the submit's .blend comes from, for an open file at ``filepath`` ("" if unsaved).
+    """Where the submit's .blend is saved, for an open file at ``filepath`` ("" if unsaved).
 
-    A saved file without changes is packed as it is (its blob is likely already on the
-    server). Otherwise a copy is saved beside it, so relative paths stay valid; if
-    that folder is read-only, or the file was never saved, into a temporary folder
-    (Blender then rewrites relative paths for the new place, and BAT packs files
-    from outside the project under ``_outside_project/``).
+    Always a copy of what is in memory (Blender cannot tell whether a script changed
+    it). The copy is saved beside the file, so relative paths stay valid; if that
+    folder is read-only, or the file was never saved, into a temporary folder
+    (Blender then rewrites relative paths for the new place, and BAT packs files from
+    outside the project under ``_outside_project/``). Uploads go by content, so the
+    textures and libraries of an unchanged project are not sent again.
     """
     tag = tag or secrets.token_hex(4)
-    if filepath and not is_dirty:
-        return CopyPlan(None, filepath, os.path.basename(filepath))
     if filepath:
         folder, name = os.path.split(filepath)
         if folder_writable is None:
@@ -98,6 +99,11 @@ def plan_copy(filepath: str, is_dirty: bool, *, folder_writable: bool | None = N
     temp_dir = tempfile.mkdtemp(prefix="blenderfarm-")
     copy = os.path.join(temp_dir, name)
     return CopyPlan(copy, copy, name, temp_dir)
+
+
+def as_saved(filepath: str) -> CopyPlan:
+    """Pack the file on disk as it is (``bf submit`` does; tests without Blender too)."""
+    return CopyPlan(None, filepath, os.path.basename(filepath))
 
 
 def discard_copy(plan: CopyPlan) -> None:
@@ -129,19 +135,29 @@ class SubmitRequest:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     scene: str | None = None
     on_missing: str = MISSING_ASK
+    tags: tuple[str, ...] = ()  # node tags the job requires (spec["tags"])
+
+
+def parse_tags(text: str) -> tuple[str, ...]:
+    """The panel's Tags field, ``gpu, big-ram`` (commas or spaces), as the spec's list."""
+    return tuple(dict.fromkeys(t for t in text.replace(",", " ").split() if t))
 
 
 def check_settings(*, name: str, frames: str, chunk: int, priority: int,
-                   overrides: dict[str, Any], scene: str | None, on_missing: str) -> None:
+                   overrides: dict[str, Any], scene: str | None, on_missing: str,
+                   tags: tuple[str, ...] = ()) -> None:
     """Check a submit's settings against the job schema before anything slow: SpecError."""
     if on_missing not in (MISSING_ASK, MISSING_CONTINUE, MISSING_CANCEL):
         raise ValueError(f"on_missing must be ask, continue or cancel, not {on_missing!r}")
     placeholder = "placeholder.blend"
-    validate_spec({
+    spec: dict[str, Any] = {
         "blend": placeholder, "manifest": {placeholder: "0" * 64}, "frames": frames,
         "chunk": chunk, "priority": priority, "name": name, "scene": scene,
         "overrides": overrides,
-    })
+    }
+    if tags:  # only then: a spec without tags stays valid for a server without them
+        spec["tags"] = list(tags)
+    validate_spec(spec)
 
 
 def frame_range(start: int, end: int, step: int = 1) -> str:
@@ -183,15 +199,28 @@ class SubmitTask(Task):
                 packed, name=self.request.name, frames=self.request.frames,
                 chunk=self.request.chunk, priority=self.request.priority,
                 overrides=self.request.overrides, scene=self.request.scene)
+            if self.request.tags:
+                spec["tags"] = list(self.request.tags)
             stats = self.pack.upload_missing(client, packed, on_progress=client.on_bytes)
             self.check()  # the last moment a cancel can still stop the job
             self.progress(Progress("Queuing", client.files_done, client.files_total,
                                    stats.bytes_sent, stats.bytes_sent), force=True)
             job = client.create_job(spec)
+            if self.canceled:  # canceled while the job was being created: take it back
+                self._take_back(client, job)
         sent = format_bytes(stats.bytes_sent)
         return Done(job, f"Submitted job {job.get('name')!r} ({job.get('id')}): "
                          f"{job.get('frames_total', '?')} frame(s); uploaded "
                          f"{stats.files_sent} file(s), {sent}.")
+
+    @staticmethod
+    def _take_back(client: Client, job: dict[str, Any]) -> None:
+        try:
+            client.delete_job(str(job.get("id")))
+        except Exception as exc:  # the job stays; say so rather than "Canceled."
+            raise Problem(f"Canceled too late: job {job.get('id')} was already queued, and "
+                          f"deleting it failed ({exc}); cancel it in the Jobs list.") from exc
+        raise Aborted()
 
     def cleanup(self) -> None:
         self._discard_copy()

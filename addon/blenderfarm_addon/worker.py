@@ -22,7 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .vendor.blenderfarm.client.api import ApiError, Client, ServerUnreachable
+from .vendor.blenderfarm.client.api import (
+    ApiError,
+    Client,
+    OutputConflict,
+    ServerUnreachable,
+    job_folder_name,
+)
 from .vendor.blenderfarm.client.progress import format_bytes
 from .vendor.blenderfarm.protocol.frames import FrameRangeError
 from .vendor.blenderfarm.protocol.jobspec import SpecError
@@ -129,6 +135,9 @@ def describe_error(exc: BaseException, has_token: bool = True) -> str:
                 "running, and is the server URL in the add-on preferences right?")
     if isinstance(exc, ApiError):
         return _describe_api_error(exc, has_token)
+    if isinstance(exc, OutputConflict):
+        return (f"Nothing downloaded: {exc}. Tick Overwrite under Download To in the panel "
+                "to replace it, or download into another folder.")
     if isinstance(exc, SpecError):
         return f"Invalid job settings: {exc}."
     if isinstance(exc, FrameRangeError):
@@ -226,7 +235,8 @@ class Task:
             self.post(self.work())
         except Aborted as exc:
             self.post(Canceled(str(exc) or Canceled.message))
-        except (Problem, ServerUnreachable, ApiError, SpecError, FrameRangeError) as exc:
+        except (Problem, ServerUnreachable, ApiError, OutputConflict, SpecError,
+                FrameRangeError) as exc:
             log.debug("%s failed", self.kind, exc_info=True)
             self.post(Failed(describe_error(exc, bool(self.server.token))))
         except Exception as exc:  # a bug: the user gets a sentence, the console the trace
@@ -284,15 +294,23 @@ class DownloadResult:
 
 
 class DownloadTask(Task):
-    """Fetch a job's frames into a folder, skipping those already there."""
+    """Fetch a job's frames into a folder, skipping those already there.
+
+    With ``per_job`` (the default) the frames go into ``<folder>/<job name>-<short id>/``,
+    so two jobs of the same name never share files; a file there whose content differs
+    is replaced only with ``overwrite`` (the client's rule, shared with ``bf download``).
+    """
 
     kind = "download"
 
-    def __init__(self, server: Server, job_id: str, folder: str, label: str = "") -> None:
+    def __init__(self, server: Server, job_id: str, folder: str, label: str = "",
+                 per_job: bool = True, overwrite: bool = False) -> None:
         super().__init__(server)
         self.job_id = job_id
         self.folder = folder
         self.label = label or folder  # how the user wrote the folder (//renders/)
+        self.per_job = per_job
+        self.overwrite = overwrite
 
     def work(self) -> Done:
         client = self.server.client()
@@ -303,10 +321,16 @@ class DownloadTask(Task):
 
     def _download(self, client: Client) -> Done:
         self.progress(Progress("Downloading"), force=True)
+        folder, label = self.folder, self.label
+        if self.per_job:
+            job = client.get_job(self.job_id)
+            sub = job_folder_name(str(job.get("name") or ""), str(job.get("id") or self.job_id))
+            folder = os.path.join(folder, sub)
+            label = label.rstrip("/\\") + "/" + sub + "/"
         outputs = client.list_outputs(self.job_id)
         if not outputs:
             raise Problem("The job has no rendered frames yet.")
-        result = DownloadResult(self.folder, total=len(outputs))
+        result = DownloadResult(folder, total=len(outputs))
         total_bytes = sum(int(o.get("size") or 0) for o in outputs)
         done = [0, 0]
 
@@ -317,14 +341,15 @@ class DownloadTask(Task):
             self.check()
 
         try:
-            os.makedirs(self.folder, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
         except OSError as exc:
-            raise Problem(f"Cannot create the download folder {self.folder}: "
+            raise Problem(f"Cannot create the download folder {folder}: "
                           f"{exc.strerror}.") from exc
-        result.written = client.download_outputs(self.job_id, self.folder, on_file)
+        result.written = client.download_outputs(self.job_id, folder, on_file,
+                                                 overwrite=self.overwrite)
         kept = result.total - len(result.written)
         extra = f" ({kept} already there)" if kept else ""
-        return Done(result, f"Downloaded {len(result.written)} frame(s) to {self.label}{extra}.")
+        return Done(result, f"Downloaded {len(result.written)} frame(s) to {label}{extra}.")
 
 
 def _size(path: str) -> int:

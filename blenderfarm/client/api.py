@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from ..protocol.hashing import CHUNK, is_sha256, sha256_file
+from ..protocol.jobspec import output_stem
 from ..protocol.paths import PathError, normalize_relpath
 from ..protocol.version import __version__
 
@@ -33,6 +34,21 @@ USER_AGENT = f"blenderfarm-client/{__version__}"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 ProgressFn = Callable[[int], None]
+SHORT_ID = 6  # characters of a job id that tell a file's jobs apart
+
+
+def short_id(job_id: str) -> str:
+    """The first characters of a job id, as the panel and the download folders show it."""
+    return "".join(c for c in str(job_id) if c.isalnum())[:SHORT_ID] or "job"
+
+
+def job_folder_name(name: str, job_id: str) -> str:
+    """The folder a job downloads into by default: ``shot-3fa2b1``, safe on any disk.
+
+    Jobs of the same name (the same file submitted twice) get different folders, so
+    one job's frames never land on another's.
+    """
+    return f"{output_stem(name)}-{short_id(job_id)}"
 
 
 class ClientError(Exception):
@@ -52,6 +68,20 @@ class ApiError(ClientError):
     def __str__(self) -> str:
         where = f" ({self.field})" if self.field else ""
         return f"{self.message}{where}"
+
+
+class OutputConflict(ClientError):
+    """A download would replace files whose content differs from the job's outputs.
+
+    ``paths`` are those files (absolute), ``dest`` the folder; nothing was written.
+    Each edge words the way out (``bf download --overwrite``, the add-on's Overwrite).
+    """
+
+    def __init__(self, dest: str, paths: list[str]) -> None:
+        super().__init__(f"{paths[0]} already exists with different content"
+                         + (f" (and {len(paths) - 1} more file(s))" if len(paths) > 1 else ""))
+        self.dest = dest
+        self.paths = paths
 
 
 class ServerUnreachable(ClientError):
@@ -207,14 +237,18 @@ class Client:
         job_id: str,
         dest_dir: str | os.PathLike[str],
         on_file: Callable[[str, bool], None] | None = None,
+        overwrite: bool = False,
     ) -> list[str]:
         """Fetch every output not already in ``dest_dir`` with the right hash.
 
-        Returns the paths written; ``on_file(path, fetched)`` hears about each output,
-        ``fetched`` False for one that was already there.
+        A file already there with the same content is kept (``on_file(path, False)``);
+        one whose content differs is replaced only with ``overwrite``, else
+        :class:`OutputConflict` is raised before anything is written. Returns the
+        paths written; ``on_file(path, True)`` hears about each of them.
         """
         dest = pathlib.Path(dest_dir)
-        written: list[str] = []
+        plan: list[tuple[str, str | None, pathlib.Path, bool]] = []
+        conflicts: list[str] = []
         for out in self.list_outputs(job_id):
             name, sha = str(out.get("name", "")), str(out.get("sha256", ""))
             try:
@@ -223,12 +257,20 @@ class Client:
                 raise ApiError(f"the server named an output unsafely: {exc}", 200,
                                "bad_response") from exc
             target = dest / rel
-            fetched = not (target.is_file() and is_sha256(sha) and sha256_file(target) == sha)
-            if fetched:
-                self.download_output(job_id, name, target, sha if is_sha256(sha) else None)
+            known = sha if is_sha256(sha) else None
+            same = known is not None and target.is_file() and sha256_file(target) == known
+            if not same and os.path.lexists(target):
+                conflicts.append(str(target))
+            plan.append((name, known, target, not same))
+        if conflicts and not overwrite:
+            raise OutputConflict(str(dest), conflicts)
+        written: list[str] = []
+        for name, known, target, fetch in plan:
+            if fetch:
+                self.download_output(job_id, name, target, known)
                 written.append(str(target))
             if on_file is not None:
-                on_file(str(target), fetched)
+                on_file(str(target), fetch)
         return written
 
     def list_nodes(self) -> list[dict[str, Any]]:

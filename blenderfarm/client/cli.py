@@ -2,6 +2,9 @@
 
     bf submit shot.blend --frames 1-250 --wait      pack, upload, queue (prints the job id)
     bf jobs | bf show JOB | bf wait JOB | bf download JOB DIR | bf cancel JOB | bf nodes
+    (``bf download`` puts each job in its own ``DIR/<job name>-<short id>/``; ``--flat``
+    puts the files in DIR itself; a file whose content differs is never replaced
+    without ``--overwrite``)
 
 The server comes from ``--server``, else $BLENDERFARM_SERVER, else ``server`` in
 ``client.toml`` in the user config folder, else http://127.0.0.1:8765 (the token
@@ -34,7 +37,7 @@ from ..protocol.jobspec import FORMATS, SpecError, validate_spec
 from ..protocol.version import __version__
 from . import control_cli
 from . import progress as fmt
-from .api import ApiError, Client, ServerUnreachable
+from .api import ApiError, Client, OutputConflict, ServerUnreachable, job_folder_name
 from .pack import PackError, build_spec, pack_project, scene_frame_range, upload_missing
 
 log = logging.getLogger("blenderfarm.client")
@@ -131,9 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     w = command("wait", cmd_wait, "follow a job until it ends (exit 0 if completed)")
     w.add_argument("job")
     _wait_arguments(w)
-    d = command("download", cmd_download, "download a job's outputs (only changed files)")
+    d = command("download", cmd_download,
+                "download a job's outputs into DIR/<job name>-<short id>/ (only new files)")
     d.add_argument("job")
-    d.add_argument("dir")
+    d.add_argument("dir", help="the folder that gets a folder per job (with --flat: the "
+                               "folder the files go into)")
+    d.add_argument("--flat", action="store_true",
+                   help="put the files into DIR itself, not into a folder of the job's")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace files whose content differs (by default they are never "
+                        "replaced, and nothing is downloaded)")
     command("cancel", cmd_cancel, "cancel a job").add_argument("job")
     command("nodes", cmd_nodes, "list render nodes")
     command("info", cmd_info, "show the server's version and state")
@@ -451,6 +461,11 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def cmd_download(args: argparse.Namespace, ctx: Ctx) -> int:
+    dest = args.dir
+    if not args.flat:
+        job = ctx.client.get_job(args.job)
+        dest = os.path.join(args.dir, job_folder_name(str(job.get("name") or ""),
+                                                      str(job.get("id") or args.job)))
     unchanged: list[str] = []
 
     def on_file(path: str, fetched: bool) -> None:
@@ -459,11 +474,16 @@ def cmd_download(args: argparse.Namespace, ctx: Ctx) -> int:
         elif not ctx.json:
             ctx.say(f"  {path}")
 
-    written = ctx.client.download_outputs(args.job, args.dir, on_file=on_file)
+    try:
+        written = ctx.client.download_outputs(args.job, dest, on_file=on_file,
+                                              overwrite=args.overwrite)
+    except OutputConflict as exc:
+        raise CliError(f"Nothing downloaded: {exc}; pass --overwrite to replace it, or "
+                       "download into another folder.") from exc
     if ctx.json:
-        ctx.emit({"downloaded": written, "unchanged": unchanged, "dir": args.dir})
+        ctx.emit({"downloaded": written, "unchanged": unchanged, "dir": dest})
     else:
-        ctx.say(f"Downloaded {len(written)} file(s) to {args.dir}; "
+        ctx.say(f"Downloaded {len(written)} file(s) to {dest}; "
                 f"{len(unchanged)} already up to date.")
     return EXIT_OK
 
