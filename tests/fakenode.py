@@ -20,12 +20,15 @@ from blenderfarm.protocol import messages as m
 
 class FakeNode:
     def __init__(self, base_url: str, name: str = "fake", oidn: bool = False,
-                 uid: str | None = None, token: str | None = None) -> None:
+                 uid: str | None = None, token: str | None = None, opengl: bool = False,
+                 tags: list[str] | None = None) -> None:
         self.token = token
         self.base = base_url.rstrip("/")
         self.name = name
         self.uid = uid or uuid.uuid4().hex[:12]
         self.oidn = oidn
+        self.opengl = opengl
+        self.tags = tags or []
         self.http: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.inbox: asyncio.Queue[m.Message] = asyncio.Queue()
@@ -37,8 +40,9 @@ class FakeNode:
         self.http = self.http or aiohttp.ClientSession()
         self.ws = await self.http.ws_connect(self.base.replace("http", "ws", 1) + "/ws/node")
         await self.send(m.Hello(protocol=protocol, name=self.name, uid=self.uid,
-                                blender=m.BlenderCaps(version="3.4.1", oidn=self.oidn), token=self.token,
-                                running=running or []))
+                                blender=m.BlenderCaps(version="3.4.1", oidn=self.oidn,
+                                                     opengl=self.opengl),
+                                token=self.token, tags=self.tags, running=running or []))
         first = await self.ws.receive(timeout=5)
         msg = m.decode(first.data)
         self._reader = asyncio.create_task(self._read())

@@ -143,6 +143,19 @@ def test_a_job_renders_live_and_its_frames_show(live: Live, page: Page) -> None:
     expect(page.locator("pre.log")).to_contain_text("Fra:1", timeout=10_000)
 
 
+def test_a_job_waiting_for_a_tag_no_node_has_says_so_on_its_page(live: Live, page: Page
+                                                                 ) -> None:
+    job_id = submit(live.url, live.scene, "--frames", "1", "--tag", "nobody-has-it")
+    reason = "no online node has the tag nobody-has-it"
+    try:
+        assert live.job(job_id)["waiting"] == reason
+        page.goto(f"{live.url}/#/jobs/{job_id}")
+        expect(page.locator("dt:text-is('Waiting') + dd")).to_have_text(reason, timeout=20_000)
+        expect(page.locator("dt:text-is('Tags') + dd")).to_contain_text("nobody-has-it")
+    finally:
+        assert bf(live.url, "cancel", job_id).returncode == 0
+
+
 def test_actions_on_the_job_page_and_cancel_stops_the_job(live: Live, page: Page) -> None:
     # Heavier frames than the scene's own: at 4 samples one node renders all 200 before
     # the steps below reach Cancel.

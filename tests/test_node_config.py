@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from blenderfarm.node.cli import make_config, parse_args
+from blenderfarm.node.config import NodeConfig
 
 
 def test_file_then_env_then_flags(tmp_path: Path, monkeypatch) -> None:
@@ -31,3 +32,26 @@ def test_bad_config_files_are_refused_clearly(tmp_path: Path) -> None:
         make_config(parse_args(["--config", str(conf)]))
     with pytest.raises(ValueError, match="not found"):
         make_config(parse_args(["--config", str(tmp_path / "nope.toml")]))
+
+
+def test_cache_size_from_file_then_flag(tmp_path: Path) -> None:
+    conf = tmp_path / "node.toml"
+    conf.write_text('[node]\ncache_size = "1.5G"\n')
+    assert make_config(parse_args(["--config", str(conf)])).cache_size == 3 * 1024**3 // 2
+    cfg = make_config(parse_args(["--config", str(conf), "--cache-size", "500m"]))
+    assert cfg.cache_size == 500 * 1024**2
+    conf.write_text("[node]\ncache_size = 4096\n")
+    assert make_config(parse_args(["--config", str(conf)])).cache_size == 4096
+    assert NodeConfig().cache_size == 20 * 1024**3
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1G", "20 X", "", "1e3"])
+def test_a_cache_size_that_is_no_size_is_refused_clearly(bad: str) -> None:
+    with pytest.raises(ValueError, match="cache_size must be a size such as 20G"):
+        make_config(parse_args([f"--cache-size={bad}"]))
+
+
+@pytest.mark.parametrize("bad", ["has space", "-gpu", "x" * 65, "gpu/1"])
+def test_a_node_tag_the_server_would_refuse_is_refused_at_start(bad: str) -> None:
+    with pytest.raises(ValueError, match="a tag is 1 to 64 letters"):
+        make_config(parse_args(["--tag", "gpu", f"--tag={bad}"]))

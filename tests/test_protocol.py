@@ -170,12 +170,28 @@ def test_valid_spec_defaults() -> None:
     ({"overrides": {"format": "GIF"}}, "overrides.format"),
     ({"overrides": {"denoise": "yes"}}, "overrides.denoise"),
     ({"overrides": {"bogus": 1}}, "overrides.bogus"), ({"bogus": 1}, "bogus"),
-    ({"chunk": True}, "chunk"),
+    ({"chunk": True}, "chunk"), ({"tags": "gpu"}, "tags"), ({"tags": ["gpu", "-x"]}, "tags[1]"),
+    ({"tags": ["a b"]}, "tags[0]"), ({"tags": ["x" * 65]}, "tags[0]"), ({"tags": [7]}, "tags[0]"),
+    ({"tags": [f"t{i}" for i in range(33)]}, "tags"),
 ])
 def test_spec_errors_name_the_field(change: dict, field: str) -> None:
     with pytest.raises(SpecError) as info:
         validate_spec(_spec(**change))
     assert info.value.path == field
+
+
+def test_a_job_requires_its_tags_once_each_in_order() -> None:
+    assert validate_spec(_spec(tags=["gpu", "ssd", "gpu"])).tags == ["gpu", "ssd"]
+    assert validate_spec(_spec()).tags == [] and validate_spec(_spec(tags=None)).tags == []
+
+
+def test_a_hello_with_a_tag_outside_the_alphabet_is_refused() -> None:
+    for bad in ("", "a b", "-x", "x" * 65, "caf\u00e9/gpu"):
+        raw = m.encode(m.Hello(protocol=1, name="n", uid="u", tags=["gpu", bad]))
+        with pytest.raises(m.ProtocolError, match=r"'tags\[1\]'"):
+            m.decode(raw)
+    raw = m.encode(m.Hello(protocol=1, name="n", uid="u", blender=m.BlenderCaps(opengl=True)))
+    assert m.decode(raw).blender.opengl is True  # type: ignore[attr-defined]
 
 
 def test_linking_a_file_twice_leaves_no_twin(tmp_path) -> None:

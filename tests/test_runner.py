@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from blenderfarm.node.blender import BlenderNotFound, find_blender, probe_blender
+from blenderfarm.node.blender import BlenderNotFound, find_blender, probe_blender, probe_opengl
 from blenderfarm.node.outputs import check_image, frame_file_name
 from blenderfarm.node.runner_proc import Runner, RunnerError
 
@@ -193,6 +193,33 @@ async def test_denoise_needs_oidn_unless_overridden(scenes: Path, tmp_path: Path
     [(_, path)] = await runner.render("t2", [1], scene=None, overrides={"denoise": False},
                                       output_dir=str(tmp_path), output_name="d",
                                       on_event=lambda e: None)
+    assert check_image(path) == "PNG"
+
+
+async def test_a_blender_without_opengl_is_found_out_by_a_tiny_render(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # no display, and an EGL that finds no driver: what a bare server gives Blender
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent/egl_vendor.json")
+    t0 = time.monotonic()
+    able, why = await probe_opengl(find_blender(None))
+    assert not able and "SIGABRT" in why
+    assert time.monotonic() - t0 < 30
+
+
+async def test_without_opengl_eevee_and_workbench_are_refused_and_cycles_renders(
+        scenes: Path, tmp_path: Path, start_runner) -> None:
+    runner = await start_runner(scenes / "anim.blend")
+    common: dict[str, Any] = {"scene": None, "output_dir": str(tmp_path), "output_name": "g",
+                              "on_event": lambda e: None, "opengl": False}
+    for engine, name in (("BLENDER_EEVEE", "Eevee"), ("BLENDER_WORKBENCH", "Workbench")):
+        with pytest.raises(RunnerError) as err:
+            await runner.render("t1", [1], overrides={"engine": engine}, **common)
+        assert err.value.reason == "needs_opengl" and err.value.retryable is False
+        assert name in err.value.message and "xvfb-run" in err.value.message
+    assert not list(tmp_path.glob("g_*")) and runner.alive  # refused, not rendered
+    [(_, path)] = await runner.render("t2", [1], overrides={}, **common)
     assert check_image(path) == "PNG"
 
 

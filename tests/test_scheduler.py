@@ -1,10 +1,14 @@
-"""The pure scheduler: priority, age, lazy removal, per-node filters."""
+"""The pure scheduler: priority, age, lazy removal, per-node filters; what a node must
+have to run a job, and why a job waits."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from blenderfarm.protocol.jobspec import JobSpec
+from blenderfarm.server.constraints import lacks, waiting_reason
+from blenderfarm.server.models import Job, NodeRecord
 from blenderfarm.server.scheduler import Scheduler
 
 
@@ -161,3 +165,51 @@ def test_picks_follow_priority_then_least_held_owner(jobs, releases) -> None:
         assert all(held.count(owner) <= held.count(o) for o in rivals)
         s.hold(owner)
         held.append(owner)
+
+
+# --- what a node must have, and why a job waits (server/constraints.py, pure) ----------------
+
+
+def _job(tags: list[str] | None = None, **kw) -> Job:
+    spec = JobSpec(name="j", blend="j.blend", manifest={"j.blend": "a" * 64}, frames="1",
+                   tags=tags or [])
+    job = Job(id="j", seq=1, spec=spec, output_name="j", **kw)
+    job.counts["queued"] = 1
+    return job
+
+
+def _node(uid: str, tags: list[str] | None = None, opengl: bool = False, oidn: bool = False,
+          **kw) -> NodeRecord:
+    return NodeRecord(uid=uid, name=uid, online=True, info={
+        "tags": tags or [], "blender": {"opengl": opengl, "oidn": oidn}}, **kw)
+
+
+def test_a_node_lacks_the_first_thing_the_job_needs() -> None:
+    job = _job(["gpu", "ssd"], needs_opengl=True)
+    assert lacks(job, _node("a", ["gpu"], opengl=True)) == "tags"
+    assert lacks(job, _node("b", ["ssd", "gpu"])) == "opengl"
+    assert lacks(job, _node("c", ["ssd", "gpu", "x"], opengl=True)) is None
+    assert lacks(job, _node("d", ["ssd", "gpu"], opengl=True, disabled=True)) == "disabled"
+
+
+def test_why_a_job_waits_names_what_no_online_node_has() -> None:
+    assert waiting_reason(_job(), []) == "no node is online"
+    assert waiting_reason(_job(["gpu"]), [_node("a", ["ssd"])]) == \
+        "no online node has the tag gpu"
+    assert waiting_reason(_job(["gpu", "ssd"]), [_node("a", ["ssd"]), _node("b", ["gpu"])]) == \
+        "no online node has all of the tags gpu, ssd"
+    both = waiting_reason(_job(["gpu", "x"], needs_opengl=True), [_node("a")])
+    assert both is not None and both.startswith("no online node has the tags gpu, x; ")
+    assert "no online node can render Eevee or Workbench" in both and "xvfb-run" in both
+    assert "blocklisted" in str(waiting_reason(_job(blocklist=["a"]), [_node("a")]))
+    assert "drained" in str(waiting_reason(_job(), [_node("a", drained=True)]))
+
+
+def test_a_job_that_a_node_can_take_or_holds_waits_for_nothing() -> None:
+    assert waiting_reason(_job(["gpu"]), [_node("a"), _node("b", ["gpu"])]) is None
+    held = _job(["gpu"])
+    held.counts["running"] = 1  # a node runs one of its tasks: it only waits its turn
+    assert waiting_reason(held, [_node("a")]) is None
+    done = _job()
+    done.counts["queued"] = 0
+    assert waiting_reason(done, []) is None

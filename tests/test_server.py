@@ -193,6 +193,73 @@ async def test_denoise_needed_goes_to_the_oidn_node(farm) -> None:
     assert (await job(farm, j["id"]))["status"] == "completed"
 
 
+async def no_assign(node: FakeNode, seconds: float = 0.3) -> None:
+    with pytest.raises(TimeoutError):
+        await node.expect(m.Assign, timeout=seconds)
+
+
+async def test_a_job_that_needs_a_tag_goes_only_to_a_node_with_every_tag(farm) -> None:
+    plain = farm.node(name="plain", tags=["ssd"])
+    await plain.connect()
+    j = await submit(farm, frames="1", tags=["gpu", "ssd"])
+    await no_assign(plain)
+    info = await job(farm, j["id"])
+    assert info["tags"] == ["gpu", "ssd"] and info["status"] == "queued"
+    assert info["waiting"] == "no online node has the tag gpu"
+    other = await submit(farm, frames="1")  # a job without tags is not held up
+    assert (await plain.expect(m.Assign)).job_id == other["id"]
+    gpu = farm.node(name="gpu", tags=["ssd", "gpu", "big"])
+    await gpu.connect()
+    assign = await gpu.expect(m.Assign)
+    assert assign.job_id == j["id"]
+    await gpu.finish(assign)
+    info = await job(farm, j["id"])
+    assert info["status"] == "completed" and info["waiting"] is None
+
+
+async def test_a_job_no_node_can_render_without_opengl_waits_and_says_how_to_fix_it(farm) -> None:
+    headless = farm.node(name="headless", opengl=False)
+    await headless.connect()
+    j = await submit(farm, frames="1-2")
+    first = await headless.expect(m.Assign)
+    await headless.send(m.TaskFailed(task_id=first.task_id, retryable=False,
+                                     reason="needs_opengl",
+                                     error="The scene renders with Eevee, which needs OpenGL"))
+    await headless.expect(m.Ack)
+    # the second task, which it held in advance, is taken back; nothing more comes
+    second = await headless.expect(m.Assign)
+    assert (await headless.expect(m.Cancel)).task_id == second.task_id
+    await no_assign(headless)
+    info = await job(farm, j["id"])
+    assert info["status"] == "active" and info["needs_opengl"] and info["error"] is None
+    assert "no online node can render Eevee" in info["waiting"]
+    assert "xvfb-run" in info["waiting"]
+    able = farm.node(name="xvfb", opengl=True)
+    await able.connect()
+    for _ in range(2):
+        await able.finish(await able.expect(m.Assign))
+    info = await job(farm, j["id"])
+    assert info["status"] == "completed" and info["waiting"] is None
+
+
+async def test_an_eevee_override_goes_only_to_nodes_with_opengl(farm) -> None:
+    headless = farm.node(name="headless", opengl=False)
+    await headless.connect()
+    j = await submit(farm, frames="1", overrides={"engine": "BLENDER_EEVEE"})
+    await no_assign(headless)
+    info = await job(farm, j["id"])
+    assert info["needs_opengl"] and "no online node can render Eevee" in info["waiting"]
+    able = farm.node(name="gl", opengl=True)
+    await able.connect()
+    await able.finish(await able.expect(m.Assign))
+    assert (await job(farm, j["id"]))["status"] == "completed"
+
+
+async def test_a_job_submitted_with_no_node_online_says_so(farm) -> None:
+    j = await submit(farm, frames="1")
+    assert j["waiting"] == "no node is online"
+
+
 async def test_malformed_frames_get_errors_and_the_server_stays_up(farm) -> None:
     a = farm.node()
     await a.connect()

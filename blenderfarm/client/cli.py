@@ -164,6 +164,11 @@ def _submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution-percent", type=int, help="override the resolution %%")
     p.add_argument("--format", type=str.upper, choices=FORMATS, help="output image format")
     p.add_argument("--no-denoise", action="store_true", help="turn denoising off")
+    p.add_argument("--camera", help="render through this camera object (default: the "
+                   "scene's active camera)")
+    p.add_argument("--tag", action="append", default=[], dest="tags", metavar="TAG",
+                   help="render only on nodes started with --tag TAG (repeat: every tag "
+                   "is required)")
     p.add_argument("--name", help="job name (default: the .blend's name)")
     p.add_argument("--scene", help="scene to render (default: the file's active scene)")
     p.add_argument("--project-root", help="folder the project's paths are relative to "
@@ -269,6 +274,7 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
         "samples": args.samples,
         "resolution_percent": args.resolution_percent,
         "format": args.format,
+        "camera": args.camera,
         "denoise": False if args.no_denoise else None,
     }
     _prevalidate(args, frames, overrides)
@@ -283,7 +289,8 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
             ctx.say(f"warning: missing file, the render will lack it: {path}")
         spec = build_spec(packed, name=args.name, frames=frames, chunk=args.chunk,
                           priority=args.priority, overrides=overrides, scene=args.scene,
-                          paused=args.paused, scripts=args.allow_scripts, user=args.user)
+                          paused=args.paused, scripts=args.allow_scripts, user=args.user,
+                          tags=args.tags)
         stats = upload_missing(ctx.client, packed, on_progress=_upload_meter(ctx))
     ctx.say(f"Uploaded {stats.files_sent} file(s), {fmt.format_bytes(stats.bytes_sent)}; "
             f"skipped {stats.files_skipped} already on the server "
@@ -321,7 +328,7 @@ def _prevalidate(args: argparse.Namespace, frames: str, overrides: dict[str, Any
     validate_spec({
         "blend": placeholder, "manifest": {placeholder: "0" * 64}, "frames": frames,
         "chunk": args.chunk, "priority": args.priority, "name": args.name,
-        "scene": args.scene, "paused": args.paused, "user": args.user,
+        "scene": args.scene, "paused": args.paused, "user": args.user, "tags": args.tags,
         "overrides": {k: v for k, v in overrides.items() if v is not None},
     })
 

@@ -442,6 +442,7 @@ def build_spec(
     paused: bool = False,
     scripts: bool = False,
     user: str | None = None,
+    tags: list[str] | None = None,
 ) -> dict[str, Any]:
     """The job spec for a packed project, validated; raises protocol's SpecError.
 
@@ -468,6 +469,8 @@ def build_spec(
     user = user or login_name()
     if user:
         data["user"] = user
+    if tags:  # every one is required of the node that renders it
+        data["tags"] = list(tags)
     return validate_spec(data).to_dict()
 
 

@@ -26,7 +26,7 @@ import random
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,8 @@ class Agent:
         self.connected = asyncio.Event()
         self.frames_rendered = 0
         self._trouble: str | None = None  # the kind of the last failure to connect, logged once
+        self._trimming = asyncio.Lock()  # one walk of the cache at a time
+        self._chores: set[asyncio.Task[None]] = set()  # referenced until they finish
 
     # --- connection -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -335,10 +337,48 @@ class Agent:
                     await asyncio.to_thread(main.is_file):
                 return
             shas = list(dict.fromkeys(a.manifest.values()))
-            for sha in await asyncio.to_thread(lambda: [s for s in shas if not self.cache.has(s)]):
+            missing = await asyncio.to_thread(lambda: [s for s in shas if not self.cache.has(s)])
+            for sha in missing:
                 await self._download(sha)
-            await asyncio.to_thread(self.cache.materialise, a.manifest, self.job_dir(a.job_id))
+            await asyncio.to_thread(self._lay_out, a.manifest, self.job_dir(a.job_id), shas)
             self._laid_out[a.job_id] = a.manifest
+        if missing:  # the cache grew: back within its bound
+            await self._trim_cache()
+
+    def _lay_out(self, manifest: dict[str, str], job_dir: Path, shas: list[str]) -> None:
+        self.cache.materialise(manifest, job_dir)
+        self.cache.touch(shas)  # used now: the last to be trimmed
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _trim_cache(self) -> None:
+        """Remove least recently used blobs past ``cache_size``; never those of a task
+        this node holds (rendering, downloading or waiting), nor the folder of such a
+        job or of the job the persistent Blender has open."""
+        async with self._trimming:
+            pinned = {sha for h in self.held.values() for sha in h.assign.manifest.values()}
+            in_use = {h.assign.job_id for h in self.held.values()}
+            if self.runner_job is not None:
+                in_use.add(self.runner_job)
+            try:
+                done = await asyncio.to_thread(self.cache.trim, self.config.cache_size, pinned,
+                                               self.config.work_dir / "jobs", in_use)
+            except OSError as exc:  # a cache it cannot trim still serves: say so, go on
+                log.warning("could not trim the blob cache: %s", exc)
+                return
+        for job_id in done.jobs:
+            self._laid_out.pop(job_id, None)
+        if done.files or done.jobs:
+            log.info("cache past its bound (%d bytes): removed %d file(s), %d bytes, and "
+                     "%d job folder(s); it holds %d bytes", self.config.cache_size,
+                     done.files, done.freed, len(done.jobs), done.size)
+        if done.size > self.config.cache_size:
+            log.warning("the cache holds %d bytes, more than cache_size (%d): the files of "
+                        "the tasks this node holds need that much", done.size,
+                        self.config.cache_size)
 
     async def _download(self, sha: str) -> None:
         assert self._http is not None
@@ -420,7 +460,8 @@ class Agent:
             runner.on_log = lines.append
             await runner.render(a.task_id, a.frames, scene=a.scene, overrides=self._overrides(a),
                                 output_dir=str(out_dir), output_name=a.output_name,
-                                on_event=self._on_event(state), watchdog=self.config.watchdog)
+                                on_event=self._on_event(state), watchdog=self.config.watchdog,
+                                opengl=self.blender.opengl)
             outputs = [ref for refs in await asyncio.gather(*state.uploads) for ref in refs]
         except RunnerError as exc:
             for up in state.uploads:
@@ -476,7 +517,10 @@ class Agent:
     async def _runner_for(self, a: m.Assign) -> Runner:
         if self.runner is not None and self.runner_job == a.job_id and self.runner.alive:
             return self.runner
+        let_go = self.runner_job not in (None, a.job_id)
         await self._drop_runner()
+        if let_go:  # the last job's folder is no longer in use: the cache may shrink now
+            self._background(self._trim_cache())
         job_dir, log_path = self.job_dir(a.job_id), self.log_path(a.job_id)
         await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
         self.runner = await Runner.start(

@@ -3,11 +3,14 @@
 :func:`find_blender` picks the executable (``--blender``, then ``$BLENDER``, then
 ``PATH``); :func:`probe_blender` starts it once with factory settings and reads its
 version, whether its Cycles can denoise with OpenImageDenoise, its Cycles devices and
-its thread count. The node announces that in its hello, and the server uses it to
-decide which tasks the node can take.
+its thread count; :func:`probe_opengl`, run beside it, renders one tiny Workbench frame
+of the factory scene to learn whether this Blender has OpenGL here (Eevee and
+Workbench need it: Debian's 3.4 in ``-b`` with neither a display nor a working EGL
+driver aborts on the first such render). The node announces that in its hello, and
+the server uses it to decide which tasks the node can take.
 
-It must not render, must not load any user .blend, and must not leave a Blender
-running: the probe has a timeout and kills its process group.
+Neither loads a user .blend, and neither leaves a Blender running: each has a
+timeout and kills its process group.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PROBE_TIMEOUT = 60.0  # seconds; a first start on a cold disk can be slow
+OPENGL_TIMEOUT = 60.0  # seconds for the tiny render; a driver that hangs counts as none
 _MARKER = "BLENDERFARM_PROBE:"
+_OPENGL_MARKER = "BLENDERFARM_OPENGL_OK"
 _DEVICE_TYPES = ("CUDA", "OPTIX", "HIP", "METAL", "ONEAPI")
 
 # Runs inside Blender: stdlib + bpy only, one line of JSON after the marker.
@@ -58,6 +63,18 @@ print(@MARKER@ + json.dumps({
 }), flush=True)
 """.replace("@TYPES@", repr(_DEVICE_TYPES)).replace("@MARKER@", repr(_MARKER))
 
+# Workbench, not Eevee: both draw through the same OpenGL context (on 3.4 both abort
+# alike without one) and Workbench's frame costs a fraction of Eevee's shader compiles.
+_OPENGL_SCRIPT = """
+import bpy
+scene = bpy.context.scene
+scene.render.engine = "BLENDER_WORKBENCH"
+scene.render.resolution_x = scene.render.resolution_y = 8
+scene.render.resolution_percentage = 100
+bpy.ops.render.render()
+print(@MARKER@, flush=True)
+""".replace("@MARKER@", repr(_OPENGL_MARKER))
+
 
 class BlenderNotFound(Exception):
     """No usable Blender executable; the message says how to give one."""
@@ -86,6 +103,8 @@ class BlenderInfo:
     oidn: bool
     cycles_devices: list[str] = field(default_factory=lambda: ["CPU"])
     threads: int = 1
+    #: it can render Eevee and Workbench here (:func:`probe_opengl`)
+    opengl: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The ``blender`` field of the node's hello message."""
@@ -143,6 +162,35 @@ async def probe_blender(path: str, timeout: float = PROBE_TIMEOUT) -> BlenderInf
             await proc.wait()
     text = out.decode("utf-8", "replace")
     return _parse_probe(path, text, proc.returncode)
+
+
+async def probe_opengl(path: str, timeout: float = OPENGL_TIMEOUT) -> tuple[bool, str]:
+    """Render one 8x8 Workbench frame of the factory scene: ``(True, "")`` when it
+    works, else ``(False, why)``. Never raises: a node without OpenGL still renders
+    Cycles."""
+    cmd = [path, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "1",
+           "--python-expr", _OPENGL_SCRIPT]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        return False, f"could not start Blender: {exc.strerror}"
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        return False, f"a tiny Workbench render did not finish within {timeout:.0f} s"
+    finally:
+        if proc.returncode is None:
+            _kill_group(proc.pid)
+            await proc.wait()
+    if any(line.strip() == _OPENGL_MARKER for line in out.decode("utf-8", "replace").splitlines()):
+        return True, ""
+    code = proc.returncode
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return False, f"a tiny Workbench render was killed by {signal.Signals(-code).name}"
+    return False, f"a tiny Workbench render failed (exit code {code})"
 
 
 def _kill_group(pid: int) -> None:

@@ -15,10 +15,17 @@ from pathlib import Path
 
 import platformdirs
 
+from ..protocol.jobspec import MAX_TAGS, TAG_MAX, is_tag
 from ..protocol.version import __version__
 from .agent import Agent, FatalError
-from .blender import BlenderNotFound, BlenderProbeError, find_blender, probe_blender
-from .config import NodeConfig
+from .blender import (
+    BlenderNotFound,
+    BlenderProbeError,
+    find_blender,
+    probe_blender,
+    probe_opengl,
+)
+from .config import NodeConfig, parse_size
 from .workdir import WorkDirBusy, lock_work_dir
 
 log = logging.getLogger("blenderfarm.node")
@@ -34,7 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="render threads (default: all)")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="cache and scratch folder (default: the platform's user cache dir)")
-    p.add_argument("--tag", action="append", default=[], help="a tag jobs may ask for")
+    p.add_argument("--tag", action="append", default=[],
+                   help="a tag jobs may ask for (bf submit --tag); repeat for more")
+    p.add_argument("--cache-size", default=None, metavar="SIZE",
+                   help="most the blob cache may hold, e.g. 20G or 500M (default 20G); "
+                        "least recently used files go first")
     p.add_argument("--allow-scripts", action="store_true",
                    help="let jobs that ask for it run Python scripts inside .blend files")
     p.add_argument("--watchdog", type=float, default=None,
@@ -64,11 +75,23 @@ def make_config(args: argparse.Namespace) -> NodeConfig:
         cfg.work_dir = args.work_dir
     cfg.work_dir = Path(cfg.work_dir).expanduser().resolve()
     cfg.tags = args.tag or cfg.tags
+    _check_tags(cfg.tags)
+    cfg.cache_size = parse_size(cfg.cache_size if args.cache_size is None else args.cache_size)
     cfg.allow_scripts = args.allow_scripts or cfg.allow_scripts
     if args.watchdog is not None:
         cfg.watchdog = args.watchdog if args.watchdog > 0 else None
     cfg.persistent = cfg.persistent and not args.no_persistent
     return cfg
+
+
+def _check_tags(tags: object) -> None:
+    """The server refuses a hello with a bad tag: say so here, in one sentence."""
+    if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+        raise ValueError(f"tags must be a list of at most {MAX_TAGS} tags, such as ['gpu']")
+    for tag in tags:
+        if not is_tag(tag):
+            raise ValueError(f"tag {tag!r}: a tag is 1 to {TAG_MAX} letters, digits, '_', '.' "
+                             "or '-', not starting with '.' or '-'")
 
 
 def default_config_path() -> Path:
@@ -93,7 +116,10 @@ def _apply_file(cfg: NodeConfig, path: Path) -> None:
 async def _main(cfg: NodeConfig) -> int:
     try:
         path = find_blender(cfg.blender)
-        info = await probe_blender(path)
+        # side by side: the tiny OpenGL render adds about half a second to the start
+        info, (opengl, why_not) = await asyncio.gather(probe_blender(path),
+                                                       probe_opengl(path))
+        info.opengl = opengl
     except BlenderNotFound as exc:
         print(f"bf-node: {exc}", file=sys.stderr)
         return 2
@@ -101,11 +127,16 @@ async def _main(cfg: NodeConfig) -> int:
         print(f"bf-node: {exc}\n{exc.output}", file=sys.stderr)
         return 2
     print(f"bf-node {__version__}: {cfg.name}, Blender {info.version} at {info.path}, "
-          f"denoise (OIDN): {'yes' if info.oidn else 'no'}, devices: "
+          f"denoise (OIDN): {'yes' if info.oidn else 'no'}, "
+          f"OpenGL (Eevee, Workbench): {'yes' if info.opengl else 'no'}, devices: "
           f"{', '.join(info.cycles_devices) or 'CPU'}; server {cfg.server}", flush=True)
     if not info.oidn:
         print("bf-node: this Blender has no OpenImageDenoise: jobs that need Cycles denoising "
               "will go to other nodes", flush=True)
+    if not info.opengl:
+        print(f"bf-node: this Blender cannot render Eevee or Workbench here ({why_not}: no "
+              "OpenGL); such jobs go to other nodes. To render them here, run bf-node under "
+              "xvfb-run or install a GPU driver.", flush=True)
     agent = Agent(cfg, info)
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ class NodeConfig:
     reconnect_max: float = 10.0
     #: seconds for the server to answer the websocket upgrade, and again the hello
     handshake_timeout: float = 30.0
+    #: bytes the blob cache may hold ("20G" in node.toml or --cache-size); past it the
+    #: least recently used files go, never those of a task the node holds
+    cache_size: int = 20 * 1024**3
 
     @property
     def ws_url(self) -> str:
@@ -47,3 +51,18 @@ class NodeConfig:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(uid + "\n")
             return uid
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?")
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from a size such as ``20G``, ``500M``, ``1.5T`` or a plain number of bytes
+    (powers of 1024); ValueError, in one sentence, for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.fullmatch(value.strip().upper()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"cache_size must be a size such as 20G, 500M or 1T, not {value!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])

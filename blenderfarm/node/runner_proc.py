@@ -56,7 +56,7 @@ EventCallback = Callable[[dict[str, Any]], None]
 class RunnerError(Exception):
     """A task or a runner that failed; ``reason`` is machine-readable.
 
-    Reasons: needs_denoise, render_failed, no_output, bad_scene, bad_camera,
+    Reasons: needs_denoise, needs_opengl, render_failed, no_output, bad_scene, bad_camera,
     bad_command (from the runner); bad_blend, startup_failed, startup_timeout,
     crash, watchdog, not_running (from this side).
     """
@@ -301,7 +301,7 @@ class Runner:
     async def render(self, task_id: str, frames: list[int], *, scene: str | None,
                      overrides: dict[str, Any], output_dir: str, output_name: str,
                      on_event: EventCallback, watchdog: float | None = None,
-                     ) -> list[tuple[int, str]]:
+                     opengl: bool = True) -> list[tuple[int, str]]:
         """Render ``frames`` and return ``[(frame, path)]``, or raise RunnerError.
 
         ``on_event`` gets each frame_start, progress and frame_done event. If the
@@ -320,7 +320,9 @@ class Runner:
             await self._send({"cmd": "render", "task_id": task_id, "frames": list(frames),
                               "scene": scene, "overrides": overrides,
                               "output_dir": os.path.abspath(output_dir),
-                              "output_name": output_name})
+                              "output_name": output_name,
+                              # False: the runner refuses Eevee and Workbench (needs_opengl)
+                              "opengl": opengl})
             done: list[tuple[int, str]] = []
             while True:
                 event = await self._next_event(watchdog)

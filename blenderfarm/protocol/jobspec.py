@@ -7,6 +7,7 @@ Everything here is pure: the server, the client and the add-on share it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,12 +17,26 @@ from .paths import PathError, is_utf8, normalize_relpath
 
 FORMATS = ("PNG", "OPEN_EXR", "JPEG")
 ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH")
+#: engines that draw with OpenGL: a node renders them only with a display (xvfb) or a GPU
+#: driver (its hello's ``blender.opengl``); the runner keeps a twin of this list
+OPENGL_ENGINES = ("BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH")
 EXTENSIONS = {"PNG": ".png", "OPEN_EXR": ".exr", "JPEG": ".jpg"}
 MAX_MANIFEST = 100_000
 MAX_NAME = 200
 #: tasks in one job: each costs the server memory (about 600 bytes) and rows; a longer
 #: shot renders in chunks of several frames
 MAX_TASKS = 100_000
+#: node tags (``bf-node --tag gpu``) and the tags a job requires: the alphabet of ids
+#: (letters, digits, ``_ . -``, not starting with ``.`` or ``-``), at most this long
+TAG_MAX = 64
+MAX_TAGS = 32  # tags on one node or one job
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def is_tag(value: object) -> bool:
+    """Whether ``value`` is a valid tag (of a node or of a job)."""
+    return isinstance(value, str) and 0 < len(value) <= TAG_MAX and \
+        _TAG.fullmatch(value) is not None
 
 
 class SpecError(ValueError):
@@ -70,6 +85,8 @@ class JobSpec:
     #: who submits, for fair sharing between users of equal priority; on a farm with
     #: tokens the server uses the token's name instead
     user: str | None = None
+    #: tags a node must all have to get this job's tasks (``bf-node --tag gpu``)
+    tags: list[str] = field(default_factory=list)
 
     @property
     def frame_list(self) -> list[int]:
@@ -204,7 +221,23 @@ def validate_spec(data: Any) -> JobSpec:
         scripts=data.get("scripts", False),
         webhook=_webhook(data.get("webhook")),
         user=_str(data, "user", "", max_len=64),
+        tags=validate_tags(data.get("tags")),
     )
+
+
+def validate_tags(value: Any) -> list[str]:
+    """A job's required tags: a list of distinct tags, order kept (null: none)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError("tags", "must be a list of tags such as [\"gpu\"]")
+    if len(value) > MAX_TAGS:
+        raise SpecError("tags", f"more than {MAX_TAGS} tags")
+    for i, tag in enumerate(value):
+        if not is_tag(tag):
+            raise SpecError(f"tags[{i}]", f"must be a tag of 1 to {TAG_MAX} letters, digits, "
+                            "'_', '.' or '-' (not starting with '.' or '-')")
+    return list(dict.fromkeys(value))
 
 
 def _webhook(value: Any) -> str | None:

@@ -25,6 +25,7 @@ from typing import Annotated, Any, ClassVar
 
 import msgpack
 
+from .jobspec import MAX_TAGS, TAG_MAX
 from .paths import is_utf8
 
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes; bigger frames are refused by both ends
@@ -69,6 +70,8 @@ Size = Annotated[int, Limit(0, INT_MAX)]
 #: a free-form value: JSON-like (None, bool, int, float, str, lists, str-keyed maps),
 #: bounded in depth and size
 Json = Annotated[Any, "json"]
+#: a node's tag (``bf-node --tag gpu``): the alphabet of ids, bounded like a job's tags
+Tag = Annotated[str, Limit(1, TAG_MAX), "id"]
 
 
 @dataclass
@@ -87,6 +90,9 @@ class BlenderCaps:
     path: Annotated[str, Limit(4096)] = ""
     version_tuple: list[Count] = field(default_factory=list)
     oidn: bool = False  # Cycles can denoise with OpenImageDenoise
+    #: Eevee and Workbench can render (an OpenGL context: a display, xvfb or a GPU
+    #: driver); the node's probe renders a tiny frame to know
+    opengl: bool = False
     cycles_devices: list[Name] = field(default_factory=lambda: ["CPU"])
     threads: Count = 1
 
@@ -117,7 +123,7 @@ class Hello(Message):
     threads: Count = 1
     ram: Count = 0
     gpus: Annotated[list[Name], Limit(256)] = field(default_factory=list)
-    tags: Annotated[list[Name], Limit(256)] = field(default_factory=list)
+    tags: Annotated[list[Tag], Limit(MAX_TAGS)] = field(default_factory=list)
     cached_blobs: Count = 0
     #: task ids held from before a reconnect
     running: Annotated[list[Id], Limit(10_000)] = field(default_factory=list)

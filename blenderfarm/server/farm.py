@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol import messages as m
-from ..protocol.jobspec import JobSpec, output_stem
+from ..protocol.jobspec import OPENGL_ENGINES, JobSpec, output_stem
 from .blobs import BlobStore
 from .compiler import compile_job
 from .config import ServerConfig
+from .constraints import lacks, may_wait, waiting_reason
 from .logs import TaskLogs
 from .metrics import FarmMetrics
 from .models import JOB_FINAL, TASK_FINAL, TASK_HELD, Job, NodeRecord, Output, Task
@@ -258,7 +259,9 @@ class Farm:
         job_id = secrets.token_hex(6)
         job = Job(id=job_id, seq=self._seq, spec=spec, output_name=output_stem(spec.name),
                   priority=spec.priority, status="paused" if spec.paused else "queued",
-                  owner=owner or spec.user or "")
+                  owner=owner or spec.user or "",
+                  # the engine asked for needs OpenGL: no node without it loads the file
+                  needs_opengl=spec.overrides.engine in OPENGL_ENGINES)
         # In a thread: a 100,000-frame job takes a few tenths of a second to compile,
         # and the nodes' messages go on being answered meanwhile.
         tasks = await asyncio.to_thread(compile_job, job_id, spec)
@@ -291,7 +294,12 @@ class Farm:
         return job
 
     def job_json(self, job: Job) -> dict[str, Any]:
-        return job.to_json()
+        """The job's JSON, with why it waits when no online node takes it (``waiting``)."""
+        data = job.to_json()
+        # only a job with nothing on a node can wait: a busy farm's jobs cost nothing here
+        data["waiting"] = waiting_reason(job, [s.record for s in self.sessions.values()]) \
+            if may_wait(job) else None
+        return data
 
     def cancel(self, job_id: str) -> tuple[Job, asyncio.Future[None]]:
         job = self.job(job_id)
@@ -472,8 +480,7 @@ class Farm:
             self.dispatch()
 
     def _may_run(self, rec: NodeRecord, job_id: str) -> bool:
-        job = self.jobs[job_id]
-        return not (rec.disabled or rec.uid in job.blocklist or (job.needs_oidn and not rec.oidn))
+        return lacks(self.jobs[job_id], rec) is None
 
     def capable_nodes(self, job: Job) -> list[NodeRecord]:
         return [s.record for s in self.sessions.values() if self._may_run(s.record, job.id)]
@@ -627,7 +634,7 @@ class Farm:
         task.node = None
         task.failures += 1
         changed = [task]
-        if msg.reason not in ("needs_denoise", "unsendable"):  # the node's fault
+        if msg.reason not in ("needs_denoise", "needs_opengl", "unsendable"):  # the node's fault
             changed += self._count_node_failure(job, rec)
         log.warning("task %s failed on %s (%s): %s", task.id, rec.name, msg.reason,
                     msg.error[:2000])
@@ -639,6 +646,13 @@ class Farm:
                 task.status, task.node = "failed", rec.uid
                 return self._stop_job(job, "failed", NO_OIDN, settled=[task])
             self._requeue(task)
+        elif msg.reason == "needs_opengl":
+            # the same: it cannot render Eevee or Workbench; the job waits for a node that
+            # can (its page says so, and how to make one), rather than fail
+            self._requeue(task)
+            if not job.needs_opengl:
+                job.needs_opengl = True
+                changed += self._take_back_unable(job)
         elif not msg.retryable or task.failures >= self.config.max_attempts:
             task.status, task.node = "failed", rec.uid  # the node that failed it last
             frames = f"frame {task.frames[0]}" if len(task.frames) == 1 else \
@@ -668,6 +682,21 @@ class Farm:
             for tid in [t for t in rec.tasks if self.tasks[t].job_id == job.id]:
                 if session is not None:  # what it holds of the job goes to other nodes
                     session.send(m.Cancel(task_id=tid, reason="node blocklisted for this job"))
+                self._requeue(self.tasks[tid])
+                taken.append(self.tasks[tid])
+        return taken
+
+    def _take_back_unable(self, job: Job) -> list[Task]:
+        """``job`` needs more than it did: what nodes that cannot run it hold of it (not
+        yet reported running) goes back to the queue, for nodes that can."""
+        taken: list[Task] = []
+        for session in self.sessions.values():
+            rec = session.record
+            if self._may_run(rec, job.id):
+                continue
+            for tid in [t for t in rec.tasks if self.tasks[t].job_id == job.id
+                        and self.tasks[t].status == "assigned"]:
+                session.send(m.Cancel(task_id=tid, reason="this node cannot render the job"))
                 self._requeue(self.tasks[tid])
                 taken.append(self.tasks[tid])
         return taken

@@ -116,6 +116,10 @@ class Job:
     finished: float | None = None
     error: str | None = None
     needs_oidn: bool = False
+    #: the scene (or its override) renders with Eevee or Workbench: only nodes whose
+    #: Blender has OpenGL take it (set at submit from the override, or when a node
+    #: without OpenGL refuses a task)
+    needs_opengl: bool = False
     frames_total: int = 0
     node_failures: dict[str, int] = field(default_factory=dict)  # node uid -> failed tasks
     blocklist: list[str] = field(default_factory=list)  # nodes that get no more of this job
@@ -157,7 +161,7 @@ class Job:
         return {k: getattr(self, k) for k in ("id", "seq", "output_name", "status", "priority",
                                                "owner", "created", "updated", "started",
                                                "finished", "error", "needs_oidn",
-                                               "frames_total", "node_failures", "blocklist")}
+                                               "needs_opengl", "frames_total", "node_failures", "blocklist")}
 
     @classmethod
     def from_row(cls, data: dict[str, Any], spec_data: dict[str, Any]) -> Job:
@@ -176,6 +180,7 @@ class Job:
             "frames": spec.frames, "chunk": spec.chunk, "blend": spec.blend,
             "scene": spec.scene, "overrides": spec.overrides.to_dict(),
             "output_name": self.output_name, "needs_oidn": self.needs_oidn,
+            "needs_opengl": self.needs_opengl, "tags": list(spec.tags),
             "frames_total": self.frames_total, "frames_done": self.frames_done,
             "tasks_total": len(self.task_ids), "tasks_done": counts["done"],
             "tasks_failed": counts["failed"], "tasks_running": counts["running"] + counts["assigned"],
@@ -207,6 +212,15 @@ class NodeRecord:
     def oidn(self) -> bool:
         return bool(self.info.get("blender", {}).get("oidn"))
 
+    @property
+    def opengl(self) -> bool:
+        """Its Blender can render Eevee and Workbench (the node's probe says)."""
+        return bool(self.info.get("blender", {}).get("opengl"))
+
+    @property
+    def tags(self) -> list[str]:
+        return self.info.get("tags") or []
+
     def to_json(self) -> dict[str, Any]:
         blender = self.info.get("blender", {})
         if not self.online:
@@ -220,7 +234,7 @@ class NodeRecord:
         return {
             "id": self.uid, "name": self.name, "state": state, "online": self.online,
             "drained": self.drained, "disabled": self.disabled, "last_seen": self.last_seen, "tasks": list(self.tasks),
-            "blender": blender.get("version"), "oidn": self.oidn,
+            "blender": blender.get("version"), "oidn": self.oidn, "opengl": self.opengl,
             "threads": self.info.get("threads"), "gpus": self.info.get("gpus", []),
             "tags": self.info.get("tags", []), "frames_rendered": self.frames_rendered,
         }

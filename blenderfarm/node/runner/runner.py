@@ -52,6 +52,14 @@ FILEOUT_DIR = "fileout"
 MAX_OUTPUT_NAME = 255  # characters; the protocol carries file names of at most 256
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _LAST_DIGITS = re.compile(r"(\d+)\D*$")
+#: twin of protocol.jobspec.OPENGL_ENGINES (this script imports nothing of blenderfarm)
+OPENGL_ENGINES = {"BLENDER_EEVEE": "Eevee", "BLENDER_EEVEE_NEXT": "Eevee",
+                  "BLENDER_WORKBENCH": "Workbench"}
+OPENGL_MESSAGE = (
+    "The scene renders with {engine}, which needs OpenGL, and this node's Blender has none "
+    "(no display and no GPU driver): run bf-node under xvfb-run or install a GPU driver "
+    "on it; the farm gives the job to a node that can."
+)
 DENOISE_MESSAGE = (
     "The scene has Cycles denoising on, but this node's Blender has no "
     "OpenImageDenoise. Submit with --no-denoise, or add a node whose Blender can denoise."
@@ -527,7 +535,13 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
             raise TaskError("bad_scene", f"This Blender cannot apply the overrides: {exc}", False) from exc
         if scene.camera is None:
             raise TaskError("bad_camera", f"The scene {scene.name!r} has no active camera; set one "
-                            "in the file or submit with a camera override.", False)
+                            "in the file or submit with a camera (bf submit --camera NAME, or "
+                            "the add-on's Camera field).", False)
+        engine = scene.render.engine
+        if engine in OPENGL_ENGINES and not cmd.get("opengl", True):
+            # Blender would abort (SIGABRT) on the first frame: say why, before trying
+            raise TaskError("needs_opengl", OPENGL_MESSAGE.format(engine=OPENGL_ENGINES[engine]),
+                            False)
         if denoise_is_on(scene) and not can_denoise(scene, oidn):
             raise TaskError("needs_denoise", DENOISE_MESSAGE, False)
         os.makedirs(output_dir, exist_ok=True)

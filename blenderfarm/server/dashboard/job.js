@@ -184,6 +184,10 @@ function detailsPanel(job) {
   ];
   if (blocked.length) rows.push(["Blocklisted", blocked.join(", ")]);
   if (job.needs_oidn) rows.push(["Denoise", "needs a node with OpenImageDenoise"]);
+  if (job.needs_opengl) rows.push(["OpenGL", "needs a node that can render Eevee and Workbench"]);
+  if ((job.tags || []).length) rows.push(["Tags", `needs a node with ${job.tags.join(", ")}`]);
+  // why no node takes it (the server's waiting_reason), first: it is what to act on
+  if (job.waiting) rows.unshift(["Waiting", job.waiting]);
   return h("section", { class: "panel details", "aria-label": "Details" },
     h("dl", null, rows.map(([k, v]) => [h("dt", null, k), h("dd", null, v)])));
 }
