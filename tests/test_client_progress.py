@@ -211,3 +211,31 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> No
 def test_api_error_text() -> None:
     e = ApiError("priority must be between 0 and 100", 400, "invalid_spec", "priority")
     assert str(e) == "priority must be between 0 and 100 (priority)"
+
+
+def test_bf_nodes_rows_say_what_each_node_does() -> None:
+    base = {"online": True, "blender": "3.4.1", "threads": 8, "gpus": [], "tags": ["gpu", "big"],
+            "last_seen": 995.0, "frames_rendered": 40, "tasks": []}
+    current = {"task_id": "t1", "job_id": "j1", "job_name": "shot010", "status": "running",
+               "frame": 12, "progress": 0.4}
+    nodes = [
+        {**base, "id": "aaaa1111bbbb", "name": "render-01", "state": "rendering", "tasks": ["t1"],
+         "current": current},
+        {**base, "id": "cccc2222dddd", "name": "render-02", "state": "idle", "current": None},
+        {**base, "id": "eeee3333ffff", "name": "render-03", "state": "drained", "tasks": ["t2"],
+         "current": {**current, "frame": None, "job_name": "shot020"}},
+        {**base, "id": "111122223333", "name": "render-04", "state": "drained"},
+        {**base, "id": "444455556666", "name": "render-05", "state": "disabled"},
+        {**base, "id": "777788889999", "name": "render-05", "state": "offline", "online": False},
+        {"id": "000011112222", "name": "old-server", "state": "rendering", "tasks": ["t3"]},
+    ]
+    lines = fmt.format_table(fmt.NODE_HEADERS, fmt.node_rows(nodes, now=1000.0)).splitlines()
+    assert lines[0].split()[:3] == ["NAME", "STATE", "BLENDER"] and "LAST SEEN" in lines[0]
+    states = [fmt.node_state(n) for n in nodes]
+    assert states == ["rendering shot010 frame 12", "idle", "draining (shot020)", "drained",
+                      "disabled", "offline", "rendering"]
+    assert lines[1].startswith("render-01  ") and "rendering shot010 frame 12" in lines[1]
+    assert "5s ago" in lines[1] and "gpu,big" in lines[1] and "aaaa1111" not in "".join(lines)
+    # two nodes of one name: the start of the id tells them apart
+    assert lines[5].startswith("render-05 (44445555)") and lines[6].startswith(
+        "render-05 (77778888)")

@@ -7,17 +7,25 @@ Set ``BLENDERFARM_SCREENSHOTS=docs`` to also write the README's screenshots
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from blenderfarm.protocol import messages as m
 from blenderfarm.server import tokens
+from fakenode import FakeNode
 from procs import NodeProc, ServerProc, bin_path, free_port, get_json, nodes_online, wait_for
 from scenes import make_scene, needs_blender
 
@@ -253,6 +261,140 @@ def test_sign_in_with_a_user_token_and_frames_still_show(live: Live, tmp_path: P
     finally:
         node.stop()
         server.stop()
+
+
+class ThreadNode:
+    """A scripted node (``fakenode.FakeNode``) on its own event loop in a thread: the
+    browser tests drive it step by step while Playwright's loop owns the test's thread."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.node = FakeNode(url, name=name)
+        self.uid = self.node.uid
+        self.call(self.node.connect())
+
+    def call(self, coro: Any, timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call(self.node.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+BLOB = b"BLENDER-v300 pretend .blend for dashboard tests"
+
+
+def post_job(url: str, name: str, frames: str = "1-2", **spec: Any) -> str:
+    """A job over the HTTP API (a pretend .blend: nothing renders it but a fake node)."""
+    sha = hashlib.sha256(BLOB).hexdigest()
+    urllib.request.urlopen(urllib.request.Request(f"{url}/api/blobs/{sha}", data=BLOB,
+                                                  method="PUT"), timeout=5).close()
+    body = json.dumps({"blend": "shot.blend", "manifest": {"shot.blend": sha}, "frames": frames,
+                       "name": name, **spec}).encode()
+    req = urllib.request.Request(f"{url}/api/jobs", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return str(json.loads(resp.read())["job"]["id"])
+
+
+@pytest.fixture
+def quick_server(tmp_path: Path) -> Iterator[ServerProc]:
+    """A server of its own with a one-second heartbeat (no real node)."""
+    config = tmp_path / "server.toml"
+    config.write_text("[server]\nheartbeat = 1.0\n")
+    server = ServerProc(tmp_path / "quick", free_port(), ["--config", str(config)])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_the_nodes_page_moves_with_heartbeats_and_a_render_without_reload(
+        quick_server: ServerProc, page: Page) -> None:
+    url = quick_server.url
+    node = ThreadNode(url, "fake-01")
+    try:
+        page.goto(f"{url}/#/nodes")
+        page.evaluate("window.sameDocument = true")
+        row = page.locator("tr", has_text="fake-01")
+        expect(row.locator(".badge").first).to_have_text("idle", timeout=10_000)
+        seen = row.locator("td.seen").get_attribute("title")
+        # An idle node sends nothing but pongs: they count, and the page hears of them.
+        expect(row.locator("td.seen")).not_to_have_attribute("title", seen or "",
+                                                            timeout=12_000)
+        post_job(url, "shot010", frames="1-4", chunk=4)
+        assign = node.call(node.node.expect(m.Assign))
+        expect(row.locator(".badge").first).to_have_text("rendering")
+        expect(row.locator(".task-link")).to_have_text("shot010")
+        for frame, fraction in ((1, 0.25), (3, 0.75)):
+            node.call(node.node.send(m.Progress(task_id=assign.task_id, frame=frame,
+                                                fraction=fraction)))
+            expect(row.get_by_role("progressbar")).to_have_attribute(
+                "aria-valuenow", str(int(fraction * 100)))
+            expect(row.locator(".frame")).to_have_text(f"frame {frame}")
+        node.call(node.node.finish(assign))
+        expect(row.locator(".badge").first).to_have_text("idle")
+        expect(row.get_by_role("progressbar")).to_have_count(0)
+        assert page.evaluate("window.sameDocument") is True, "the page was reloaded"
+    finally:
+        node.close()
+
+
+def test_the_jobs_list_has_owners_filters_search_and_sorting(quick_server: ServerProc,
+                                                             page: Page) -> None:
+    url = quick_server.url
+    post_job(url, "shot010_layout", user="alice")
+    post_job(url, "shot020_lighting", frames="1-3", user="bob", priority=80)
+    post_job(url, "shot030_comp", user="alice", paused=True)
+    canceled = post_job(url, "shot040_fx", user="carol")
+    urllib.request.urlopen(urllib.request.Request(
+        f"{url}/api/jobs/{canceled}/cancel", data=b"{}", method="POST",
+        headers={"Content-Type": "application/json"}), timeout=5).close()
+    page.goto(f"{url}/#/jobs")
+    rows = page.locator("tr[data-job-id]")
+    names = rows.locator("td.name a")
+    expect(names).to_have_text(["shot040_fx", "shot030_comp", "shot020_lighting",
+                                "shot010_layout"], timeout=10_000)  # newest first
+    # What the counts count, in words
+    expect(page.locator("[data-role=jobs-summary]")).to_have_text("4 jobs: 0 active, 2 queued")
+    expect(page.locator(".stats div", has_text="Tasks queued").locator("dd")).to_have_text("5")
+    expect(page.locator(".stats div", has_text="Jobs active").locator("dd")).to_have_text("0")
+    expect(page.get_by_role("columnheader", name="Owner")).to_be_visible()
+    expect(rows.filter(has_text="shot020_lighting").locator("td.owner")).to_have_text("bob")
+
+    page.locator("#job-status").select_option("paused")
+    expect(names).to_have_text(["shot030_comp"])
+    expect(page.locator("[data-role=jobs-summary]")).to_contain_text("showing 1 of 4 jobs")
+    page.locator("#job-status").select_option("")
+    page.locator("#job-owner").select_option("alice")
+    expect(names).to_have_text(["shot030_comp", "shot010_layout"])
+    page.get_by_role("button", name="Clear filters").first.click()
+    page.locator("#job-search").fill("LIGHT")
+    expect(names).to_have_text(["shot020_lighting"])
+    page.locator("#job-search").fill("")
+    expect(rows).to_have_count(4)
+
+    page.get_by_role("button", name="Name").click()
+    expect(names).to_have_text(["shot010_layout", "shot020_lighting", "shot030_comp",
+                                "shot040_fx"])
+    expect(page.locator("th[data-sort=name]")).to_have_attribute("aria-sort", "ascending")
+    page.get_by_role("button", name="Name").click()
+    expect(names.first).to_have_text("shot040_fx")
+    page.get_by_role("button", name="Priority").click()
+    expect(names.first).to_have_text("shot020_lighting")  # highest first
+    page.get_by_role("button", name="Owner").click()
+    expect(rows.locator("td.owner")).to_have_text(["alice", "alice", "bob", "carol"])
+    page.locator("#job-owner").select_option("alice")
+    page.reload()  # the sort and the filter are remembered
+    expect(page.locator("th[data-sort=owner]")).to_have_attribute("aria-sort", "ascending",
+                                                                  timeout=10_000)
+    expect(rows.locator("td.owner")).to_have_text(["alice", "alice"])
+    expect(page.locator("#job-owner")).to_have_value("alice")
 
 
 @pytest.mark.skipif(not SCREENSHOTS, reason="set BLENDERFARM_SCREENSHOTS=docs to remake them")

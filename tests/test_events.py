@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import time
@@ -219,3 +220,119 @@ async def test_frames_per_minute_counts_recent_frames(farm) -> None:
         hub.publish({"type": "frame", "time": now - i, "job_id": "j", "name": f"f{i}"})
     hub.publish({"type": "frame", "time": now - 3600, "job_id": "j", "name": "old"})
     assert hub.frames_per_minute(now) == pytest.approx(30 * 60 / 300)
+
+
+async def node_events(ws: aiohttp.ClientWebSocketResponse, uid: str, seconds: float
+                      ) -> list[dict]:
+    """The node events about ``uid`` that arrive within ``seconds``."""
+    got: list[dict] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            batch = await receive_events(ws, left)
+        except TimeoutError:
+            break
+        got += [ev["node"] for ev in batch if ev["type"] == "node" and ev["node"]["id"] == uid]
+    return got
+
+
+async def test_a_rendering_node_is_news_as_its_progress_moves_a_few_times_a_second(farm
+                                                                                    ) -> None:
+    from fakenode import FakeNode
+
+    ws = await subscribe(farm)
+    node = FakeNode(str(farm.make_url("")), name="render-01")
+    try:
+        await node.connect()
+        job = await submit(farm, frames="1-3", chunk=3, name="shot010")
+        assign = await node.expect(m.Assign)
+        told = await node_events(ws, node.uid, 0.5)
+        # the node's task shows as soon as it is given, before any progress
+        assert told and told[-1]["tasks"] == [assign.task_id]
+        assert told[-1]["state"] == "rendering"
+        assert told[-1]["current"]["task_id"] == assign.task_id
+        assert told[-1]["current"]["job_name"] == "shot010"
+        started = time.monotonic()
+        for i in range(1, 41):  # 40 samples in one second: far more than a browser needs
+            await node.send(m.Progress(task_id=assign.task_id, frame=1 + i // 20,
+                                       fraction=i / 40))
+            await asyncio.sleep(0.025)
+        told = await node_events(ws, node.uid, 1.0)
+        elapsed = time.monotonic() - started
+        assert 2 <= len(told) <= elapsed / 0.25 + 2, (len(told), elapsed)
+        fractions = [n["current"]["progress"] for n in told]
+        assert fractions == sorted(fractions) and fractions[0] < 1.0
+        assert told[-1]["current"] == {"task_id": assign.task_id, "job_id": job["id"],
+                                       "job_name": "shot010", "status": "running",
+                                       "frame": 3, "progress": 1.0}
+        nodes = (await (await farm.get("/api/nodes")).json())["nodes"]
+        assert nodes[0]["current"]["frame"] == 3  # the API's view says the same
+        await node.finish(assign)
+        told = await node_events(ws, node.uid, 0.5)
+        assert told[-1]["current"] is None and told[-1]["state"] == "idle"
+    finally:
+        await node.close()
+    await ws.close()
+
+
+@pytest.mark.parametrize("who_pings", ["server", "node"])
+async def test_a_node_that_only_heartbeats_is_seen(tmp_path: Path, monkeypatch, who_pings: str
+                                                   ) -> None:
+    """Pings and pongs count as seeing a node: an idle node does not look dead; watchers
+    hear of it now and then, and its row is not rewritten for every pong."""
+    from blenderfarm.server import farm as farm_mod
+    from fakenode import FakeNode
+
+    monkeypatch.setattr(farm_mod, "SEEN_NEWS", 0.3, raising=False)
+    data = tmp_path / "data"
+    heartbeat = 0.2 if who_pings == "server" else 60.0
+    client = TestClient(TestServer(make_app(ServerConfig(data_dir=data, heartbeat=heartbeat)),
+                                   host="127.0.0.1"))
+    await client.start_server()
+    node = FakeNode(str(client.make_url("")), name="idle-01")
+    try:
+        await node.connect()
+        connected = time.time()
+        ws = await subscribe(client)
+        told: list[dict] = []
+        for _ in range(8):  # 1.6 s of nothing but pings and their pongs
+            if who_pings == "node":
+                assert node.ws is not None
+                await node.ws.ping()
+            told += await node_events(ws, node.uid, 0.2)
+        (rec,) = (await (await client.get("/api/nodes")).json())["nodes"]
+        assert rec["online"] and rec["last_seen"] > connected + 1.0, rec["last_seen"] - connected
+        assert told and told[-1]["last_seen"] > connected + 0.8
+        row = await asyncio.to_thread(_stored_last_seen, data / "farm.db", node.uid)
+        assert row < connected + 0.5  # once a minute at most, not once a pong
+        await ws.close()
+    finally:
+        await node.close()
+        await client.close()
+
+
+def _stored_last_seen(db: Path, uid: str) -> float:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        (data,) = con.execute("SELECT data FROM nodes WHERE uid=?", (uid,)).fetchone()
+    return float(json.loads(data)["last_seen"])
+
+
+async def test_node_news_says_a_burst_of_changes_twice_first_and_last() -> None:
+    from blenderfarm.server.news import NodeNews
+
+    said: list[tuple[str, float]] = []
+    news = NodeNews(lambda uid: said.append((uid, time.monotonic())), interval=0.1)
+    for _ in range(50):
+        news.changed("n1")
+    news.changed("n2")
+    assert [u for u, _ in said] == ["n1", "n2"]  # the first change of each goes at once
+    await asyncio.sleep(0.15)
+    assert [u for u, _ in said] == ["n1", "n2", "n1"]  # the rest, once, at the interval's end
+    assert said[2][1] - said[0][1] >= 0.09
+    news.changed("n1")  # within the interval again: due later, then forgotten
+    news.forget("n1")
+    news.close()
+    await asyncio.sleep(0.15)
+    assert len(said) == 3

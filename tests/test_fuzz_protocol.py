@@ -38,7 +38,8 @@ these must hold (a breach is a *violation*):
   offline here anyway), the order of a node's ``tasks`` (a restart lists them in
   job and task order, a live server in order of assignment) and a task's
   ``progress`` (ephemeral, not journaled on every report; a restart shows the
-  progress of the task's last status change). Nothing else may differ: statuses,
+  progress of the task's last status change), and likewise the ``progress`` and
+  ``frame`` of a node's ``current`` task. Nothing else may differ: statuses,
   attempts, failures, failed nodes, errors, timestamps, counts, frames done,
   outputs, node info. Values are compared as JSON text, so ``true`` is not ``1``.
 
@@ -1203,6 +1204,8 @@ class Run:
             n.pop("online", None)
             n.pop("state", None)
             n["tasks"] = sorted(n["tasks"])
+            for f in ("progress", "frame"):  # of its latest progress report: ephemeral
+                (n.get("current") or {}).pop(f, None)
             state[f"node {n['id']}"] = n
         return state
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from pathlib import Path
 
 import msgpack
@@ -487,3 +488,34 @@ async def test_an_urgent_job_takes_the_place_of_prefetched_work(farm) -> None:
     assert after.task_id == prefetched.task_id  # back at the front of its queue
     tasks = (await (await farm.get(f"/api/jobs/{urgent['id']}/tasks")).json())["tasks"]
     assert tasks[0]["status"] == "assigned"
+
+
+async def test_bf_nodes_names_each_node_and_says_what_it_renders(farm, capsys) -> None:
+    from blenderfarm.client.cli import main
+
+    busy = farm.node(name="render-07")
+    await busy.connect()
+    job = await submit(farm, frames="1-2", chunk=2, name="shot010")
+    assign = await busy.expect(m.Assign)
+    spare = farm.node(name="spare-01")
+    await spare.connect()
+    await busy.send(m.Progress(task_id=assign.task_id, frame=2, fraction=0.5))
+    for _ in range(100):  # until the server has read it
+        nodes = (await (await farm.get("/api/nodes")).json())["nodes"]
+        if any((n["current"] or {}).get("frame") == 2 for n in nodes):
+            break
+        await asyncio.sleep(0.02)
+    url = str(farm.make_url("")).rstrip("/")
+    assert await asyncio.to_thread(main, ["nodes", "--server", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["NAME", "STATE"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {"render-07", "spare-01"}
+    assert "rendering shot010 frame 2" in rows["render-07"] and " idle " in rows["spare-01"]
+    assert busy.uid not in "".join(lines) and spare.uid not in "".join(lines)
+    assert await asyncio.to_thread(main, ["nodes", "--server", url, "--json"]) == 0
+    listed = {n["name"]: n for n in json.loads(capsys.readouterr().out)["nodes"]}
+    old_shape = {"id", "name", "state", "online", "blender", "oidn", "threads", "tasks",
+                 "last_seen", "frames_rendered"}
+    assert old_shape <= set(listed["render-07"]) and listed["spare-01"]["current"] is None
+    assert listed["render-07"]["current"]["job_id"] == job["id"]

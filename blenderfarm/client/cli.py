@@ -509,8 +509,8 @@ def cmd_nodes(args: argparse.Namespace, ctx: Ctx) -> int:
     if ctx.json:
         ctx.emit({"nodes": nodes})
     else:
-        print(fmt.item_table(nodes, fmt.NODE_COLUMNS, time.time()) if nodes else "No nodes.",
-              file=ctx.out)
+        print(fmt.format_table(fmt.NODE_HEADERS, fmt.node_rows(nodes, time.time()))
+              if nodes else "No nodes.", file=ctx.out)
     return EXIT_OK
 
 

@@ -177,8 +177,6 @@ def cell(value: Any) -> Any:
 
 TASK_COLUMNS = ("id", "kind", "status", "frames", "node_name", "node", "node_id", "attempts",
                 "attempt", "progress", "seconds", "updated", "error")
-NODE_COLUMNS = ("id", "name", "status", "task_id", "task", "job_id", "blender", "threads",
-                "gpus", "tags", "last_seen")
 TIME_KEYS = frozenset({"created", "updated", "last_seen", "started", "finished", "connected"})
 
 
@@ -194,3 +192,43 @@ def item_table(items: Sequence[Mapping[str, Any]], preferred: Sequence[str], now
 
     rows = [[show(k, item.get(k)) for k in columns] for item in items]
     return format_table([c.upper() for c in columns], rows)
+
+
+def node_state(node: Mapping[str, Any]) -> str:
+    """What a node does, in words: ``idle``, ``rendering shot010 frame 12``, ``draining``
+    (still finishing its task), ``drained``, ``disabled`` or ``offline``. A server that
+    sends no ``current`` yet (older) gets its plain ``state``."""
+    state = str(node.get("state") or "?")
+    current = node.get("current")
+    doing = ""
+    if isinstance(current, Mapping):
+        doing = str(current.get("job_name") or current.get("job_id") or "")
+        if isinstance(current.get("frame"), int):
+            doing += f" frame {current['frame']}"
+        doing = doing.strip()
+    if state in ("offline", "disabled"):
+        return state
+    if state == "drained":
+        return f"draining ({doing})" if doing else ("draining" if node.get("tasks") else state)
+    if state == "rendering" and doing:
+        return f"rendering {doing}"
+    return state
+
+
+def node_rows(nodes: Sequence[Mapping[str, Any]], now: float) -> list[list[Any]]:
+    """The lines of ``bf nodes``: a node goes by its name (with the start of its id when
+    two share a name), then what it does now, then what it is."""
+    names = [str(n.get("name") or n.get("id") or "?") for n in nodes]
+    rows = []
+    for node, name in zip(nodes, names, strict=True):
+        if names.count(name) > 1:
+            name += f" ({str(node.get('id'))[:8]})"
+        state = node_state(node)
+        rows.append([name, state[:57] + "..." if len(state) > 60 else state,
+                     node.get("blender"), node.get("threads"), cell(node.get("gpus", [])),
+                     cell(node.get("tags", [])), format_age(node.get("last_seen"), now),
+                     node.get("frames_rendered", 0)])
+    return rows
+
+
+NODE_HEADERS = ("NAME", "STATE", "BLENDER", "THREADS", "GPUS", "TAGS", "LAST SEEN", "FRAMES")

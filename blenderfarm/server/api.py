@@ -428,13 +428,13 @@ async def node_action(request: web.Request) -> web.Response:
     rec, fut = act[request.match_info["action"]](farm, request.match_info["node_id"],
                                                  actor(request))
     await farm.saved(fut)
-    return web.json_response({"node": rec.to_json()})
+    return web.json_response({"node": farm.node_json(rec)})
 
 @routes.get("/api/nodes")
 async def node_list(request: web.Request) -> web.Response:
     farm = request.app[FARM]
     nodes = sorted(farm.nodes.values(), key=lambda n: n.name)
-    return web.json_response({"nodes": [n.to_json() for n in nodes]})
+    return web.json_response({"nodes": [farm.node_json(n) for n in nodes]})
 
 
 # --- tokens (admins) --------------------------------------------------------------------------

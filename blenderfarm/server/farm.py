@@ -28,11 +28,18 @@ from .constraints import lacks, may_wait, waiting_reason
 from .logs import TaskLogs
 from .metrics import FarmMetrics
 from .models import JOB_FINAL, TASK_FINAL, TASK_HELD, Job, NodeRecord, Output, Task
+from .news import NodeNews
 from .outputs import BadOutputs, check_outputs
 from .scheduler import Scheduler
 from .store import Journal, Store, StoreError
 
 log = logging.getLogger(__name__)
+
+#: a node heard from (any frame: a message, a ping, a pong) is news for watchers when its
+#: last_seen moved this far since they last heard, and worth a row write this far since
+#: the last one: heartbeats never cost a journal write each
+SEEN_NEWS = 5.0
+SEEN_SAVE = 60.0
 
 NO_OIDN = ("The scene has Cycles denoising on, but no connected node's Blender has "
            "OpenImageDenoise. Resubmit with --no-denoise (or turn denoising off), "
@@ -102,6 +109,8 @@ class Farm:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._seq = 0
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        #: every change of a node reaches watchers through here, a few times a second at most
+        self.news = NodeNews(self._announce)
         self.started = time.time()
 
     # --- start-up and shutdown --------------------------------------------------------------
@@ -155,6 +164,7 @@ class Farm:
             timer = self._timers.pop(uid, None)
             if timer:
                 timer.cancel()
+            self.news.forget(uid)
             self.emit("node_deleted", node_id=uid)
         if gone:
             log.info("forgot %d node record(s) offline since before %s, or past max_nodes",
@@ -192,6 +202,7 @@ class Farm:
     async def stop(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
+        self.news.close()
         for session in list(self.sessions.values()):
             session.close()
         await self.journal.drain()
@@ -222,7 +233,7 @@ class Farm:
         if job is not None and job.id in self.jobs:
             self.emit("job", job=self.job_json(job))
         for rec in nodes or ():
-            self.emit("node", node=rec.to_json())
+            self.news.changed(rec.uid)
         if room is not None:
             self.make_room(room)
         elif offer is True:
@@ -341,7 +352,8 @@ class Farm:
         if timer:
             timer.cancel()
         rec.online, rec.lost_at, rec.connected_at = True, None, time.time()
-        rec.last_seen = time.time()
+        rec.last_seen = rec.seen_saved = time.time()  # the commit below writes the row
+        rec.frame = None
         changed = self._reconcile(rec, session, hello.running)
         log.info("node %s (%s) connected: Blender %s, oidn=%s, holds %d task(s)", rec.name,
                  rec.uid, rec.info.get("blender", {}).get("version"), rec.oidn, len(rec.tasks))
@@ -396,6 +408,43 @@ class Farm:
                  len(rec.tasks), self.config.grace_period)
         self._arm_grace(rec.uid)
         self.commit(nodes=[rec], offer=False)
+
+    def node_seen(self, rec: NodeRecord) -> None:
+        """Any frame from the node (a message, a ping, a pong) says it is alive. Watchers
+        hear of it every :data:`SEEN_NEWS` seconds and its row is written every
+        :data:`SEEN_SAVE`, so an idle node looks alive and heartbeats stay cheap."""
+        now = rec.last_seen = time.time()
+        if now - rec.seen_saved >= SEEN_SAVE:
+            rec.seen_saved = now
+            self.journal.add(nodes=(rec,))
+        if now - rec.seen_told >= SEEN_NEWS:
+            self.news.changed(rec.uid)
+
+    def _announce(self, uid: str) -> None:
+        """:attr:`news`' voice: the node's view as it is now, to every watcher."""
+        rec = self.nodes.get(uid)
+        if rec is not None:
+            rec.seen_told = rec.last_seen
+            self.emit("node", node=self.node_json(rec))
+
+    def node_json(self, rec: NodeRecord) -> dict[str, Any]:
+        """A node's view, with what it renders now: the task it started last (else the
+        first it was given; the others are prefetched), its job, and the frame and
+        fraction of its latest progress. Chosen by times, not by the order of
+        ``rec.tasks``, so that a restarted server says the same."""
+        held = [self.tasks[t] for t in rec.tasks if t in self.tasks]
+        running = [t for t in held if t.status == "running"]
+        if running:
+            task = max(running, key=lambda t: (t.started or 0.0, t.id))
+        elif held:
+            task = min(held, key=lambda t: (t.assigned or 0.0, t.id))
+        else:
+            return rec.to_json()
+        job = self.jobs.get(task.job_id)
+        frame = rec.frame[1] if rec.frame is not None and rec.frame[0] == task.id else None
+        return rec.to_json({"task_id": task.id, "job_id": task.job_id,
+                            "job_name": job.spec.name if job is not None else None,
+                            "status": task.status, "frame": frame, "progress": task.progress})
 
     def _arm_grace(self, uid: str) -> None:
         loop = asyncio.get_running_loop()
@@ -502,6 +551,7 @@ class Farm:
         if rec.uid not in task.assignees:
             task.assignees.append(rec.uid)
         rec.tasks.append(task.id)
+        self.news.changed(rec.uid)
         self.sched.hold(job.owner)
         if job.status == "queued":
             job.status, job.started = "active", time.time()
@@ -543,6 +593,7 @@ class Farm:
         if rec and task.id in rec.tasks:
             rec.tasks.remove(task.id)
             self.sched.unhold(self.jobs[task.job_id].owner)
+            self.news.changed(rec.uid)
 
     def _requeue(self, task: Task) -> None:
         self._release(task)
@@ -565,8 +616,11 @@ class Farm:
             task.status, task.started = "running", time.time()
             self.commit(tasks=[task], offer=False)
         task.progress = max(0.0, min(1.0, float(msg.fraction)))
+        if msg.frame is not None:
+            rec.frame = (task.id, msg.frame)
         self.emit("progress", task_id=task.id, job_id=task.job_id, node=rec.uid,
                   frame=msg.frame, fraction=task.progress)
+        self.news.changed(rec.uid)
 
     async def record_outputs(self, task: Task, outputs: list[m.OutputRef]) -> list[Output]:
         """Check and link outputs (safe name, frame of this task, blob exists): one trip

@@ -207,6 +207,12 @@ class NodeRecord:
     #: the node token that enrolled this uid (on a farm with tokens): while that token
     #: is valid, no other token may connect as this node
     token_id: str | None = None
+    # Transient, never stored: the frame its latest progress named, as (task id, frame);
+    # the last_seen watchers last heard, and the one last written to its row. A heartbeat
+    # then costs no event and no write unless enough time has passed (Farm.node_seen).
+    frame: tuple[str, int] | None = field(default=None, compare=False)
+    seen_told: float = field(default=0.0, compare=False)
+    seen_saved: float = field(default=0.0, compare=False)
 
     @property
     def oidn(self) -> bool:
@@ -221,7 +227,9 @@ class NodeRecord:
     def tags(self) -> list[str]:
         return self.info.get("tags") or []
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, current: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Its view; ``current`` is what it renders now (``Farm.node_json`` fills it in:
+        only the farm knows the tasks)."""
         blender = self.info.get("blender", {})
         if not self.online:
             state = "offline"
@@ -233,7 +241,8 @@ class NodeRecord:
             state = "rendering" if self.tasks else "idle"
         return {
             "id": self.uid, "name": self.name, "state": state, "online": self.online,
-            "drained": self.drained, "disabled": self.disabled, "last_seen": self.last_seen, "tasks": list(self.tasks),
+            "drained": self.drained, "disabled": self.disabled, "last_seen": self.last_seen,
+            "tasks": list(self.tasks), "current": current,
             "blender": blender.get("version"), "oidn": self.oidn, "opengl": self.opengl,
             "threads": self.info.get("threads"), "gpus": self.info.get("gpus", []),
             "tags": self.info.get("tags", []), "frames_rendered": self.frames_rendered,

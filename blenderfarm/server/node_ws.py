@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 
 from aiohttp import WSMsgType, web
 
@@ -31,7 +30,10 @@ log = logging.getLogger(__name__)
 
 async def node_socket(request: web.Request) -> web.WebSocketResponse:
     farm = request.app[FARM]
-    ws = web.WebSocketResponse(heartbeat=farm.config.heartbeat, max_msg_size=m.MAX_MESSAGE)
+    # autoping off: pings and pongs come out of the loop below, so that they count as
+    # seeing the node (an idle node sends nothing else); it answers the pings itself.
+    ws = web.WebSocketResponse(heartbeat=farm.config.heartbeat, max_msg_size=m.MAX_MESSAGE,
+                               autoping=False)
     await ws.prepare(request)
     hello = await _read_hello(ws, farm.config.hello_timeout)
     token = await _admit(request, ws, hello) if hello is not None else _REFUSED
@@ -61,8 +63,12 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
                                settings={"heartbeat": farm.config.heartbeat}))
         farm.node_connected(hello, session)
         async for frame in ws:
+            if frame.type in _SEEN:
+                farm.node_seen(rec)
             if frame.type == WSMsgType.BINARY:
                 await _handle(farm, session, frame.data)
+            elif frame.type == WSMsgType.PING:
+                await _pong(ws, frame.data)
             elif frame.type == WSMsgType.TEXT:
                 session.send(m.Error(code="bad_message", message="frames must be binary msgpack"))
             elif frame.type == WSMsgType.ERROR:
@@ -77,6 +83,8 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
 
 
 _REFUSED = object()
+#: frames that show the node is alive (the others end the loop)
+_SEEN = frozenset({WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.PING, WSMsgType.PONG})
 
 
 async def _admit(request: web.Request, ws: web.WebSocketResponse, hello: m.Hello
@@ -122,8 +130,15 @@ def _conflict(farm: Farm, auth: Auth, hello: m.Hello, token_id: str | None
 
 
 async def _read_hello(ws: web.WebSocketResponse, timeout: float) -> m.Hello | None:
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
-        frame = await ws.receive(timeout=timeout)
+        while True:  # with autoping off, a ping may come first: answer it, read on
+            left = deadline - asyncio.get_running_loop().time()
+            frame = await ws.receive(timeout=max(left, 0.001))
+            if frame.type == WSMsgType.PING:
+                await _pong(ws, frame.data)
+            elif frame.type != WSMsgType.PONG:
+                break
     except TimeoutError:
         return None
     if frame.type != WSMsgType.BINARY:
@@ -141,6 +156,12 @@ async def _read_hello(ws: web.WebSocketResponse, timeout: float) -> m.Hello | No
                     "install the same Blenderfarm version on both")))
         return None
     return msg
+
+
+async def _pong(ws: web.WebSocketResponse, data: bytes) -> None:
+    """Answer a ping (autoping is off); a socket going away meanwhile ends the loop anyway."""
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.pong(data)
 
 
 async def _sender(ws: web.WebSocketResponse, session: NodeSession) -> None:
@@ -162,7 +183,6 @@ async def _handle(farm: Farm, session: NodeSession, data: bytes) -> None:
     except m.ProtocolError as exc:
         session.send(m.Error(code="bad_message", message=str(exc)))
         return
-    rec.last_seen = time.time()
     try:
         if isinstance(msg, m.Progress):
             farm.on_progress(rec, msg)

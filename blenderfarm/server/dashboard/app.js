@@ -42,6 +42,7 @@ function renderHeader() {
   const s = state.stats || {};
   const set = (id, text) => { document.getElementById(id).textContent = text; };
   set("st-nodes", s.nodes_online ?? "–");
+  set("st-jobs", s.jobs_active ?? "–");
   set("st-queued", s.tasks_queued ?? "–");
   set("st-running", s.tasks_running ?? "–");
   set("st-fpm", s.frames_per_minute === undefined ? "–" : String(s.frames_per_minute));

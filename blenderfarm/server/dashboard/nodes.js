@@ -1,4 +1,6 @@
 // #/nodes: every node the farm knows, what it renders now, and drain / enable.
+// Node events arrive as a node's task, frame and progress change (a few a second at most)
+// and as heartbeats keep its "last seen" fresh, so the page moves without polling.
 
 import { api, enc } from "./api.js";
 import { ago, badge, h, progressBar, toast } from "./dom.js";
@@ -9,9 +11,12 @@ export function nodesView() {
   const nodes = [...state.nodes.values()].sort((a, b) =>
     (b.online - a.online) || a.name.localeCompare(b.name));
   const online = nodes.filter((n) => n.online).length;
+  const rendering = nodes.filter((n) => n.online && n.current).length;
   return h("section", { class: "panel", "aria-labelledby": "nodes-title", "data-key": "view-nodes" },
     h("div", { class: "panel-head" }, h("h1", { id: "nodes-title" }, "Nodes"),
-      h("span", { class: "muted" }, `${online} of ${nodes.length} online`)),
+      h("span", { class: "muted", "data-role": "nodes-summary" },
+        `${online} of ${nodes.length} node${nodes.length === 1 ? "" : "s"} online · `
+        + `${rendering} rendering`)),
     nodes.length ? table(nodes.map((n) => nodeRow(n, now))) : h("div", { class: "empty" },
       h("p", null, "No node has connected yet."),
       h("p", { class: "muted" }, "Start one with ",
@@ -38,7 +43,7 @@ function nodeRow(node, now) {
   return h("tr", { "data-node-id": node.id, "data-key": `node-${node.id}`, class: `s-${node.state}` },
     h("td", { class: "name" }, node.name,
       node.tags && node.tags.length ? h("div", { class: "sub" }, node.tags.join(", ")) : null),
-    h("td", null, badge(node.state),
+    h("td", null, badge(node.state === "drained" && (node.tasks || []).length ? "draining" : node.state),
       blocked.length ? h("span", { class: "badge s-blocklisted",
         title: `blocklisted for ${blocked.map((j) => j.name).join(", ")}` },
       `blocklisted ×${blocked.length}`) : null),
@@ -47,7 +52,7 @@ function nodeRow(node, now) {
     h("td", { class: "num" }, node.threads ?? "—"),
     h("td", null, gpus(node.gpus)),
     h("td", null, node.oidn ? "yes" : "no"),
-    h("td", { title: new Date(node.last_seen * 1000).toLocaleString() },
+    h("td", { class: "seen", title: new Date(node.last_seen * 1000).toLocaleString() },
       node.online ? (now - node.last_seen < 15 ? "now" : ago(node.last_seen, now))
         : ago(node.last_seen, now)),
     h("td", { class: "num" }, String(node.frames_rendered || 0)),
@@ -60,18 +65,24 @@ function gpus(list) {
     .join(", ");
 }
 
+/** What the node renders now, from its own events: the task it holds first (the others
+ *  are prefetched), its job, and the frame and fraction of its latest progress. */
 function currentTask(node) {
-  const tid = (node.tasks || [])[0];
-  if (!tid) return node.online ? h("span", { class: "muted" }, "—") : "";
-  const p = state.progress.get(tid);
-  const job = p && state.jobs.get(p.job_id);
-  const more = node.tasks.length > 1 ? ` (+${node.tasks.length - 1} next)` : "";
-  if (!p) return h("span", { class: "muted" }, `task ${tid.slice(-8)} starting${more}`);
-  const label = job ? job.name : p.job_id;
-  return h("div", { class: "progress-cell" },
-    h("a", { href: `#/jobs/${enc(p.job_id)}`, class: "task-link" }, label),
-    p.frame !== null && p.frame !== undefined ? h("span", { class: "muted" }, `frame ${p.frame}`) : null,
-    progressBar(p.fraction, `${node.name}: ${Math.round(p.fraction * 100)}%`, "slim"),
+  const cur = node.current;
+  if (!cur) return node.online ? h("span", { class: "muted" }, "—") : "";
+  const job = state.jobs.get(cur.job_id);
+  const label = (job && job.name) || cur.job_name || cur.job_id;
+  const held = (node.tasks || []).length;
+  const more = held > 1 ? ` (+${held - 1} next)` : "";
+  const link = h("a", { href: `#/jobs/${enc(cur.job_id)}`, class: "task-link" }, label);
+  if (cur.status !== "running") {
+    return h("div", { class: "progress-cell" }, link, h("span", { class: "muted" }, `starting${more}`));
+  }
+  const pct = Math.round((cur.progress || 0) * 100);
+  return h("div", { class: "progress-cell" }, link,
+    cur.frame !== null && cur.frame !== undefined
+      ? h("span", { class: "muted frame" }, `frame ${cur.frame}`) : null,
+    progressBar(cur.progress, `${node.name}: ${pct}%`, "slim"),
     more ? h("span", { class: "muted" }, more) : null);
 }
 
