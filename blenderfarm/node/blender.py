@@ -141,52 +141,48 @@ def find_blender(explicit: str | None = None) -> str:
         "or pass --blender /path/to/blender, or set BLENDER=/path/to/blender.", tried)
 
 
-async def probe_blender(path: str, timeout: float = PROBE_TIMEOUT) -> BlenderInfo:
-    """Start Blender once with factory settings and read what it can do."""
+async def _run_script(path: str, script: str, timeout: float) -> tuple[int | None, str]:
+    """Run ``script`` in Blender (factory settings, no window): its exit code and output.
+    Raises OSError when Blender cannot start, TimeoutError when it runs past
+    ``timeout`` (its process group is killed either way)."""
     cmd = [path, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "1",
-           "--python-expr", _PROBE_SCRIPT]
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-    except OSError as exc:
-        raise BlenderProbeError(f"Could not start Blender at {path}: {exc.strerror}.", path) from exc
+           "--python-expr", script]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        raise BlenderProbeError(
-            f"Blender at {path} did not answer within {timeout:.0f} s.", path) from None
     finally:
         if proc.returncode is None:
             _kill_group(proc.pid)
             await proc.wait()
-    text = out.decode("utf-8", "replace")
-    return _parse_probe(path, text, proc.returncode)
+    return proc.returncode, out.decode("utf-8", "replace")
+
+
+async def probe_blender(path: str, timeout: float = PROBE_TIMEOUT) -> BlenderInfo:
+    """Start Blender once with factory settings and read what it can do."""
+    try:
+        code, text = await _run_script(path, _PROBE_SCRIPT, timeout)
+    except OSError as exc:
+        raise BlenderProbeError(f"Could not start Blender at {path}: {exc.strerror}.", path) from exc
+    except TimeoutError:
+        raise BlenderProbeError(
+            f"Blender at {path} did not answer within {timeout:.0f} s.", path) from None
+    return _parse_probe(path, text, code)
 
 
 async def probe_opengl(path: str, timeout: float = OPENGL_TIMEOUT) -> tuple[bool, str]:
     """Render one 8x8 Workbench frame of the factory scene: ``(True, "")`` when it
     works, else ``(False, why)``. Never raises: a node without OpenGL still renders
     Cycles."""
-    cmd = [path, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "1",
-           "--python-expr", _OPENGL_SCRIPT]
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        code, text = await _run_script(path, _OPENGL_SCRIPT, timeout)
     except OSError as exc:
         return False, f"could not start Blender: {exc.strerror}"
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         return False, f"a tiny Workbench render did not finish within {timeout:.0f} s"
-    finally:
-        if proc.returncode is None:
-            _kill_group(proc.pid)
-            await proc.wait()
-    if any(line.strip() == _OPENGL_MARKER for line in out.decode("utf-8", "replace").splitlines()):
+    if any(line.strip() == _OPENGL_MARKER for line in text.splitlines()):
         return True, ""
-    code = proc.returncode
     if code is not None and code < 0:
         with contextlib.suppress(ValueError):
             return False, f"a tiny Workbench render was killed by {signal.Signals(-code).name}"
