@@ -306,7 +306,7 @@ class Chaos:
         if isinstance(self._ref, BaseException) or self._ref is None:
             raise RuntimeError("the direct reference render failed") from self._ref
         for f, r in enumerate(self._ref, start=1):
-            got = self.work / "server" / "jobs" / job_id / f"chaos_{f:04d}.png"
+            got = self.work / "server" / "jobs" / job_id / f"frame_{f:04d}.png"  # "//render/frame_"
             if not got.exists() or np.abs(read_rgba(got).astype(int) -
                                           read_rgba(r).astype(int)).mean() > 0.5:
                 self.report.mismatches.append(f)

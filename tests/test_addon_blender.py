@@ -108,7 +108,7 @@ if args.get("conflict"):  # one folder for every job: a different file is never 
     settings = bpy.context.scene.blenderfarm
     settings.download_per_job = False
     out["flat"] = sorted(bpy.ops.blenderfarm.download(job_id=job_id))
-    flat = os.path.join(bpy.path.abspath("//renders"), "shot_0001.png")
+    flat = os.path.join(bpy.path.abspath("//renders"), "frame_0001.png")
     with open(flat, "wb") as f:
         f.write(b"another job's frame")
     try:
@@ -174,7 +174,7 @@ def downloaded_frame(result: dict, blend: Path) -> Path:
     """Where the add-on put frame 1: a folder of the job's own under //renders/."""
     folder = Path(result["downloaded_to"])
     assert folder == blend.parent / "renders" / f"shot-{result['job_id'][:6]}", folder
-    return folder / "shot_0001.png"
+    return folder / "frame_0001.png"
 
 
 def check_installed(result: dict) -> None:
@@ -277,7 +277,7 @@ def test_blender34_submits_python_edits_that_leave_the_file_clean(zips, farm_pro
     assert result["job_folder"] == str(frame.parent)  # what Open Folder opens
     # One folder for all jobs: another job's file there is refused, named, and kept.
     assert result["flat"] == ["FINISHED"]
-    flat = blend.parent / "renders" / "shot_0001.png"
+    flat = blend.parent / "renders" / "frame_0001.png"
     assert str(flat) in result["conflict"] and "Overwrite" in result["conflict"], result
     assert "--overwrite" not in result["conflict"] and result["kept"]
     assert result["overwrite"] == ["FINISHED"] and result["replaced"]

@@ -260,7 +260,7 @@ def test_panel_operators_in_blenders_ui(legacy_zip, farm_procs, tmp_path) -> Non
     sub = f"shot-{r['job_id'][:6]}"
     assert r["download_message"] == f"Downloaded 1 frame(s) to //renders/{sub}/.", r
     assert Path(r["downloaded_to"]) == blend.parent / "renders" / sub
-    frame = Path(r["downloaded_to"]) / "shot_0001.png"
+    frame = Path(r["downloaded_to"]) / "frame_0001.png"  # the scene's own naming
     assert frame.is_file() and textured_colors(frame)["magenta"] == 0
     assert r["missing_invoke"] == ["RUNNING_MODAL"] and r["missing"] == ["gone.png"]
     assert r["missing_message"].startswith("Submitted job 'shot'"), r

@@ -77,7 +77,8 @@ def test_two_nodes_render_an_animation_like_blender_does(farm_procs, anim, direc
     out = tmp_path / "frames"
     assert bf(server.url, "download", job_id, str(out), "--flat").returncode == 0
     files = sorted(out.glob("*.png"))
-    assert [f.name for f in files] == [f"anim_{i:04d}.png" for i in range(1, 13)]
+    # named as Blender names them from the scene's output path, "//render/frame_"
+    assert [f.name for f in files] == [f"frame_{i:04d}.png" for i in range(1, 13)]
     pixels = [read_rgba(f) for f in files]
     assert all(p.shape == (RES, RES, 4) for p in pixels)
     assert all(not np.array_equal(pixels[i], pixels[i + 1]) for i in range(11)), \
@@ -85,8 +86,8 @@ def test_two_nodes_render_an_animation_like_blender_does(farm_procs, anim, direc
     for i, f in enumerate(files, start=1):
         assert_same_image(f, direct_frames[i])
     # the server keeps them too, under its data dir
-    kept = server.log_path.parent / "jobs" / job_id / "anim_0007.png"
-    assert kept.read_bytes() == (out / "anim_0007.png").read_bytes()
+    kept = server.log_path.parent / "jobs" / job_id / "frame_0007.png"
+    assert kept.read_bytes() == (out / "frame_0007.png").read_bytes()
 
 
 def test_textures_and_linked_libraries_travel(farm_procs, tmp_path) -> None:
@@ -132,7 +133,7 @@ def _check_all_frames(server: str, job_id: str, count: int, tmp_path: Path, anim
     picks = [1, count // 2, count]
     ref = render_frames(anim, picks, tmp_path / "ref")
     for f, r in zip(picks, ref, strict=True):
-        assert_same_image(out / f"anim_{f:04d}.png", r)
+        assert_same_image(out / f"frame_{f:04d}.png", r)
 
 
 def test_killed_node_its_frames_render_elsewhere(farm_procs, anim, tmp_path) -> None:
@@ -212,7 +213,7 @@ def test_download_never_replaces_another_jobs_frames(farm_procs, tmp_path) -> No
     folders = sorted(p.name for p in out.iterdir())
     assert folders == sorted([f"anim-{first[:6]}", f"anim-{second[:6]}"])
     a, b = (sorted((out / f"anim-{j[:6]}").glob("*.png")) for j in (first, second))
-    assert [f.name for f in a] == [f.name for f in b] == ["anim_0001.png", "anim_0002.png"]
+    assert [f.name for f in a] == [f.name for f in b] == ["frame_0001.png", "frame_0002.png"]
     assert a[0].read_bytes() != b[0].read_bytes(), "16 samples render other pixels than 2"
 
     flat = tmp_path / "flat"
@@ -222,11 +223,70 @@ def test_download_never_replaces_another_jobs_frames(farm_procs, tmp_path) -> No
     assert proc.returncode == 1
     message = proc.stderr.strip()
     assert message.count("\n") == 0 and "--overwrite" in message, message
-    assert str(flat / "anim_0001.png") in message, message
+    assert str(flat / "frame_0001.png") in message, message
     assert {f.name: f.read_bytes() for f in flat.iterdir()} == kept, "nothing replaced"
 
     again = bf(server.url, "download", first, str(flat), "--flat", "--json")
     assert again.returncode == 0 and len(json.loads(again.stdout)["unchanged"]) == 2
     assert bf(server.url, "download", second, str(flat), "--flat", "--overwrite"
               ).returncode == 0
-    assert (flat / "anim_0001.png").read_bytes() == b[0].read_bytes()
+    assert (flat / "frame_0001.png").read_bytes() == b[0].read_bytes()
+# Runs in Blender: the scene as an artist set it up: 16-bit RGBA TIFF frames named
+# "//render/shot_###", or (with "movie") an FFMPEG movie.
+RESTYLE = (
+    "import bpy, sys\n"
+    "scene = bpy.context.scene\n"
+    "scene.render.filepath = '//render/shot_###'\n"
+    "settings = scene.render.image_settings\n"
+    "if sys.argv[-1] == 'movie':\n"
+    "    settings.file_format = 'FFMPEG'\n"
+    "else:\n"
+    "    settings.file_format, settings.color_mode, settings.color_depth = 'TIFF', 'RGBA', '16'\n"
+    "bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-2])\n"
+)
+# Runs in Blender: frames -1, 0 and 1 rendered and named by Blender itself (``-f -1``
+# would mean "one before the end")
+RENDER_DIRECT = (
+    "import bpy\n"
+    "scene = bpy.context.scene\n"
+    "pattern = scene.render.filepath\n"
+    "for f in (-1, 0, 1):\n"
+    "    scene.frame_set(f)\n"
+    "    scene.render.filepath = pattern\n"
+    "    scene.render.filepath = scene.render.frame_path(frame=f)\n"
+    "    bpy.ops.render.render(write_still=True)\n"
+)
+
+
+def test_frames_keep_the_scenes_format_and_names_negative_ones_too(farm_procs,
+                                                                     tmp_path) -> None:
+    from scenes import run_blender
+
+    src = make_scene("anim", tmp_path / "src", frames=3, res=32, samples=2)
+    tiff, movie = src.parent / "tiff.blend", src.parent / "movie.blend"
+    for blend, kind in ((tiff, "tiff"), (movie, "movie")):
+        assert run_blender([str(src), "--python-expr", RESTYLE, "--", str(blend), kind]) \
+            .returncode == 0
+    assert run_blender([str(tiff), "--python-expr", RENDER_DIRECT]).returncode == 0
+    server = farm_procs.server()
+    farm_procs.node("a")
+    farm_procs.wait_nodes(1)
+    job_id, _ = submit(server.url, tiff, "--frames", "-1-1")
+    job = wait_job(server.url, job_id)
+    assert job["status"] == "completed" and job["output_pattern"] == "shot_###"
+    assert job["notes"] == []
+    out = tmp_path / "tiff"
+    assert bf(server.url, "download", job_id, str(out)).returncode == 0
+    names = ["shot_-001.tif", "shot_000.tif", "shot_001.tif"]
+    assert sorted(p.name for p in out.rglob("*.tif")) == sorted(names)
+    for name in names:  # TIFF holds no render times: Blender's own file, byte for byte
+        (got,) = out.rglob(name)
+        assert got.read_bytes() == (src.parent / "render" / name).read_bytes(), name
+
+    movie_id, _ = submit(server.url, movie, "--frames", "1")
+    movie_job = wait_job(server.url, movie_id)
+    assert movie_job["notes"] and "lossless PNG" in movie_job["notes"][0]
+    shown = bf(server.url, "show", movie_id)
+    assert shown.returncode == 0 and "lossless PNG" in shown.stdout
+    outputs = get_json(f"{server.url}/api/jobs/{movie_id}/outputs")["outputs"]
+    assert [o["name"] for o in outputs] == ["shot_001.png"]

@@ -121,7 +121,7 @@ def test_tags_route_jobs_camera_overrides_and_the_cache_stays_bounded(farm_procs
     assert {t["node"] for t in tasks} == {gpu["id"]}, "only the node with the tag renders it"
     out = tmp_path / "got"
     assert bf(server.url, "download", job_id, str(out), "--flat").returncode == 0
-    assert_identical(out / "cams_0001.png", reference)
+    assert_identical(out / "frame_0001.png", reference)
 
     # a job for a tag no node has waits, and says why
     waiting = submit(server.url, anim, "--frames", "1", "--tag", "nobody")
@@ -172,4 +172,4 @@ def test_eevee_goes_to_a_node_with_opengl_and_waits_clearly_without_one(
     out = tmp_path / "got"
     assert bf(server.url, "download", job_id, str(out), "--flat").returncode == 0
     reference = direct_render(eevee, tmp_path / "direct", prefix=[XVFB_RUN, "-a"])
-    assert_identical(out / "eevee_0001.png", reference)
+    assert_identical(out / "frame_0001.png", reference)

@@ -19,7 +19,7 @@ from blenderfarm.protocol.frames import (
     format_frames,
     parse_frames,
 )
-from blenderfarm.protocol.jobspec import SpecError, validate_spec
+from blenderfarm.protocol.jobspec import SpecError, safe_pattern, validate_spec
 from blenderfarm.protocol.paths import PathError, normalize_relpath
 
 SHA = "a" * 64
@@ -116,9 +116,25 @@ def test_frame_grammar() -> None:
     assert parse_frames("5") == [5]
     assert parse_frames(" 3 - 1 x 1 ".replace("3 - 1", "1 - 3")) == [1, 2, 3]
     assert parse_frames("1-3,2-4") == [1, 2, 3, 4]
-    for bad in ["", "a", "1-", "5-1", "1-10x0", f"0-{MAX_FRAME + 1}", "1,,2", "-3"]:
+    for bad in ["", "a", "1-", "5-1", "1-10x0", f"0-{MAX_FRAME + 1}", "1,,2", "--3", "-1--3",
+                f"{-MAX_FRAME - 1}-0", "3--1", "- 3"]:
         with pytest.raises(FrameRangeError):
             parse_frames(bad)
+
+
+def test_negative_frames_are_blender_frames_too() -> None:
+    assert parse_frames("-5--1") == [-5, -4, -3, -2, -1]
+    assert parse_frames("-3-3") == [-3, -2, -1, 0, 1, 2, 3]
+    assert parse_frames("-3") == [-3]
+    assert parse_frames("-4-4x4, 10") == [-4, 0, 4, 10]
+    assert parse_frames(f"{-MAX_FRAME}") == [-MAX_FRAME]
+    assert format_frames([-5, -4, -3, 0, 2, 3]) == "-5--3,0,2-3"
+    assert validate_spec(_spec(frames="-5--1")).frame_list == [-5, -4, -3, -2, -1]
+
+
+@given(st.lists(st.integers(-5000, 5000), min_size=1, max_size=200))
+def test_format_parse_round_trip_with_negative_frames(frames: list[int]) -> None:
+    assert parse_frames(format_frames(frames)) == sorted(set(frames))
 
 
 @given(st.lists(st.integers(0, 5000), min_size=1, max_size=200))
@@ -159,6 +175,31 @@ def _spec(**kw):
 def test_valid_spec_defaults() -> None:
     spec = validate_spec(_spec())
     assert (spec.name, spec.chunk, spec.priority, spec.overrides.denoise) == ("s", 1, 50, None)
+    assert spec.output_pattern is None and spec.scene_format is None and spec.notes == []
+
+
+def test_a_spec_names_frames_with_the_scenes_pattern() -> None:
+    for pattern in ["", "frame_", "shot_###", "a_##_b", "Szene-1.v2#", "ünï_"]:
+        assert validate_spec(_spec(output_pattern=pattern)).output_pattern == pattern
+    for bad in ["a/b", ".hidden", "a b", "x" * 121, 5, "a:b", "{scene}"]:
+        with pytest.raises(SpecError) as info:
+            validate_spec(_spec(output_pattern=bad))
+        assert info.value.path == "output_pattern"
+    # what the submitters send: the file part of the scene's path, made safe
+    assert [safe_pattern(p) for p in ("//render/frame_", "/tmp/", "C:\\r\\shot_###",
+                                       "//out/my shot.###", "//.x", "")] == \
+        ["frame_", "", "shot_###", "my_shot.###", "x", ""]
+
+
+def test_more_formats_are_offered_and_a_movie_scene_gets_a_note() -> None:
+    for fmt in ("OPEN_EXR_MULTILAYER", "TIFF", "png"):
+        assert validate_spec(_spec(overrides={"format": fmt})).overrides.format == fmt.upper()
+    movie = validate_spec(_spec(scene_format="FFMPEG"))
+    assert movie.notes and "lossless PNG" in movie.notes[0] and "FFMPEG" in movie.notes[0]
+    assert validate_spec(_spec(scene_format="FFMPEG", overrides={"format": "TIFF"})).notes == []
+    assert validate_spec(_spec(scene_format="DPX")).notes == []
+    with pytest.raises(SpecError, match="scene_format"):
+        validate_spec(_spec(scene_format="GIF"))
 
 
 @pytest.mark.parametrize("change, field", [

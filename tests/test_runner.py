@@ -80,7 +80,8 @@ async def start_runner(tmp_path: Path):
 
     async def start(blend: Path, **kwargs: Any) -> Runner:
         assert BLENDER is not None
-        runner = await Runner.start(BLENDER, str(blend), cwd=str(blend.parent),
+        cwd = str(kwargs.pop("cwd", blend.parent))
+        runner = await Runner.start(BLENDER, str(blend), cwd=cwd,
                                     log_path=str(tmp_path / "blender.log"), **kwargs)
         started.append(runner)
         return runner
@@ -311,3 +312,217 @@ def _running(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# Runs in Blender: formats.blend, one scene per case (linked copies of one Cycles scene,
+# 32x32, stamps and their metadata off so files compare byte for byte), each with its
+# output path "//direct/<case>_###" and its image settings.
+FORMAT_CASES = {
+    # case: (file_format, color_mode, color_depth, extra settings)
+    "PNG16_RGBA": ("PNG", "RGBA", "16", {"compression": 30}),
+    "PNG8_BW": ("PNG", "BW", "8", {}),
+    "JPEG": ("JPEG", "RGB", "8", {"quality": 70}),
+    "TIFF16": ("TIFF", "RGB", "16", {"tiff_codec": "LZW"}),
+    "TIFF8_RGBA": ("TIFF", "RGBA", "8", {"tiff_codec": "NONE"}),
+    "EXR_HALF": ("OPEN_EXR", "RGBA", "16", {"exr_codec": "ZIP"}),
+    "EXR_MULTI": ("OPEN_EXR_MULTILAYER", "RGBA", "32", {"exr_codec": "PIZ"}),
+    "HDR": ("HDR", "RGB", "32", {}),
+    "DPX": ("DPX", "RGB", "10", {}),
+    "CINEON": ("CINEON", "RGB", "10", {}),
+    "TARGA": ("TARGA", "RGBA", "8", {}),
+    "TARGA_RAW": ("TARGA_RAW", "RGB", "8", {}),
+    "BMP": ("BMP", "RGB", "8", {}),
+    "IRIS": ("IRIS", "RGBA", "8", {}),
+    "WEBP": ("WEBP", "RGBA", "8", {"quality": 80}),
+    "MOVIE": ("FFMPEG", "RGB", "8", {}),
+    "PNG16_AS_TIFF": ("PNG", "RGBA", "16", {}),
+    "NEG": ("PNG", "RGBA", "8", {}),
+}
+MAKE_FORMATS = textwrap.dedent("""
+    import json, sys, bpy
+    out, cases = sys.argv[-2], json.loads(sys.argv[-1])
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    base = bpy.context.scene
+    base.render.engine = "CYCLES"
+    base.cycles.samples = 2
+    base.cycles.use_denoising = False
+    base.render.resolution_x = base.render.resolution_y = 32
+    base.render.resolution_percentage = 100
+    base.render.film_transparent = True
+    for attr in dir(base.render):
+        if attr.startswith("use_stamp"):
+            setattr(base.render, attr, False)
+    bpy.ops.mesh.primitive_cube_add(size=1.5, location=(-1, 0, 0))
+    bpy.ops.object.camera_add(location=(0, -8, 0), rotation=(1.5708, 0, 0))
+    base.camera = bpy.context.object
+    bpy.ops.object.light_add(type="POINT", location=(0, -3, 3))
+    bpy.context.object.data.energy = 1000
+    for case, (fmt, mode, depth, extra) in cases.items():
+        bpy.context.window.scene = base
+        bpy.ops.scene.new(type="LINK_COPY")
+        scene = bpy.context.scene
+        scene.name = case
+        scene.render.filepath = "//direct/" + case + "_###"
+        settings = scene.render.image_settings
+        settings.file_format = fmt
+        settings.color_mode = mode
+        settings.color_depth = depth
+        for key, value in extra.items():
+            setattr(settings, key, value)
+    bpy.ops.wm.save_as_mainfile(filepath=out + "/formats.blend")
+""")
+# Runs in Blender: frame -2 of scene NEG, rendered and named by Blender itself
+RENDER_NEGATIVE = (
+    "import bpy, os\n"
+    "scene = bpy.data.scenes['NEG']\n"
+    "scene.frame_set(-2)\n"
+    "scene.render.filepath = scene.render.frame_path(frame=-2)\n"
+    "bpy.ops.render.render(write_still=True, scene='NEG')\n"
+)
+
+
+@pytest.fixture(scope="module")
+def formats_blend(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """formats.blend and, in direct/, Blender's own ``blender -b -f 1`` of each case."""
+    import json
+
+    out = tmp_path_factory.mktemp("formats")
+    assert BLENDER is not None
+    subprocess.run([BLENDER, "-b", "--factory-startup", "--python-exit-code", "1",
+                    "--python-expr", MAKE_FORMATS, "--", str(out), json.dumps(FORMAT_CASES)],
+                   check=True, capture_output=True, timeout=120)
+    args = [BLENDER, "-b", str(out / "formats.blend")]
+    for case in FORMAT_CASES:
+        if case == "MOVIE":  # the farm renders a movie scene's frames as PNG
+            args += ["-S", case, "-F", "PNG", "-f", "1"]
+        elif case == "PNG16_AS_TIFF":
+            args += ["-S", case, "-F", "TIFF", "-f", "1"]
+        elif case != "NEG":
+            args += ["-S", case, "-f", "1"]
+    args += ["--python-expr", RENDER_NEGATIVE]
+    subprocess.run(args, check=True, capture_output=True, timeout=300)
+    return out / "formats.blend"
+
+
+async def test_every_still_format_comes_back_as_blenders_own_render(
+        formats_blend: Path, tmp_path: Path, start_runner) -> None:
+    runner = await start_runner(formats_blend)
+    direct = formats_blend.parent / "direct"
+    out = tmp_path / "out"
+    got: dict[str, str] = {}
+    for case in FORMAT_CASES:
+        overrides = {"format": "TIFF"} if case == "PNG16_AS_TIFF" else {}
+        frame = -2 if case == "NEG" else 1
+        [(_, path)] = await runner.render(
+            case, [frame], scene=case, overrides=overrides, output_dir=str(out / case),
+            output_name="job", output_pattern=f"{case}_###", on_event=lambda e: None)
+        got[case] = path
+    names = {case: os.path.basename(p) for case, p in got.items()}
+    assert names["TIFF16"] == "TIFF16_001.tif" and names["EXR_MULTI"] == "EXR_MULTI_001.exr"
+    assert names["MOVIE"] == "MOVIE_001.png" and names["PNG16_AS_TIFF"] == "PNG16_AS_TIFF_001.tif"
+    assert names["NEG"] == "NEG_-002.png" and names["WEBP"] == "WEBP_001.webp"
+    assert names["CINEON"] == "CINEON_001.cin" and names["IRIS"] == "IRIS_001.rgb"
+    for case, path in got.items():
+        assert sorted(os.listdir(os.path.dirname(path))) == [names[case]], case
+    # Byte for byte: the same format, colour mode, depth, codec and quality as Blender's.
+    # PNG, JPEG and OpenEXR carry Cycles' render times as metadata, DPX and Cineon a
+    # creation time: those are compared pixel for pixel as Blender decodes them, with
+    # their depth and channels.
+    timed = {case for case in got if FORMAT_CASES[case][0] in
+             ("PNG", "JPEG", "OPEN_EXR", "OPEN_EXR_MULTILAYER", "DPX", "CINEON", "FFMPEG")}
+    for case in set(got) - timed:
+        assert Path(got[case]).read_bytes() == (direct / names[case]).read_bytes(), case
+    decoded = _blender_decode([p for case in sorted(timed)
+                               for p in (got[case], str(direct / names[case]))])
+    for i, case in enumerate(sorted(timed)):
+        assert decoded[2 * i] == decoded[2 * i + 1], case
+    assert _png_header(got["PNG16_RGBA"]) == (16, 6)  # 16 bits, RGBA
+    assert _png_header(got["PNG8_BW"]) == (8, 0)  # 8 bits, grey
+    assert _png_header(got["MOVIE"]) == (8, 2)  # the movie's RGB, as lossless PNG
+    kinds = {"EXR_MULTI": "OPEN_EXR", "EXR_HALF": "OPEN_EXR", "MOVIE": "PNG",
+             "PNG16_AS_TIFF": "TIFF", "NEG": "PNG"}
+    for case, path in got.items():
+        fmt = FORMAT_CASES[case][0]
+        assert check_image(path) == kinds.get(case, {"TARGA_RAW": "TARGA"}.get(fmt, fmt))
+    # the next task without overrides starts from each scene's own settings again
+    [(_, again)] = await runner.render(
+        "again", [1], scene="PNG16_AS_TIFF", overrides={}, output_dir=str(out / "again"),
+        output_name="job", output_pattern="again_###", on_event=lambda e: None)
+    assert check_image(again) == "PNG" and _png_header(again) == (16, 6)
+
+
+# Runs in Blender: each image's pixels as Blender decodes them, with its depth and channels
+DECODE = textwrap.dedent("""
+    import bpy, hashlib, json, struct, sys
+    out = []
+    for path in json.loads(sys.argv[-1]):
+        img = bpy.data.images.load(path)
+        px = img.pixels[:]
+        out.append({"depth": img.depth, "channels": img.channels, "float": img.is_float,
+                    "size": list(img.size), "format": img.file_format,
+                    "pixels": hashlib.sha256(struct.pack(f"{len(px)}f", *px)).hexdigest()})
+    print("BFJSON:" + json.dumps(out))
+""")
+
+
+def _blender_decode(paths: list[str]) -> list[dict[str, Any]]:
+    import json
+
+    assert BLENDER is not None
+    proc = subprocess.run([BLENDER, "-b", "--factory-startup", "--python-expr", DECODE, "--",
+                           json.dumps(paths)], capture_output=True, text=True, timeout=120)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("BFJSON:"))
+    return json.loads(line[len("BFJSON:"):])
+
+
+def _png_header(path: str) -> tuple[int, int]:
+    """A PNG's bit depth and colour type (0 grey, 2 RGB, 6 RGBA), from its IHDR."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[24], head[25]
+
+
+# Runs in Blender: stamp.blend, its stamp burned in with the file's path on it
+MAKE_STAMP = textwrap.dedent("""
+    import sys, bpy
+    out = sys.argv[-1]
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 1
+    scene.cycles.use_denoising = False
+    scene.render.resolution_x, scene.render.resolution_y = 320, 32
+    scene.render.resolution_percentage = 100
+    for attr in dir(scene.render):
+        if attr.startswith("use_stamp_"):
+            setattr(scene.render, attr, False)
+    scene.render.use_stamp = True
+    scene.render.use_stamp_filename = True
+    scene.render.stamp_font_size = 12
+    bpy.ops.object.camera_add(location=(0, -8, 0), rotation=(1.5708, 0, 0))
+    scene.camera = bpy.context.object
+    bpy.ops.wm.save_as_mainfile(filepath=out)
+""")
+
+
+async def test_stamp_and_file_metadata_show_the_projects_path_on_every_node(
+        tmp_path: Path, start_runner) -> None:
+    assert BLENDER is not None
+    frames = []
+    for work in (tmp_path / "a", tmp_path / "node-with-a-longer-work-dir" / "w"):
+        job = work / "jobs" / "0123abcd"
+        blend = job / "shots" / "stamp.blend"
+        blend.parent.mkdir(parents=True)
+        subprocess.run([BLENDER, "-b", "--factory-startup", "--python-exit-code", "1",
+                        "--python-expr", MAKE_STAMP, "--", str(blend)],
+                       check=True, capture_output=True, timeout=120)
+        runner = await start_runner(blend, cwd=job)  # as bf-node starts it
+        [(_, path)] = await runner.render("s", [1], scene=None, overrides={},
+                                          output_dir=str(work / "out"), output_name="s",
+                                          on_event=lambda e: None)
+        frames.append(path)
+    for path in frames:
+        with Image.open(path) as img:
+            assert img.text["File"] == "./shots/stamp.blend"
+    with Image.open(frames[0]) as a, Image.open(frames[1]) as b:
+        assert a.convert("RGBA").tobytes() == b.convert("RGBA").tobytes()

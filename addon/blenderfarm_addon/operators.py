@@ -33,6 +33,7 @@ from .submit import (
     load_pack,
     parse_tags,
     plan_copy,
+    scene_naming,
 )
 from .worker import (
     Canceled,
@@ -236,8 +237,10 @@ class BLENDERFARM_OT_submit(TaskOperator, Operator):
             raise Problem(f"The scene {context.scene.name!r} has no active camera: pick a "
                           "Camera in the panel's Overrides, or set the scene's camera in "
                           "the Scene properties.")
+        naming = scene_naming(context.scene.render.filepath,
+                              context.scene.render.image_settings.file_format)
         # Always the state in memory: bpy.data.is_dirty misses edits made from Python.
-        return SubmitRequest(plan_copy(bpy.data.filepath), **fields)
+        return SubmitRequest(plan_copy(bpy.data.filepath), **fields, **naming)
 
     @staticmethod
     def save_copy(request: SubmitRequest) -> None:

@@ -125,7 +125,9 @@ class BLENDERFARM_PG_settings(PropertyGroup):
     file_format: EnumProperty(
         name="Format", description="Image format of the rendered frames",
         items=[("SCENE", "Scene's Format", "Keep the scene's output format"),
-               ("PNG", "PNG", ""), ("OPEN_EXR", "OpenEXR", ""), ("JPEG", "JPEG", "")])
+               ("PNG", "PNG", ""), ("OPEN_EXR", "OpenEXR", ""),
+               ("OPEN_EXR_MULTILAYER", "OpenEXR MultiLayer", ""), ("TIFF", "TIFF", ""),
+               ("JPEG", "JPEG", "")])
     denoise: EnumProperty(
         name="Denoise", description="Cycles denoising on the farm",
         items=[("SCENE", "Scene's Setting", "Keep the scene's denoising setting"),

@@ -33,7 +33,12 @@ from typing import Any
 from .vendor import load_bat
 from .vendor.blenderfarm.client.api import Client
 from .vendor.blenderfarm.client.progress import format_bytes
-from .vendor.blenderfarm.protocol.jobspec import validate_spec
+from .vendor.blenderfarm.protocol.jobspec import (
+    MOVIE_FORMATS,
+    STILL_FORMATS,
+    safe_pattern,
+    validate_spec,
+)
 from .worker import (
     Aborted,
     Done,
@@ -136,11 +141,23 @@ class SubmitRequest:
     scene: str | None = None
     on_missing: str = MISSING_ASK
     tags: tuple[str, ...] = ()  # node tags the job requires (spec["tags"])
+    #: the scene's output naming and format (scene_naming), read from bpy
+    output_pattern: str | None = None
+    scene_format: str | None = None
 
 
 def parse_tags(text: str) -> tuple[str, ...]:
     """The panel's Tags field, ``gpu, big-ram`` (commas or spaces), as the spec's list."""
     return tuple(dict.fromkeys(t for t in text.replace(",", " ").split() if t))
+
+
+def scene_naming(output_path: str, file_format: str) -> dict[str, str]:
+    """The spec's ``output_pattern`` and ``scene_format`` for a scene with this output
+    path and format: frames come back named as Blender names them."""
+    fields = {"output_pattern": safe_pattern(output_path)}
+    if file_format in STILL_FORMATS + MOVIE_FORMATS:
+        fields["scene_format"] = file_format
+    return fields
 
 
 def check_settings(*, name: str, frames: str, chunk: int, priority: int,
@@ -198,7 +215,9 @@ class SubmitTask(Task):
             spec = self.pack.build_spec(
                 packed, name=self.request.name, frames=self.request.frames,
                 chunk=self.request.chunk, priority=self.request.priority,
-                overrides=self.request.overrides, scene=self.request.scene)
+                overrides=self.request.overrides, scene=self.request.scene,
+                output_pattern=self.request.output_pattern,
+                scene_format=self.request.scene_format)
             if self.request.tags:
                 spec["tags"] = list(self.request.tags)
             stats = self.pack.upload_missing(client, packed, on_progress=client.on_bytes)

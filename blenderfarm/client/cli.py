@@ -33,12 +33,19 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from ..protocol.frames import FrameRangeError, parse_frames
-from ..protocol.jobspec import FORMATS, SpecError, validate_spec
+from ..protocol.jobspec import FORMATS, SpecError, safe_pattern, validate_spec
 from ..protocol.version import __version__
 from . import control_cli
 from . import progress as fmt
 from .api import ApiError, Client, OutputConflict, ServerUnreachable, job_folder_name
-from .pack import PackError, build_spec, pack_project, scene_frame_range, upload_missing
+from .pack import (
+    PackError,
+    build_spec,
+    pack_project,
+    scene_frame_range,
+    scene_output,
+    upload_missing,
+)
 
 log = logging.getLogger("blenderfarm.client")
 
@@ -162,7 +169,9 @@ def _submit_arguments(p: argparse.ArgumentParser) -> None:
                    "the token's name)")
     p.add_argument("--samples", type=int, help="override the render samples")
     p.add_argument("--resolution-percent", type=int, help="override the resolution %%")
-    p.add_argument("--format", type=str.upper, choices=FORMATS, help="output image format")
+    p.add_argument("--format", type=str.upper, choices=FORMATS,
+                   help="output image format (only the format: the scene's colour mode and "
+                   "depth stay where the format has them; default: the scene's own)")
     p.add_argument("--no-denoise", action="store_true", help="turn denoising off")
     p.add_argument("--camera", help="render through this camera object (default: the "
                    "scene's active camera)")
@@ -190,9 +199,21 @@ def _wait_arguments(p: argparse.ArgumentParser) -> None:
 # --- entry point ---------------------------------------------------------------------------
 
 
+def _negative_frames(argv: list[str]) -> list[str]:
+    """``--frames -5--1`` as ``--frames=-5--1``: argparse takes a value starting with
+    '-' for an option unless it is a plain negative number."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--frames" and arg[:1] == "-" and arg[1:2].isdigit():
+            out[-1] = f"--frames={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_frames(sys.argv[1:] if argv is None else argv))
     if not hasattr(args, "func"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -287,10 +308,12 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
                 f"from {packed.project_root}")
         for path in packed.missing:
             ctx.say(f"warning: missing file, the render will lack it: {path}")
+        out_path, scene_format = scene_output(blend, args.scene)
         spec = build_spec(packed, name=args.name, frames=frames, chunk=args.chunk,
                           priority=args.priority, overrides=overrides, scene=args.scene,
                           paused=args.paused, scripts=args.allow_scripts, user=args.user,
-                          tags=args.tags)
+                          tags=args.tags, output_pattern=safe_pattern(out_path),
+                          scene_format=scene_format)
         stats = upload_missing(ctx.client, packed, on_progress=_upload_meter(ctx))
     ctx.say(f"Uploaded {stats.files_sent} file(s), {fmt.format_bytes(stats.bytes_sent)}; "
             f"skipped {stats.files_skipped} already on the server "

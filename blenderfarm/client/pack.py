@@ -412,6 +412,30 @@ def scene_frame_range(
         return int(block.get((b"r", b"sfra"))), int(block.get((b"r", b"efra")))
 
 
+#: Blender's R_IMF_IMTYPE_* numbers (DNA_scene_types.h) -> the format's RNA name
+IMTYPES = {0: "TARGA", 1: "IRIS", 4: "JPEG", 14: "TARGA_RAW", 15: "AVI_RAW", 16: "AVI_JPEG",
+           17: "PNG", 20: "BMP", 21: "HDR", 22: "TIFF", 23: "OPEN_EXR", 24: "FFMPEG",
+           26: "CINEON", 27: "DPX", 28: "OPEN_EXR_MULTILAYER", 30: "JPEG2000", 35: "WEBP"}
+
+
+def scene_output(
+    blend_path: str | os.PathLike[str], scene: str | None = None
+) -> tuple[str, str | None]:
+    """The output path (``//render/shot_###``) and file format (``"PNG"``, ``"FFMPEG"``;
+    None for one this reader does not know) of ``scene`` or the file's active scene,
+    read like :func:`scene_frame_range`."""
+    blend = _check_blend(blend_path)
+    with _reading(blend), blendfile.BlendFile(blend) as bfile:
+        block = _find_scene(bfile, scene)
+        if block is None:
+            what = f"no scene named {scene!r}" if scene else "no scene"
+            raise PackError(f"{what} in {blend.name}", blend)
+        path = block.get((b"r", b"pic"), as_str=True)
+        imtype = block.get((b"r", b"im_format", b"imtype"))
+        return path, IMTYPES.get(int.from_bytes(imtype, "little") if isinstance(imtype, bytes)
+                                 else int(imtype))
+
+
 def _find_scene(bfile: blendfile.BlendFile, name: str | None) -> Any:
     scenes = bfile.find_blocks_from_code(b"SC")
     if name is not None:
@@ -443,6 +467,8 @@ def build_spec(
     scripts: bool = False,
     user: str | None = None,
     tags: list[str] | None = None,
+    output_pattern: str | None = None,
+    scene_format: str | None = None,
 ) -> dict[str, Any]:
     """The job spec for a packed project, validated; raises protocol's SpecError.
 
@@ -471,6 +497,10 @@ def build_spec(
         data["user"] = user
     if tags:  # every one is required of the node that renders it
         data["tags"] = list(tags)
+    if output_pattern is not None:  # the scene's naming (jobspec.safe_pattern of its path)
+        data["output_pattern"] = output_pattern
+    if scene_format is not None:
+        data["scene_format"] = scene_format
     return validate_spec(data).to_dict()
 
 

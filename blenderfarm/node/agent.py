@@ -460,6 +460,7 @@ class Agent:
             runner.on_log = lines.append
             await runner.render(a.task_id, a.frames, scene=a.scene, overrides=self._overrides(a),
                                 output_dir=str(out_dir), output_name=a.output_name,
+                                output_pattern=a.output_pattern,
                                 on_event=self._on_event(state), watchdog=self.config.watchdog,
                                 opengl=self.blender.opengl)
             outputs = [ref for refs in await asyncio.gather(*state.uploads) for ref in refs]

@@ -99,14 +99,16 @@ def _die_with_parent() -> None:
 
 def blender_command(blender: str, blend_path: str, port: int, secret: str,
                     allow_scripts: bool) -> list[str]:
+    """Blender with no file, the runner and the .blend it opens: loaded by the runner
+    (``--blend``), by a path relative to the job's folder where it is under it, so a
+    burned-in stamp and an image's "File" show the project's path on every node (a
+    file named on Blender's command line is made absolute), and loaded once."""
     return [
         blender, "-b",
-        # before the file, so it applies to loading it
         "--enable-autoexec" if allow_scripts else "--disable-autoexec",
-        blend_path,
         "--python-exit-code", str(RUNNER_EXIT_CODE),
         "--python", RUNNER_SCRIPT,
-        "--", "--port", str(port), "--secret", secret,
+        "--", "--port", str(port), "--secret", secret, "--blend", blend_path,
     ]
 
 
@@ -301,7 +303,8 @@ class Runner:
     async def render(self, task_id: str, frames: list[int], *, scene: str | None,
                      overrides: dict[str, Any], output_dir: str, output_name: str,
                      on_event: EventCallback, watchdog: float | None = None,
-                     opengl: bool = True) -> list[tuple[int, str]]:
+                     opengl: bool = True, output_pattern: str | None = None,
+                     ) -> list[tuple[int, str]]:
         """Render ``frames`` and return ``[(frame, path)]``, or raise RunnerError.
 
         ``on_event`` gets each frame_start, progress and frame_done event. If the
@@ -320,7 +323,7 @@ class Runner:
             await self._send({"cmd": "render", "task_id": task_id, "frames": list(frames),
                               "scene": scene, "overrides": overrides,
                               "output_dir": os.path.abspath(output_dir),
-                              "output_name": output_name,
+                              "output_name": output_name, "output_pattern": output_pattern,
                               # False: the runner refuses Eevee and Workbench (needs_opengl)
                               "opengl": opengl})
             done: list[tuple[int, str]] = []

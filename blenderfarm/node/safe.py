@@ -1,7 +1,8 @@
 """What a node takes from its server to name files, checked before it touches any.
 
 The server's job and task ids name the node's job folders, output folders and logs;
-its output name names the frames Blender writes; a job's manifest and ``.blend`` are
+its output name and output pattern name the frames Blender writes; a job's manifest
+and ``.blend`` are
 paths in the job folder. A node trusts none of them: a hostile server, or anyone on a
 plain-http path to it, could send ``../../x`` and have the node write, load or delete
 files outside its work dir (a Blender startup script among them, which would defeat
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from ..protocol import messages as m
 from ..protocol.hashing import is_sha256
+from ..protocol.jobspec import pattern_problem
 from ..protocol.paths import PathError, normalize_relpath
 
 #: job and task ids: ASCII letters, digits, '_', '.', '-', not starting with a dot or a
@@ -53,11 +55,26 @@ def safe_output_name(value: object) -> str:
     return value
 
 
+def safe_output_pattern(value: object) -> str | None:
+    """``value`` if it is None or an output pattern Blender may name files from: a file
+    part (no folder) of letters, digits, '_', '-', '.' and '#' (the frame's digits),
+    not starting with a dot; ``""`` names frames ``0001.png``."""
+    if value is None:
+        return None
+    if pattern_problem(value) is not None or \
+            len(str(value).encode("utf-8", "replace")) > MAX_NAME_BYTES - 40:
+        raise BadAssign(f"the server sent an output pattern that is not a safe file name: "
+                        f"{_show(value)}")
+    assert isinstance(value, str)
+    return value
+
+
 def check_assign(a: m.Assign) -> None:
     """Check every name in ``a`` and normalise its paths in place, or raise BadAssign."""
     safe_id(a.task_id, "a task id")
     safe_id(a.job_id, "a job id")
     safe_output_name(a.output_name)
+    safe_output_pattern(a.output_pattern)
     try:
         a.blend = normalize_relpath(a.blend)
     except PathError as exc:

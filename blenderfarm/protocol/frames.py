@@ -1,8 +1,9 @@
 """The frame-range grammar: ``1-10,20,30-40x2``.
 
 An expression is items separated by commas; an item is ``N``, ``A-B`` or ``A-BxS``
-(every S-th frame from A to B inclusive). Frames are Blender frame numbers
-(0 ... MAX_FRAME). The result is sorted and free of duplicates, so that two
+(every S-th frame from A to B inclusive). Frames are Blender frame numbers, negative
+ones included as Blender allows them (-MAX_FRAME ... MAX_FRAME): ``-5--1`` is -5 to
+-1, ``-3-3`` is -3 to 3. The result is sorted and free of duplicates, so that two
 spellings of the same set render the same tasks.
 """
 
@@ -13,7 +14,7 @@ import re
 MAX_FRAME = 1_048_574  # Blender's MAXFRAME
 MAX_FRAMES = 1_000_000  # frames in one job
 
-_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*(?:[xX:]\s*(\d+)\s*)?)?$")
+_ITEM = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*(?:[xX:]\s*(\d+)\s*)?)?$")
 
 
 class FrameRangeError(ValueError):
@@ -44,6 +45,9 @@ def parse_frames(expression: str) -> list[int]:
             raise FrameRangeError(f"range {start}-{end} runs backwards", expression)
         if end > MAX_FRAME:
             raise FrameRangeError(f"frame {end} is past Blender's last frame {MAX_FRAME}", expression)
+        if start < -MAX_FRAME:
+            raise FrameRangeError(f"frame {start} is before Blender's first frame {-MAX_FRAME}",
+                                  expression)
         count = (end - start) // step + 1
         if len(frames) + count > MAX_FRAMES:
             raise FrameRangeError(f"more than {MAX_FRAMES} frames", expression)

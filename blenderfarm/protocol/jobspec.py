@@ -15,12 +15,30 @@ from .frames import FrameRangeError, parse_frames
 from .hashing import is_sha256
 from .paths import PathError, is_utf8, normalize_relpath
 
-FORMATS = ("PNG", "OPEN_EXR", "JPEG")
+#: the formats ``overrides.format`` (``bf submit --format``, the add-on's Format) offers;
+#: only the format changes, the scene's colour mode, depth and codecs stay where the
+#: format has them
+FORMATS = ("PNG", "JPEG", "OPEN_EXR", "OPEN_EXR_MULTILAYER", "TIFF")
 ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH")
 #: engines that draw with OpenGL: a node renders them only with a display (xvfb) or a GPU
 #: driver (its hello's ``blender.opengl``); the runner keeps a twin of this list
 OPENGL_ENGINES = ("BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH")
-EXTENSIONS = {"PNG": ".png", "OPEN_EXR": ".exr", "JPEG": ".jpg"}
+#: every still format Blender 3.4 to 5.x writes, with its file extensions as Blender's
+#: own rule has them (``image_format.cc``): a name already ending in one of them keeps
+#: it, otherwise the first is added. JPEG 2000 ends in ``.j2c`` with the J2K codec.
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "OPEN_EXR": (".exr",),
+    "OPEN_EXR_MULTILAYER": (".exr",), "TIFF": (".tif", ".tiff"), "HDR": (".hdr",),
+    "DPX": (".dpx",), "CINEON": (".cin",), "TARGA": (".tga",), "TARGA_RAW": (".tga",),
+    "BMP": (".bmp",), "IRIS": (".rgb",), "WEBP": (".webp",), "JPEG2000": (".jp2", ".j2c"),
+}
+STILL_FORMATS = tuple(EXTENSIONS)
+#: movie formats: the farm renders such a scene's frames as lossless stills (PNG) and
+#: says so on the job; encoding the movie is another task's work
+MOVIE_FORMATS = ("FFMPEG", "AVI_JPEG", "AVI_RAW")
+#: the file part of a scene's output path (``shot_###``): characters every file system
+#: and URL takes, '#' for the frame's digits, at most this many bytes
+MAX_PATTERN_BYTES = 120
 MAX_MANIFEST = 100_000
 MAX_NAME = 200
 #: tasks in one job: each costs the server memory (about 600 bytes) and rows; a longer
@@ -87,6 +105,21 @@ class JobSpec:
     user: str | None = None
     #: tags a node must all have to get this job's tasks (``bf-node --tag gpu``)
     tags: list[str] = field(default_factory=list)
+    #: the file part of the scene's output path, frames named from it as Blender names
+    #: them (``frame_`` -> ``frame_0001.png``, ``shot_###`` -> ``shot_001.png``, ``""``
+    #: -> ``0001.png``); None (older specs) names them ``<job>_0001.png``
+    output_pattern: str | None = None
+    #: the scene's own output format as the submitter read it (one of STILL_FORMATS or
+    #: MOVIE_FORMATS); only for the job's notes, the node reads the scene itself
+    scene_format: str | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        """What the job's view should say about how the farm renders it."""
+        if self.scene_format in MOVIE_FORMATS and self.overrides.format is None:
+            return [f"The scene's output is a movie ({self.scene_format}): the farm renders "
+                    "its frames as lossless PNG stills; encoding the movie is not built yet."]
+        return []
 
     @property
     def frame_list(self) -> list[int]:
@@ -222,6 +255,8 @@ def validate_spec(data: Any) -> JobSpec:
         webhook=_webhook(data.get("webhook")),
         user=_str(data, "user", "", max_len=64),
         tags=validate_tags(data.get("tags")),
+        output_pattern=_pattern(data.get("output_pattern")),
+        scene_format=_str(data, "scene_format", "", STILL_FORMATS + MOVIE_FORMATS),
     )
 
 
@@ -238,6 +273,43 @@ def validate_tags(value: Any) -> list[str]:
             raise SpecError(f"tags[{i}]", f"must be a tag of 1 to {TAG_MAX} letters, digits, "
                             "'_', '.' or '-' (not starting with '.' or '-')")
     return list(dict.fromkeys(value))
+
+
+def pattern_problem(value: object) -> str | None:
+    """Why ``value`` cannot be an output pattern (the file part of an output path),
+    or None when it can. ``""`` can: Blender names such frames ``0001.png``."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if len(value.encode("utf-8", "replace")) > MAX_PATTERN_BYTES:
+        return f"longer than {MAX_PATTERN_BYTES} bytes"
+    if value.startswith("."):
+        return "must not start with a dot (a hidden file)"
+    bad = sorted({c for c in value if not (c.isalnum() or c in "_-.#")})
+    if bad:
+        return (f"has characters a file name on the farm cannot hold ({''.join(bad)!r}); "
+                "use letters, digits, '_', '-', '.' and '#'")
+    return None
+
+
+def safe_pattern(path: str) -> str:
+    """The output pattern for a scene whose output path is ``path`` (``//render/shot_###``):
+    its file part, characters the farm's names cannot hold made ``_``. For submitters
+    (``bf submit``, the add-on), which read the path from the scene."""
+    file_part = path.replace("\\", "/").rsplit("/", 1)[-1]
+    safe = "".join(c if c.isalnum() or c in "_-.#" else "_" for c in file_part).lstrip(".")
+    while len(safe.encode("utf-8")) > MAX_PATTERN_BYTES:
+        safe = safe[:-1]
+    return safe
+
+
+def _pattern(value: Any) -> str | None:
+    if value is None:
+        return None
+    problem = pattern_problem(value)
+    if problem is not None:
+        raise SpecError("output_pattern", problem)
+    assert isinstance(value, str)
+    return value
 
 
 def _webhook(value: Any) -> str | None:

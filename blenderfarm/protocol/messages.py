@@ -203,11 +203,14 @@ class Assign(Message):
     frames: list[Frame]
     blend: Annotated[str, Limit(1024)]
     manifest: dict[Annotated[str, Limit(1024)], Name]
-    output_name: Name  # file stem, e.g. "shot" -> shot_0001.png
+    output_name: Name  # file stem, e.g. "shot" -> shot_0001.png, and File Output files
     scene: Name | None = None
     overrides: dict[Name, Json] = field(default_factory=dict)
     attempt: Count = 1
     allow_scripts: bool = False
+    #: the frames' names as Blender makes them from the scene's output path
+    #: (jobspec.JobSpec.output_pattern, ``shot_###``); None: ``<output_name>_####``
+    output_pattern: Name | None = None
 
 
 @dataclass

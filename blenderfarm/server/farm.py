@@ -564,7 +564,8 @@ class Farm:
                                      blend=spec.blend, manifest=manifest,
                                      output_name=job.output_name, scene=spec.scene,
                                      overrides=spec.overrides.to_dict(),
-                                     attempt=task.attempts, allow_scripts=spec.scripts))
+                                     attempt=task.attempts, allow_scripts=spec.scripts,
+                                     output_pattern=job.output_pattern))
         if not sent:  # the spec's validation lets no such job in; never loop on one
             asyncio.get_running_loop().call_soon(self._unsendable, rec, task)
         return task

@@ -129,6 +129,13 @@ class Job:
     counts: Counter[str] = field(default_factory=Counter)  # tasks per status
     _frames: Counter[int] = field(default_factory=Counter)  # outputs per frame
 
+    @property
+    def output_pattern(self) -> str:
+        """How its frames are named (protocol.naming): the scene's output pattern, or
+        ``<output_name>_####`` for a spec that names none."""
+        pattern = self.spec.output_pattern
+        return f"{self.output_name}_####" if pattern is None else pattern
+
     def add_task(self, task: Task) -> None:
         """Make ``task`` one of this job's: its status counts from now on."""
         self.task_ids.append(task.id)
@@ -186,6 +193,7 @@ class Job:
             "tasks_failed": counts["failed"], "tasks_running": counts["running"] + counts["assigned"],
             "tasks_queued": counts["queued"], "files": len(spec.manifest),
             "blocklisted_nodes": list(self.blocklist), "scripts": spec.scripts,
+            "output_pattern": self.output_pattern, "notes": spec.notes,
         }
 
 

@@ -40,7 +40,9 @@ import traceback
 import bpy
 
 PROGRESS_INTERVAL = 0.1  # seconds; at most ~10 progress messages a second
-STILL_FORMATS = ("PNG", "JPEG", "OPEN_EXR", "OPEN_EXR_MULTILAYER")
+#: Twins of protocol.jobspec's (this script can import nothing of blenderfarm): a movie
+#: cannot be written one frame at a time, so its frames are rendered as lossless stills
+MOVIE_FORMATS = ("FFMPEG", "AVI_JPEG", "AVI_RAW")
 _FRACTIONS = (
     re.compile(r"Sample (\d+)/(\d+)"),  # Cycles
     re.compile(r"Rendered (\d+)/(\d+) Tiles"),  # Cycles with tiles, older builds
@@ -51,7 +53,7 @@ _FRACTIONS = (
 FILEOUT_DIR = "fileout"
 MAX_OUTPUT_NAME = 255  # characters; the protocol carries file names of at most 256
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_LAST_DIGITS = re.compile(r"(\d+)\D*$")
+_LAST_NUMBER = re.compile(r"(-?\d+)\D*$")  # a '-' right before the digits is their sign
 #: twin of protocol.jobspec.OPENGL_ENGINES (this script imports nothing of blenderfarm)
 OPENGL_ENGINES = {"BLENDER_EEVEE": "Eevee", "BLENDER_EEVEE_NEXT": "Eevee",
                   "BLENDER_WORKBENCH": "Workbench"}
@@ -204,14 +206,26 @@ def _set_engine(render, wanted: str) -> None:
 
 
 def _set_format(scene, fmt: str) -> None:
+    """Change only the file format. Blender's own setter keeps the colour mode and depth
+    where ``fmt`` has them and picks the closest where not (RGBA -> RGB for JPEG);
+    codecs and quality stay. The first values are saved first, so that restoring puts
+    the format back before the mode and depth it allows."""
     settings = scene.render.image_settings
     if hasattr(settings, "media_type"):  # Blender 5: the format list depends on it
         with contextlib.suppress(TypeError):
             SETTINGS.set(settings, "media_type", "IMAGE")
+    for attr in ("file_format", "color_mode", "color_depth"):
+        SETTINGS.set(settings, attr, getattr(settings, attr))
     SETTINGS.set(settings, "file_format", fmt)
-    SETTINGS.set(settings, "color_mode", "RGB" if fmt == "JPEG" else "RGBA")
-    if fmt == "PNG":
-        SETTINGS.set(settings, "color_depth", "8")
+
+
+def _lossless_still(scene) -> None:
+    """A movie scene's frames as PNG: its colour mode, 16 bits where the movie has more
+    than 8 (10- and 12-bit codecs)."""
+    settings = scene.render.image_settings
+    deep = settings.color_depth not in ("", "8")
+    _set_format(scene, "PNG")
+    SETTINGS.set(settings, "color_depth", "16" if deep else "8")
 
 
 def _set_denoise(scene, on: bool) -> None:
@@ -260,10 +274,8 @@ def apply_overrides(scene, overrides: dict) -> None:
     fmt = overrides.get("format")
     if fmt:
         _set_format(scene, str(fmt).upper())
-    elif render.image_settings.file_format not in STILL_FORMATS:
-        # a movie or exotic format cannot be written one still at a time and is not
-        # something the farm can check; PNG is the safe default
-        _set_format(scene, "PNG")
+    elif render.image_settings.file_format in MOVIE_FORMATS:
+        _lossless_still(scene)  # every still format stays as the scene has it
     if overrides.get("camera"):
         _set_camera(scene, str(overrides["camera"]))
     if overrides.get("denoise") is not None:
@@ -356,9 +368,9 @@ def compositor_trees(scene) -> list[tuple[str, object]]:
 
 
 def _still(settings) -> None:
-    # the farm checks and delivers PNG, JPEG and OpenEXR; another format is written as
-    # PNG, as the frame itself is (apply_overrides)
-    if settings is None or settings.file_format in STILL_FORMATS:
+    # every still format is written as the node says; a movie (which a File Output node
+    # should not offer) as PNG, as the frame itself is (apply_overrides)
+    if settings is None or settings.file_format not in MOVIE_FORMATS:
         return
     if hasattr(settings, "media_type"):  # Blender 5: the format list depends on it
         with contextlib.suppress(TypeError):
@@ -433,17 +445,18 @@ def file_output_name(output_name: str, frame: int, rel: str) -> str:
     dots and characters outside ``A-Z a-z 0-9 . _ -`` made ``_``: node "File Output",
     slot "Image", frame 1 of job "shot" give ``shot.File_Output.Image0001.png``. The
     frame stays where Blender puts it (at the end, or at the slot's '#'s), so each slot
-    is an image sequence; where the last number before the extension is not the frame
-    (a slot ``v2_#_x3``), ``.<frame, 4 digits>`` is added before the extension. The
-    server checks exactly this (``farm._names_frame``): a name of one frame can never
-    be the name of another's file.
+    is an image sequence; where the last number before the extension (its sign a '-'
+    right before it) is not the frame (a slot ``v2_#_x3``), ``.<frame, 4 digits>`` is
+    added before the extension. The server checks exactly this
+    (``server.outputs.names_frame``): a name of one frame can never be the name of
+    another's file.
     """
     parts = rel.replace(os.sep, "/").split("/")
     base, ext = os.path.splitext(parts[-1])
     flat = ".".join(_safe(p) for p in [*parts[:-1], base])
-    last = _LAST_DIGITS.search(flat)
+    last = _LAST_NUMBER.search(flat)
     if last is None or int(last.group(1)) != frame:
-        flat += f".{frame:04d}"
+        flat += "." + ("-" if frame < 0 else "") + f"{abs(frame):04d}"
     return f"{output_name}.{flat}{_UNSAFE.sub('_', ext)}"
 
 
@@ -481,13 +494,18 @@ def collect_file_outputs(fileout: str, output_dir: str, output_name: str,
 # --- rendering --------------------------------------------------------------------------
 
 
-def render_frame(channel: Channel, scene, frame: int, output_dir: str, output_name: str) -> dict:
+def render_frame(channel: Channel, scene, frame: int, output_dir: str, output_name: str,
+                 output_pattern: str | None = None) -> dict:
     """Render one frame to its file and return its ``frame_done`` event: the frame's
-    ``path`` and the ``extras`` the File Output nodes wrote (file_output_name)."""
+    ``path`` and the ``extras`` the File Output nodes wrote (file_output_name).
+
+    The frame is named by Blender from ``output_pattern``, the file part of the scene's
+    own output path (``shot_###``), in the task's folder; without one ``<output_name>_####``."""
     scene.frame_set(frame)
     fileout = os.path.join(output_dir, FILEOUT_DIR)
     has_file_outputs = confine_file_outputs(scene, fileout)
-    scene.render.filepath = os.path.join(output_dir, output_name + "_####")
+    pattern = output_name + "_####" if output_pattern is None else output_pattern
+    scene.render.filepath = os.path.join(output_dir, "") + pattern
     path = os.path.abspath(bpy.path.abspath(scene.render.frame_path(frame=frame)))
     # A still render does not expand '#', so name the exact file; and remove an old
     # copy so a file left by an earlier attempt can never pass for this render's.
@@ -524,9 +542,12 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
     try:
         frames = [int(f) for f in cmd.get("frames") or []]
         output_dir, output_name = cmd.get("output_dir"), cmd.get("output_name")
-        if not frames or not output_dir or not output_name or not os.path.isabs(output_dir):
+        pattern = cmd.get("output_pattern")
+        if not frames or not output_dir or not output_name or not os.path.isabs(output_dir) \
+                or not (pattern is None or isinstance(pattern, str) and "/" not in pattern):
             raise TaskError("bad_command", "A render command needs frames, an absolute "
-                            "output_dir and an output_name.", False)
+                            "output_dir, an output_name and no folder in its output_pattern.",
+                            False)
         SETTINGS.restore()
         scene = select_scene(cmd.get("scene"))
         try:
@@ -547,7 +568,7 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
         os.makedirs(output_dir, exist_ok=True)
         scene.render.use_file_extension = True  # File Output nodes follow it too
         for frame in frames:
-            channel.send(render_frame(channel, scene, frame, output_dir, output_name))
+            channel.send(render_frame(channel, scene, frame, output_dir, output_name, pattern))
         channel.send({"ev": "task_done", "task_id": task_id})
     except TaskError as exc:
         channel.send(_error_event(task_id, exc))
@@ -624,11 +645,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="runner.py")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--secret", required=True)
+    parser.add_argument("--blend", required=True)
     return parser.parse_args(args)
+
+
+def open_blend(path: str) -> None:
+    """Load the job's .blend, by its path relative to the working folder (the job's
+    folder on a node) where it is under it: Blender keeps the path as given, so a
+    burned-in stamp and an image's "File" metadata show the project's own path
+    (``./shots/shot.blend``), the same on every node, not this node's work dir. ``//``
+    paths (textures, libraries) resolve as ever. Scripts in it run only when the
+    node allows them (``--enable-autoexec``)."""
+    rel = os.path.relpath(os.path.abspath(path), os.getcwd())
+    if not rel.startswith(".."):
+        # "./": from a base path without it Blender resolves "//../lib.blend" to "/lib.blend"
+        path = "./" + rel.replace(os.sep, "/")
+    scripts = "--enable-autoexec" in sys.argv or "-y" in sys.argv
+    try:
+        bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=scripts)
+    except RuntimeError as exc:
+        # Blender's own words ("Cannot read file ...") are what the agent looks for
+        print(f"Error: {str(exc).removeprefix('Error: ').strip()}", flush=True)
+        sys.exit(1)
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    open_blend(args.blend)
     sock = socket.create_connection(("127.0.0.1", args.port), timeout=30)
     sock.settimeout(None)  # renders take as long as they take; EOF ends us
     channel = Channel(sock)
