@@ -52,6 +52,7 @@ VENDORED = (
     "protocol/paths.py",
     "client/__init__.py",
     "client/api.py",
+    "client/events.py",
     "client/pack.py",
     "client/progress.py",
 )

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from blenderfarm.protocol import PROTOCOL_VERSION  # noqa: E402
 from blenderfarm.protocol import messages as m  # noqa: E402
+from blenderfarm.protocol.naming import frame_name, pattern_of  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from farmserver import BIN, Server  # noqa: E402
@@ -143,7 +144,7 @@ class SimNode:
             if delay:  # render times vary: nodes do not finish in lockstep
                 await asyncio.sleep(delay * self.rng.uniform(0.5, 1.5))
             outputs = [m.OutputRef(frame=f, sha256=self.sha, size=self.size,
-                                   name=f"{a.output_name}_{f:06d}.png") for f in a.frames]
+                                   name=frame_name(pattern_of(a.output_pattern, a.output_name), f, "PNG")) for f in a.frames]
             self.freed.append(time.perf_counter())
             await self.ws.send_bytes(m.encode(m.TaskDone(task_id=a.task_id, outputs=outputs,
                                                          seconds=delay)))

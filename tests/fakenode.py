@@ -16,6 +16,7 @@ import aiohttp
 
 from blenderfarm.protocol import PROTOCOL_VERSION
 from blenderfarm.protocol import messages as m
+from blenderfarm.protocol.naming import frame_name, pattern_of
 
 
 class FakeNode:
@@ -89,7 +90,7 @@ class FakeNode:
             data = b"frame %d of %s" % (f, a.task_id.encode())
             sha = await self.upload(data)
             outputs.append(m.OutputRef(frame=f, sha256=sha, size=len(data),
-                                       name=f"{a.output_name}_{f:04d}.png"))
+                                       name=frame_name(pattern_of(a.output_pattern, a.output_name), f, "PNG")))
         await self.send(m.TaskDone(task_id=a.task_id, outputs=outputs))
         ack: m.Ack = await self.expect(m.Ack)
         return ack

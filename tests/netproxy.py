@@ -13,6 +13,8 @@ The test may at any time:
   timeouts and heartbeats can notice. New connections are either refused (an RST at
   once, ``new="refuse"``) or blackholed (accepted, and held without a word until
   the heal, ``new="blackhole"``);
+* ``set_rate(n)``: forward at most ``n`` bytes a second each way, per connection (0: as
+  fast as the sockets go), so a transfer takes long enough to be interrupted;
 * ``heal()``: forwarding resumes, as TCP retransmission would: the bytes and the
   closes that waited are delivered, in order.
 
@@ -52,6 +54,7 @@ class NetProxy:
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
         self._delay = 0.0
+        self._rate = 0.0  # bytes a second each way per connection; 0: unlimited
         self._new = "refuse"  # what a partition does to new connections
         self._flowing: asyncio.Event | None = None  # clear while partitioned
         self._ready = threading.Event()
@@ -90,6 +93,10 @@ class NetProxy:
     def drop(self) -> int:
         """Reset every current connection; return how many there were."""
         return int(self._call(self._drop()))
+
+    def set_rate(self, bytes_per_second: float) -> None:
+        """Forward at most this many bytes a second each way (0: no limit)."""
+        self._call(self._set(rate=max(0.0, bytes_per_second)))
 
     def set_delay(self, seconds: float) -> None:
         """Hold each chunk this long before forwarding it (0: no delay)."""
@@ -147,10 +154,12 @@ class NetProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _set(self, partition: bool | None = None, new: str | None = None,
-                   delay: float | None = None) -> int:
+                   delay: float | None = None, rate: float | None = None) -> int:
         assert self._flowing is not None
         if delay is not None:
             self._delay = delay
+        if rate is not None:
+            self._rate = rate
         if new is not None:
             self._new = new
         if partition is True:
@@ -258,6 +267,8 @@ class _Conn:
                 queue.put_nowait((time.monotonic() + self.proxy._delay, data))
                 if not data:
                     break
+                if self.proxy._rate:  # the next read waits: the sender feels it as TCP does
+                    await asyncio.sleep(len(data) / self.proxy._rate)
             await writer
         finally:
             writer.cancel()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from netproxy import NetProxy
 from procs import get_json
 from scenes import REPO, make_scene, needs_blender, textured_colors
 
@@ -213,7 +214,7 @@ def legacy_zip(tmp_path_factory) -> Path:
     return build_addon.build(out, REPO / ".cache" / "addon-wheels")[0]
 
 
-def test_panel_operators_in_blenders_ui(legacy_zip, farm_procs, tmp_path) -> None:
+def test_panel_operators_in_blenders_ui(legacy_zip, farm_procs, tmp_path, request) -> None:
     blend = make_scene("textured", tmp_path / "src")
     big = {"esc": str(tmp_path / "big1.bin"), "button": str(tmp_path / "big2.bin")}
     for path in big.values():
@@ -226,7 +227,13 @@ def test_panel_operators_in_blenders_ui(legacy_zip, farm_procs, tmp_path) -> Non
     result_path = tmp_path / "result.json"
     script = tmp_path / "ui.py"
     script.write_text(UI_SCRIPT)
-    args = {"zip": str(legacy_zip), "server": server.url, "big": big,
+    # The add-on reaches the server through a proxy that forwards 24 MiB a second: the
+    # big upload lasts seconds, so ESC and the Cancel button land in it however slow
+    # this machine's Blender is to notice that bytes are going out.
+    proxy = NetProxy(server.port).start()
+    request.addfinalizer(proxy.stop)
+    proxy.set_rate(24 << 20)
+    args = {"zip": str(legacy_zip), "server": proxy.url, "big": big,
             "result": str(result_path),
             "screenshot": os.environ.get("BLENDERFARM_SCREENSHOT", "")}
     user = tmp_path / "user"

@@ -9,6 +9,7 @@ with projects made by real Blender.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib
 import os
@@ -22,12 +23,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from blenderfarm.protocol import messages as m
+from blenderfarm.server.app import make_app
+from blenderfarm.server.config import ServerConfig
+from blenderfarm.server.events import EVENTS, hang_up
+from fakenode import FakeNode
 from procs import free_port, get_json
 from scenes import REPO, make_scene, needs_blender
 
 sys.path.insert(0, str(REPO))
 import build_addon  # noqa: E402
+from test_server import submit  # noqa: E402
 
 BIG = 96 << 20  # bytes of the "texture" the upload tests send
 
@@ -507,6 +515,59 @@ def test_watcher_follows_and_cancels_jobs(addon, farm_procs, textured, tmp_path)
     outputs = w.DownloadTask(w.Server(server.url), job_id, str(tmp_path / "dl"))
     outputs.run()
     assert isinstance(_drained(addon, outputs.queue)[-1], w.Failed)
+
+
+async def test_watcher_follows_the_event_stream_not_a_poll(addon, tmp_path) -> None:
+    """Polling once a minute, the watcher still hears of progress inside a frame (with
+    the farm's ETA) and of the job's end at once: they come over /ws/events. After the
+    server drops the stream it reconnects and hears the rest."""
+    server = TestServer(make_app(ServerConfig(data_dir=tmp_path / "data")), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    node = FakeNode(url, name="render-01")
+    watch = addon.watcher
+    watcher = watch.JobWatcher(interval=60.0)
+    hub = server.app[EVENTS]
+
+    async def update(pred, what: str) -> dict:
+        deadline = time.monotonic() + 5
+        while True:
+            for msg in _drained(addon, watcher.queue):
+                if isinstance(msg, watch.JobUpdate) and pred(msg.job):
+                    return msg.job
+            assert time.monotonic() < deadline, f"no update with {what}"
+            await asyncio.sleep(0.02)
+
+    try:
+        http = TestClient(server)
+        await http.start_server()
+        job = await submit(http, frames="1-2")
+        watcher.configure(addon.worker.Server(url))
+        watcher.watch([job["id"]])
+        watcher.start()
+        await update(lambda j: j["status"] == "queued", "the first read")
+        for _ in range(500):
+            if hub.clients:
+                break
+            await asyncio.sleep(0.01)
+        await node.connect()
+        a1 = await node.expect(m.Assign)
+        await node.send(m.Progress(task_id=a1.task_id, frame=a1.frames[0], fraction=0.5))
+        live = await update(lambda j: j.get("progress") == 0.25, "in-frame progress")
+        assert live["eta"] is not None
+        (first,) = hub.clients
+        hub.clients.discard(first)
+        await hang_up(first, 1011, b"dropped by the test")
+        await node.finish(a1)
+        a2 = await node.expect(m.Assign)
+        await node.finish(a2)
+        t0 = time.monotonic()
+        done = await update(lambda j: j["status"] == "completed", "the job's end")
+        assert done["frames_done"] == 2 and time.monotonic() - t0 < 3
+    finally:
+        watcher.stop()
+        await node.close()
+        await http.close()
 
 
 def _drained(addon, q) -> list:

@@ -121,6 +121,41 @@ def test_progress_bar_line_has_a_bar_when_there_is_room() -> None:
     assert line.startswith("[") and "125/250" in line
 
 
+def test_the_server_s_eta_counts_the_parts_of_frames_being_rendered() -> None:
+    from blenderfarm.server.eta import estimate_eta, job_progress
+
+    assert estimate_eta(10, 0, 0.0, 30.0) is None  # nothing to go by yet
+    assert estimate_eta(10, 0, 0.0, 0.0) is None
+    assert estimate_eta(1, 0, 0.25, 10.0) == pytest.approx(30.0)  # one long frame, a quarter in
+    assert estimate_eta(10, 4, 1.0, 50.0) == pytest.approx(50.0)  # 5 of 10 in 50 s
+    assert estimate_eta(10, 10, 0.0, 50.0) == 0.0
+    assert estimate_eta(10, 9, 5.0, 50.0) == 0.0  # more in flight than is left: done soon
+    assert estimate_eta(10, 2, -1.0, 20.0) == pytest.approx(80.0)  # a bad part counts as none
+    assert job_progress(4, 1, 0.5) == pytest.approx(0.375)
+    assert job_progress(0, 0, 0.0) == 0.0 and job_progress(2, 2, 1.0) == 1.0
+
+
+def test_a_task_s_fraction_becomes_the_part_of_its_current_frame() -> None:
+    from blenderfarm.server.eta import InFrame
+
+    parts = InFrame()
+    parts.report("t1", 0.5, 1, 0)  # half of its one frame
+    parts.report("t2", 0.7, 5, 3)  # a chunk of 5: 3 finished, half of the 4th
+    assert parts.total() == pytest.approx(1.0)
+    parts.report("t2", 1.0, 5, 5)  # all done: its frames count whole, elsewhere
+    parts.drop("t1")
+    assert parts.total() == 0.0
+
+
+def test_bf_shows_the_server_s_eta_and_fraction_when_it_has_them() -> None:
+    job = {**JOB, "frames_done": 0, "frames_total": 1, "progress": 0.25, "eta": 30.0}
+    assert fmt.job_eta(job, None) == 30.0 and fmt.job_fraction(job) == 0.25
+    assert fmt.progress_text(job, None) == "0/1 frames   25.0%  -- frames/min  ETA 30s  active"
+    assert fmt.job_eta({**job, "eta": None}, 6.0) is None  # the server does not know yet
+    assert fmt.job_eta(JOB, 6.0) == pytest.approx(2380.0)  # an older server: our own rate
+    assert fmt.job_fraction(JOB) == pytest.approx(12 / 250)
+
+
 def test_format_table() -> None:
     table = fmt.format_table(["ID", "NAME"], [["a", None], ["bbbb", "x"]])
     assert table.splitlines() == ["ID    NAME", "a     -", "bbbb  x"]

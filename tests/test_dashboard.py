@@ -164,6 +164,26 @@ def test_a_job_waiting_for_a_tag_no_node_has_says_so_on_its_page(live: Live, pag
         assert bf(live.url, "cancel", job_id).returncode == 0
 
 
+def test_a_long_frame_shows_its_progress_and_an_eta_on_the_job_page(
+        live: Live, page: Page, tmp_path: Path) -> None:
+    from scenes import run_blender
+    from test_live_wait import TILE_SCRIPT
+
+    blend = make_scene("anim", tmp_path / "long", frames=1, res=64, samples=3000)
+    script = tmp_path / "tiles.py"
+    script.write_text(TILE_SCRIPT)
+    assert run_blender([str(blend), "--python", str(script)]).returncode == 0
+    job_id = submit(live.url, blend, "--frames", "1", "--name", "long frame")
+    page.goto(f"{live.url}/#/jobs/{job_id}")
+    line = page.locator(".job-summary .summary-line")
+    # Before its only frame is done: the bar has moved and the farm's ETA shows.
+    expect(line).to_contain_text("ETA", timeout=60_000)
+    assert live.job(job_id)["frames_done"] == 0, "the frame ended before the ETA showed"
+    bar = page.locator(".job-summary").get_by_role("progressbar")
+    assert 0 < float(bar.get_attribute("aria-valuenow") or 0) < 100
+    expect(page.locator(".job-head .badge")).to_have_text("completed", timeout=60_000)
+
+
 def test_actions_on_the_job_page_and_cancel_stops_the_job(live: Live, page: Page) -> None:
     # Heavier frames than the scene's own: at 4 samples one node renders all 200 before
     # the steps below reach Cancel.

@@ -336,3 +336,18 @@ async def test_node_news_says_a_burst_of_changes_twice_first_and_last() -> None:
     news.close()
     await asyncio.sleep(0.15)
     assert len(said) == 3
+
+
+async def test_a_job_s_end_leaves_without_waiting_for_the_send_window(
+        farm, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "SEND_WINDOW", 1.0)  # long, so that skipping it shows
+    hub = farm.server.app[EVENTS]
+    ws = await subscribe(farm)
+    hub.publish({"type": "job", "time": 0, "job": {"id": "j1", "status": "active"}})
+    await asyncio.sleep(0.1)  # the sender now waits out its window
+    started = time.monotonic()
+    hub.publish({"type": "job", "time": 0, "job": {"id": "j1", "status": "completed"}})
+    got = await receive_events(ws, 5)
+    assert time.monotonic() - started < 0.5, "the job's end waited for the window"
+    assert got[-1]["job"]["status"] == "completed"  # the batch holds the newest snapshot
+    await ws.close()

@@ -176,6 +176,8 @@ class BLENDERFARM_PT_render_on_farm_jobs(FarmPanel, Panel):
         if job.summary:
             wrapped_label(box, context, job.summary)
         text = f"{job.frames_done} / {job.frames_total} frames, {job.status}"
+        if job.eta:
+            text += f", ETA {job.eta}"
         progress_bar(box, job, "progress", text)
         if job.error:
             wrapped_label(box, context, job.error, "ERROR")

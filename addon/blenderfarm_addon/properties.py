@@ -71,11 +71,8 @@ def _is_camera(self, obj) -> bool:
     return obj.type == "CAMERA" and obj.name in self.id_data.objects
 
 
-def _job_progress(self) -> float:
-    return 100.0 * self.frames_done / self.frames_total if self.frames_total > 0 else 0.0
-
-
-def _task_progress(self) -> float:
+def _progress(self) -> float:
+    """A progress bar the panel shows but nobody can drag: code sets progress_value."""
     return self.progress_value
 
 
@@ -169,7 +166,9 @@ class BLENDERFARM_PG_job_state(PropertyGroup):
     summary: StringProperty(description="Short id, when submitted, frames, overrides")
     progress: FloatProperty(
         name="Progress", min=0.0, max=100.0, subtype="PERCENTAGE", precision=0,
-        get=_job_progress)
+        get=_progress)  # read-only in the panel: set progress_value
+    progress_value: FloatProperty(options={"HIDDEN"})
+    eta: StringProperty(description="Time left, as the farm estimates it (empty: unknown)")
     downloaded_to: StringProperty(subtype="DIR_PATH")
 
 
@@ -179,7 +178,7 @@ class BLENDERFARM_PG_status(PropertyGroup):
     progress_value: FloatProperty(options={"HIDDEN"})
     progress: FloatProperty(
         name="Progress", min=0.0, max=100.0, subtype="PERCENTAGE", precision=0,
-        get=_task_progress)
+        get=_progress)
     message: StringProperty()
     message_kind: StringProperty(default="INFO")
     missing: CollectionProperty(type=BLENDERFARM_PG_path)

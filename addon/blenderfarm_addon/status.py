@@ -27,6 +27,7 @@ from bpy.app.handlers import persistent
 
 from . import preferences, wording
 from .properties import MAX_RECENT_JOBS
+from .vendor.blenderfarm.client.progress import format_duration, job_eta, job_fraction
 from .watcher import JobGone, JobUpdate, JobWatcher, WatchError
 from .worker import ConnectionTest, Done, Failed, drain
 
@@ -109,6 +110,10 @@ def apply_job(wm: Any, job: dict[str, Any]) -> None:
     state.frames_total = int(job.get("frames_total") or 0)
     state.error = wording.farm_error(str(job.get("error") or ""), str(job.get("reason") or ""))
     state.summary = wording.job_summary(job)
+    # The farm's view counts the parts of frames being rendered, and estimates the rest.
+    state.progress_value = 100.0 * job_fraction(job)
+    eta = job_eta(job, None) if state.status == "active" else None
+    state.eta = format_duration(eta) if eta is not None else ""
 
 
 def apply_message(context: Any, message: Any) -> None:

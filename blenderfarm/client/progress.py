@@ -97,13 +97,33 @@ def eta_seconds(remaining: int, rate_per_min: float | None) -> float | None:
     return remaining * 60.0 / rate_per_min
 
 
+def job_eta(job: Mapping[str, Any], rate_per_min: float | None) -> float | None:
+    """Seconds left: the server's ``eta`` when its view has one (it counts the parts of
+    frames being rendered), else from the rate seen here (an older server)."""
+    if "eta" in job:
+        eta = job["eta"]
+        return float(eta) if isinstance(eta, (int, float)) and not isinstance(eta, bool) else None
+    done = int(job.get("frames_done") or 0)
+    return eta_seconds(int(job.get("frames_total") or 0) - done, rate_per_min)
+
+
+def job_fraction(job: Mapping[str, Any]) -> float:
+    """How much of the job is done, 0..1: the server's ``progress`` (inside frames too)
+    when it has one, else whole frames."""
+    progress = job.get("progress")
+    if isinstance(progress, (int, float)) and not isinstance(progress, bool):
+        return min(1.0, max(0.0, float(progress)))
+    total = int(job.get("frames_total") or 0)
+    return int(job.get("frames_done") or 0) / total if total else 0.0
+
+
 def progress_text(job: Mapping[str, Any], rate_per_min: float | None) -> str:
     """``'12/250 frames  4.8%  3.2 frames/min  ETA 1h14m  active'``."""
     done = int(job.get("frames_done") or 0)
     total = int(job.get("frames_total") or 0)
-    pct = 100.0 * done / total if total else 0.0
+    pct = 100.0 * job_fraction(job)
     rate = "--" if rate_per_min is None else f"{rate_per_min:.1f}"
-    eta = format_duration(eta_seconds(total - done, rate_per_min))
+    eta = format_duration(job_eta(job, rate_per_min))
     status = str(job.get("status", "?"))
     failed = int(job.get("tasks_failed") or 0)
     extra = f"  {failed} task(s) failed" if failed else ""
@@ -113,8 +133,7 @@ def progress_text(job: Mapping[str, Any], rate_per_min: float | None) -> str:
 def progress_bar_line(job: Mapping[str, Any], rate_per_min: float | None, width: int) -> str:
     """A bar plus :func:`progress_text`, fitted into ``width`` columns."""
     text = progress_text(job, rate_per_min)
-    total = int(job.get("frames_total") or 0)
-    fraction = (int(job.get("frames_done") or 0) / total) if total else 0.0
+    fraction = job_fraction(job)
     bar_width = min(40, width - len(text) - 1)
     if bar_width < 10:
         return text[: max(0, width)]

@@ -43,10 +43,10 @@ PROGRESS_INTERVAL = 0.1  # at most ~10 progress callbacks a second
 RUNNER_EXIT_CODE = 2  # Blender's exit code when the runner script raises
 _BAD_BLEND = ("Cannot read file", "Failed to read blend file", "File format is not supported")
 _STATS_LINE = re.compile(r"^Fra:(\d+)\s.*\|")
+_TILES = re.compile(r"Rendered (\d+)/(\d+) Tiles")
 _FRACTIONS = (
-    re.compile(r"Sample (\d+)/(\d+)"),
-    re.compile(r"Rendered (\d+)/(\d+) Tiles"),
-    re.compile(r"Rendering (\d+) / (\d+) samples"),
+    re.compile(r"Sample (\d+)/(\d+)"),  # Cycles (of the tile being rendered, with tiles)
+    re.compile(r"Rendering (\d+) / (\d+) samples"),  # Eevee
 )
 _PR_SET_PDEATHSIG = 1
 
@@ -71,11 +71,19 @@ class RunnerError(Exception):
 
 def parse_fraction(stats: str) -> float | None:
     """The fraction done that a Blender stats line states, if it states one."""
+    part = None
     for pattern in _FRACTIONS:
         m = pattern.search(stats)
         if m and int(m.group(2)) > 0:
-            return min(1.0, int(m.group(1)) / int(m.group(2)))
-    return None
+            part = min(1.0, int(m.group(1)) / int(m.group(2)))
+            break
+    tiles = _TILES.search(stats)
+    if tiles and int(tiles.group(2)) > 0:
+        # "Rendered 11/16 Tiles, Sample 1/4000": the samples are the 12th tile's. A tile
+        # whose samples are all done is counted by the next line's tiles: not twice.
+        inside = part if part is not None and part < 1.0 else 0.0
+        return min(1.0, (int(tiles.group(1)) + inside) / int(tiles.group(2)))
+    return part
 
 
 def describe_exit(returncode: int) -> str:

@@ -94,3 +94,10 @@ def frames_named(pattern: str, name: str) -> set[int]:
                 with_extension(frame_base(pattern, frame), exts) == name for exts in groups):
             found.add(frame)
     return found
+
+
+
+def pattern_of(output_pattern: str | None, output_name: str) -> str:
+    """The pattern a job's frames are named by: the scene's own, or for a spec (or an
+    assign from a server) that names none, ``<output_name>_####``."""
+    return f"{output_name}_####" if output_pattern is None else output_pattern

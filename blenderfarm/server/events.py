@@ -25,6 +25,7 @@ from aiohttp import WSMsgType, web
 from .auth import AUTH, Refusal, same_origin, user_allowed
 from .farm import Farm
 from .keys import FARM
+from .models import JOB_FINAL
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,12 @@ def event_key(event: dict[str, Any]) -> Hashable | None:
     return None
 
 
+def is_end(event: dict[str, Any]) -> bool:
+    """A job's last snapshot: what `bf wait` waits for, so it skips the send window."""
+    return (event.get("type") == "job"
+            and (event.get("job") or {}).get("status") in JOB_FINAL)
+
+
 class Encoded:
     """An event turned into JSON text only when some browser's sender takes it: a
     snapshot superseded in every backlog before then is never encoded at all."""
@@ -88,11 +95,16 @@ class EventClient:
         self.transport = transport
         self.pending: OrderedDict[Hashable, str | Encoded] = OrderedDict()
         self.wake = asyncio.Event()
+        #: a job's end is waiting: the sender writes at once instead of after its
+        #: window, so `bf wait` and the add-on hear of it promptly
+        self.urgent = False
+        self.window: asyncio.Future[None] | None = None  # the sender's wait, while it waits
         self.dropped = 0
         self.resyncs = 0
         self._seq = 0
 
-    def put(self, key: Hashable | None, text: str | Encoded, progress: bool) -> None:
+    def put(self, key: Hashable | None, text: str | Encoded, progress: bool,
+            urgent: bool = False) -> None:
         if key is None:
             self._seq += 1
             key = ("seq", self._seq)
@@ -109,12 +121,21 @@ class EventClient:
             self.pending[("resync",)] = json.dumps({"type": "resync", "time": time.time()})
         self.pending[key] = text
         self.wake.set()
+        if urgent:
+            self.urgent = True
+            end_window(self.window)
 
     def take(self) -> list[str]:
         texts = [t if isinstance(t, str) else t.text() for t in self.pending.values()]
         self.pending.clear()
         self.wake.clear()
+        self.urgent = False
         return texts
+
+
+def end_window(window: asyncio.Future[None] | None) -> None:
+    if window is not None and not window.done():
+        window.set_result(None)
 
 
 class EventHub:
@@ -135,8 +156,9 @@ class EventHub:
             return
         text = Encoded(event)
         key, progress = event_key(event), event.get("type") == "progress"
+        urgent = is_end(event)
         for client in self.clients:
-            client.put(key, text, progress)
+            client.put(key, text, progress, urgent)
 
     def _count_frame(self, now: float) -> None:
         second = float(int(now))
@@ -251,7 +273,15 @@ async def _sender(client: EventClient) -> None:
     """Write what piled up for one browser; only this task waits on its socket."""
     while True:
         await client.wake.wait()
-        await asyncio.sleep(SEND_WINDOW)
+        if not client.urgent:  # a job's end cuts the window short (see put)
+            loop = asyncio.get_running_loop()
+            client.window = loop.create_future()
+            timer = loop.call_later(SEND_WINDOW, end_window, client.window)
+            try:
+                await client.window
+            finally:
+                timer.cancel()
+                client.window = None
         texts = client.take()
         if not texts:
             continue

@@ -25,6 +25,7 @@ from .blobs import BlobStore
 from .compiler import compile_job
 from .config import ServerConfig
 from .constraints import lacks, may_wait, waiting_reason
+from .eta import InFrame, estimate_eta, job_progress
 from .logs import TaskLogs
 from .metrics import FarmMetrics
 from .models import JOB_FINAL, TASK_FINAL, TASK_HELD, Job, NodeRecord, Output, Task
@@ -107,6 +108,8 @@ class Farm:
         self.sessions: dict[str, NodeSession] = {}
         self.sched = Scheduler()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        #: job id -> how far its running tasks are inside their frames (for its ETA)
+        self.in_frame: dict[str, InFrame] = {}
         self._seq = 0
         self._timers: dict[str, asyncio.TimerHandle] = {}
         #: every change of a node reaches watchers through here, a few times a second at most
@@ -305,12 +308,35 @@ class Farm:
         return job
 
     def job_json(self, job: Job) -> dict[str, Any]:
-        """The job's JSON, with why it waits when no online node takes it (``waiting``)."""
-        data = job.to_json()
+        """The job's JSON, with why it waits when no online node takes it (``waiting``),
+        its ``progress`` and ``eta`` (job_pace)."""
+        data = {**job.to_json(), **self.job_pace(job)}
         # only a job with nothing on a node can wait: a busy farm's jobs cost nothing here
         data["waiting"] = waiting_reason(job, [s.record for s in self.sessions.values()]) \
             if may_wait(job) else None
         return data
+
+    def job_pace(self, job: Job) -> dict[str, Any]:
+        """``progress`` (0..1, counting the parts of frames being rendered) and ``eta``
+        (seconds left, None while unknown or not running) of a job's view."""
+        in_frame = 0.0
+        parts = self.in_frame.get(job.id)
+        if parts is not None:
+            for tid in [t for t in parts.parts if getattr(self.tasks.get(t), "status", "")
+                        != "running"]:
+                parts.drop(tid)
+            in_frame = parts.total()
+            if not parts.parts or job.status in JOB_FINAL:
+                del self.in_frame[job.id]
+        eta = None
+        if job.status == "completed":
+            eta = 0.0
+        elif job.status == "active" and job.started is not None:
+            eta = estimate_eta(job.frames_total, job.frames_done, in_frame,
+                               time.time() - job.started)
+        done = job.frames_total if job.status == "completed" else job.frames_done
+        return {"progress": round(job_progress(job.frames_total, done, in_frame), 4),
+                "eta": eta}
 
     def cancel(self, job_id: str) -> tuple[Job, asyncio.Future[None]]:
         job = self.job(job_id)
@@ -619,8 +645,14 @@ class Farm:
         task.progress = max(0.0, min(1.0, float(msg.fraction)))
         if msg.frame is not None:
             rec.frame = (task.id, msg.frame)
+        job = self.jobs[task.job_id]
+        self.in_frame.setdefault(job.id, InFrame()).report(task.id, task.progress,
+                                                          len(task.frames), msg.frames_done)
+        # The job's pace rides along: a watcher's ETA moves inside a long frame too.
+        pace = self.job_pace(job)
         self.emit("progress", task_id=task.id, job_id=task.job_id, node=rec.uid,
-                  frame=msg.frame, fraction=task.progress)
+                  frame=msg.frame, fraction=task.progress, job_progress=pace["progress"],
+                  eta=pace["eta"])
         self.news.changed(rec.uid)
 
     async def record_outputs(self, task: Task, outputs: list[m.OutputRef]) -> list[Output]:

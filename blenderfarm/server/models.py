@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.jobspec import JobSpec, Overrides
+from ..protocol.naming import pattern_of
 
 JOB_STATES = ("queued", "active", "paused", "completed", "failed", "canceled")
 JOB_FINAL = frozenset({"completed", "failed", "canceled"})
@@ -133,8 +134,7 @@ class Job:
     def output_pattern(self) -> str:
         """How its frames are named (protocol.naming): the scene's output pattern, or
         ``<output_name>_####`` for a spec that names none."""
-        pattern = self.spec.output_pattern
-        return f"{self.output_name}_####" if pattern is None else pattern
+        return pattern_of(self.spec.output_pattern, self.output_name)
 
     def add_task(self, task: Task) -> None:
         """Make ``task`` one of this job's: its status counts from now on."""

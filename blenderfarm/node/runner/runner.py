@@ -43,9 +43,9 @@ PROGRESS_INTERVAL = 0.1  # seconds; at most ~10 progress messages a second
 #: Twins of protocol.jobspec's (this script can import nothing of blenderfarm): a movie
 #: cannot be written one frame at a time, so its frames are rendered as lossless stills
 MOVIE_FORMATS = ("FFMPEG", "AVI_JPEG", "AVI_RAW")
+_TILES = re.compile(r"Rendered (\d+)/(\d+) Tiles")
 _FRACTIONS = (
-    re.compile(r"Sample (\d+)/(\d+)"),  # Cycles
-    re.compile(r"Rendered (\d+)/(\d+) Tiles"),  # Cycles with tiles, older builds
+    re.compile(r"Sample (\d+)/(\d+)"),  # Cycles (of the tile being rendered, with tiles)
     re.compile(r"Rendering (\d+) / (\d+) samples"),  # Eevee
 )
 #: Under the task's output dir: where the compositor's File Output nodes write, one
@@ -591,11 +591,19 @@ def _error_event(task_id, exc: TaskError) -> dict:
 def parse_fraction(stats: str) -> float | None:
     # Twin of runner_proc.parse_fraction: this script runs inside Blender and can import
     # nothing of blenderfarm, so the few lines live in both places.
+    part = None
     for pattern in _FRACTIONS:
         m = pattern.search(stats)
         if m and int(m.group(2)) > 0:
-            return min(1.0, int(m.group(1)) / int(m.group(2)))
-    return None
+            part = min(1.0, int(m.group(1)) / int(m.group(2)))
+            break
+    tiles = _TILES.search(stats)
+    if tiles and int(tiles.group(2)) > 0:
+        # "Rendered 11/16 Tiles, Sample 1/4000": the samples are the 12th tile's. A tile
+        # whose samples are all done is counted by the next line's tiles: not twice.
+        inside = part if part is not None and part < 1.0 else 0.0
+        return min(1.0, (int(tiles.group(1)) + inside) / int(tiles.group(2)))
+    return part
 
 
 def on_stats(*args) -> None:

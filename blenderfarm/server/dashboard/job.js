@@ -133,9 +133,26 @@ function count(tasks, status) {
   return tasks.filter((t) => t.status === status).length;
 }
 
+// The farm's own figures, which count the parts of frames being rendered: from the
+// newest of the job's view and its progress events, the ETA aged since then.
+function pace(job, now) {
+  let best = null;
+  for (const p of state.progress.values()) {
+    if (p.job_id === job.id && "eta" in p && (p.time || 0) > (job.updated || 0)
+        && (!best || p.time > best.time)) best = p;
+  }
+  const [fraction, left, at] = best ? [best.job_progress, best.eta, best.time]
+    : [job.progress, job.eta, job.updated];
+  if (!("eta" in (best || job))) {  // an older server: whole frames, our own estimate
+    return [job.frames_total ? job.frames_done / job.frames_total : 0, eta(job, now)];
+  }
+  const aged = left === null || job.status !== "active" ? null
+    : Math.max(0, left - Math.max(0, now - (at || now)));
+  return [fraction || 0, aged];
+}
+
 function summary(job, tasks, now) {
-  const fraction = job.frames_total ? job.frames_done / job.frames_total : 0;
-  const left = eta(job, now);
+  const [fraction, left] = pace(job, now);
   return h("div", { class: "job-summary" },
     progressBar(fraction, `${job.frames_done} of ${job.frames_total} frames`,
       `big s-${job.status}`),
