@@ -49,6 +49,7 @@ VENDORED = (
     "protocol/frames.py",
     "protocol/hashing.py",
     "protocol/jobspec.py",
+    "protocol/blender_version.py",
     "protocol/paths.py",
     "client/__init__.py",
     "client/api.py",

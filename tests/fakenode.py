@@ -22,7 +22,7 @@ from blenderfarm.protocol.naming import frame_name, pattern_of
 class FakeNode:
     def __init__(self, base_url: str, name: str = "fake", oidn: bool = False,
                  uid: str | None = None, token: str | None = None, opengl: bool = False,
-                 tags: list[str] | None = None) -> None:
+                 tags: list[str] | None = None, blender: str = "3.4.1") -> None:
         self.token = token
         self.base = base_url.rstrip("/")
         self.name = name
@@ -30,6 +30,7 @@ class FakeNode:
         self.oidn = oidn
         self.opengl = opengl
         self.tags = tags or []
+        self.blender = blender  # its Blender's version, as a node's probe says it
         self.http: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.inbox: asyncio.Queue[m.Message] = asyncio.Queue()
@@ -41,7 +42,7 @@ class FakeNode:
         self.http = self.http or aiohttp.ClientSession()
         self.ws = await self.http.ws_connect(self.base.replace("http", "ws", 1) + "/ws/node")
         await self.send(m.Hello(protocol=protocol, name=self.name, uid=self.uid,
-                                blender=m.BlenderCaps(version="3.4.1", oidn=self.oidn,
+                                blender=m.BlenderCaps(version=self.blender, oidn=self.oidn,
                                                      opengl=self.opengl),
                                 token=self.token, tags=self.tags, running=running or []))
         first = await self.ws.receive(timeout=5)

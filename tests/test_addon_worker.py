@@ -319,6 +319,19 @@ def test_online_access_off_means_offline(addon) -> None:
     assert "Allow Online Access" in addon.wording.OFFLINE
 
 
+def test_the_blender_field_pins_or_is_refused_in_one_sentence(addon) -> None:
+    s, w = addon.submit, addon.worker
+    fields = dict(name="x", frames="1", chunk=1, priority=50, overrides={}, scene=None,
+                  on_missing="ask")
+    for pin in (None, "4.5", ">=4.5", ">= 3.4"):
+        s.check_settings(**fields, blender=pin)
+    with pytest.raises(ValueError) as info:
+        s.check_settings(**fields, blender="4.5+")
+    sentence = w.describe_error(info.value)
+    assert sentence.startswith("Invalid job settings") and "blender" in sentence, sentence
+    assert ">=4.5" in sentence and "\n" not in sentence
+
+
 def test_tags_field_becomes_the_specs_list(addon) -> None:
     s = addon.submit
     assert s.parse_tags("") == ()

@@ -108,7 +108,7 @@ def test_file_output_nodes_write_inside_and_come_back_as_outputs(
     expected |= {name.format(f=f): f for name in EXTRAS for f in (1, 2)}
     assert {o["name"]: o["frame"] for o in outputs} == expected
     got = tmp_path / "got"
-    assert bf(server.url, "download", job_id, str(got)).returncode == 0
+    assert bf(server.url, "download", job_id, str(got), "--flat").returncode == 0
     assert sorted(p.name for p in got.iterdir()) == sorted(expected)
     for name in expected:
         assert check_image(str(got / name)) == "PNG"

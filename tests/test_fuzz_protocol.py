@@ -39,7 +39,8 @@ these must hold (a breach is a *violation*):
   job and task order, a live server in order of assignment) and a task's
   ``progress`` (ephemeral, not journaled on every report; a restart shows the
   progress of the task's last status change), and likewise the ``progress`` and
-  ``frame`` of a node's ``current`` task. Nothing else may differ: statuses,
+  ``frame`` of a node's ``current`` task, and a job's ``progress`` and ``eta`` (they
+  count the parts of frames in flight, and the clock). Nothing else may differ: statuses,
   attempts, failures, failed nodes, errors, timestamps, counts, frames done,
   outputs, node info. Values are compared as JSON text, so ``true`` is not ``1``.
 
@@ -1189,6 +1190,8 @@ class Run:
             return {"jobs listing": {"status": status}}
         for job in body["jobs"]:
             jid = job["id"]
+            for f in ("progress", "eta"):  # they count parts of frames in flight: ephemeral
+                job.pop(f, None)
             state[f"job {jid}"] = job
             status, tasks = await self.request("GET", f"/api/jobs/{jid}/tasks", count=False)
             for t in (tasks or {}).get("tasks", []) if status == 200 else []:

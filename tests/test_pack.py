@@ -296,10 +296,11 @@ def test_an_abort_stops_the_copy_loop(tmp_path: Path) -> None:
 # --- build_spec and upload_missing: pure, no Blender ------------------------------------------
 
 A, B = sha256_bytes(b"a"), sha256_bytes(b"b")
+BLEND = b"BLENDER-v304REND"  # a .blend's header: build_spec reads which Blender saved it
 
 
-def fake_pack(root: Path) -> PackResult:
-    files = {"shots/shot.blend": b"a", "tex/one.png": b"b", "tex/same-as-one.png": b"b"}
+def fake_pack(root: Path, blend: bytes = b"a") -> PackResult:
+    files = {"shots/shot.blend": blend, "tex/one.png": b"b", "tex/same-as-one.png": b"b"}
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
@@ -309,13 +310,21 @@ def fake_pack(root: Path) -> PackResult:
 
 
 def test_build_spec_normalises(tmp_path: Path) -> None:
-    spec = build_spec(fake_pack(tmp_path), name="My shot", frames=" 1-10x2 ",
+    spec = build_spec(fake_pack(tmp_path, BLEND), name="My shot", frames=" 1-10x2 ",
                       priority=70, overrides={"format": "open_exr", "samples": None,
                                               "denoise": False}, scene="Scene", paused=True)
     assert spec["frames"] == "1-10x2"
     assert spec["overrides"] == {"format": "OPEN_EXR", "denoise": False}
     assert (spec["name"], spec["priority"], spec["scene"], spec["paused"]) == (
         "My shot", 70, "Scene", True)
+    assert spec["blender_saved"] == "3.4" and spec["blender"] is None
+
+
+def test_build_spec_says_a_blend_without_a_header_cannot_be_placed(tmp_path: Path) -> None:
+    packed = fake_pack(tmp_path, b"not a blend")
+    with pytest.raises(PackError, match="cannot tell which Blender saved it"):
+        build_spec(packed, frames="1")
+    assert build_spec(packed, frames="1", blender_saved="4.5")["blender_saved"] == "4.5"
 
 
 @pytest.mark.parametrize(("kwargs", "path"), [
@@ -323,14 +332,14 @@ def test_build_spec_normalises(tmp_path: Path) -> None:
     ({"frames": "1-x"}, "frames"),
     ({"frames": "1", "priority": 101}, "priority"),
     ({"frames": "1", "chunk": 0}, "chunk"),
-    ({"frames": "1", "overrides": {"format": "TIFF"}}, "overrides.format"),
+    ({"frames": "1", "overrides": {"format": "FFMPEG"}}, "overrides.format"),  # a movie
     ({"frames": "1", "overrides": {"samples": 0}}, "overrides.samples"),
     ({"frames": "1", "overrides": {"bogus": 1}}, "overrides.bogus"),
     ({"frames": "1", "name": "a\nb"}, "name"),
 ])
 def test_build_spec_rejects(tmp_path: Path, kwargs: dict[str, Any], path: str) -> None:
     with pytest.raises(SpecError) as info:
-        build_spec(fake_pack(tmp_path), **kwargs)
+        build_spec(fake_pack(tmp_path, BLEND), **kwargs)
     assert info.value.path == path
 
 

@@ -231,7 +231,7 @@ class BLENDERFARM_OT_submit(TaskOperator, Operator):
                   "CANCEL": MISSING_CANCEL}[self.on_missing]
         fields = dict(name=s.job_name, frames=frames, chunk=s.chunk, priority=s.priority,
                       overrides=overrides(s), scene=context.scene.name, on_missing=policy,
-                      tags=parse_tags(s.tags))
+                      tags=parse_tags(s.tags), blender=s.blender.strip() or None)
         check_settings(**fields)  # before saving anything
         if s.camera is None and context.scene.camera is None:
             raise Problem(f"The scene {context.scene.name!r} has no active camera: pick a "
@@ -240,7 +240,10 @@ class BLENDERFARM_OT_submit(TaskOperator, Operator):
         naming = scene_naming(context.scene.render.filepath,
                               context.scene.render.image_settings.file_format)
         # Always the state in memory: bpy.data.is_dirty misses edits made from Python.
-        return SubmitRequest(plan_copy(bpy.data.filepath), **fields, **naming)
+        # This Blender saves the copy the nodes get: an older one may crash opening it.
+        saved = "{}.{}".format(*bpy.app.version[:2])
+        return SubmitRequest(plan_copy(bpy.data.filepath), blender_saved=saved, **fields,
+                             **naming)
 
     @staticmethod
     def save_copy(request: SubmitRequest) -> None:

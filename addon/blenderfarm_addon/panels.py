@@ -80,6 +80,7 @@ class BLENDERFARM_PT_render_on_farm(FarmPanel, Panel):
         col.prop(settings, "chunk")
         col.prop(settings, "priority", slider=True)
         col.prop(settings, "tags")
+        col.prop(settings, "blender")
 
 
 class BLENDERFARM_PT_render_on_farm_overrides(FarmPanel, Panel):

@@ -136,6 +136,10 @@ class BLENDERFARM_PG_settings(PropertyGroup):
     tags: StringProperty(
         name="Tags", description="Node tags the job requires, like gpu, big-ram: only "
                                  "nodes that have every one of them render it")
+    blender: StringProperty(
+        name="Blender", description="Nodes' Blender for the job: 4.5 (4.5.x only) or "
+                                    ">=4.5 (4.5 or newer). Empty: this Blender's version "
+                                    "or newer, since older ones may not open its file")
 
     download_dir: StringProperty(
         name="Download To", default="//renders/", subtype="DIR_PATH",

@@ -144,6 +144,9 @@ class SubmitRequest:
     #: the scene's output naming and format (scene_naming), read from bpy
     output_pattern: str | None = None
     scene_format: str | None = None
+    blender: str | None = None  # a pin of the nodes' Blender, ">=4.5" or "4.5"
+    #: the Blender that saves the copy, "4.5" (bpy.app.version): no older node gets it
+    blender_saved: str | None = None
 
 
 def parse_tags(text: str) -> tuple[str, ...]:
@@ -162,7 +165,7 @@ def scene_naming(output_path: str, file_format: str) -> dict[str, str]:
 
 def check_settings(*, name: str, frames: str, chunk: int, priority: int,
                    overrides: dict[str, Any], scene: str | None, on_missing: str,
-                   tags: tuple[str, ...] = ()) -> None:
+                   tags: tuple[str, ...] = (), blender: str | None = None) -> None:
     """Check a submit's settings against the job schema before anything slow: SpecError."""
     if on_missing not in (MISSING_ASK, MISSING_CONTINUE, MISSING_CANCEL):
         raise ValueError(f"on_missing must be ask, continue or cancel, not {on_missing!r}")
@@ -174,6 +177,8 @@ def check_settings(*, name: str, frames: str, chunk: int, priority: int,
     }
     if tags:  # only then: a spec without tags stays valid for a server without them
         spec["tags"] = list(tags)
+    if blender:
+        spec["blender"] = blender
     validate_spec(spec)
 
 
@@ -217,7 +222,8 @@ class SubmitTask(Task):
                 chunk=self.request.chunk, priority=self.request.priority,
                 overrides=self.request.overrides, scene=self.request.scene,
                 output_pattern=self.request.output_pattern,
-                scene_format=self.request.scene_format)
+                scene_format=self.request.scene_format,
+                blender_saved=self.request.blender_saved, blender=self.request.blender)
             if self.request.tags:
                 spec["tags"] = list(self.request.tags)
             stats = self.pack.upload_missing(client, packed, on_progress=client.on_bytes)

@@ -179,6 +179,9 @@ def _submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", action="append", default=[], dest="tags", metavar="TAG",
                    help="render only on nodes started with --tag TAG (repeat: every tag "
                    "is required)")
+    p.add_argument("--blender", metavar="VERSION",
+                   help="render only on this Blender: 4.5 (4.5.x) or >=4.5 (4.5 or newer); "
+                   "default: the Blender that saved the .blend, or newer")
     p.add_argument("--name", help="job name (default: the .blend's name)")
     p.add_argument("--scene", help="scene to render (default: the file's active scene)")
     p.add_argument("--project-root", help="folder the project's paths are relative to "
@@ -315,7 +318,7 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
                           priority=args.priority, overrides=overrides, scene=args.scene,
                           paused=args.paused, scripts=args.allow_scripts, user=args.user,
                           tags=args.tags, output_pattern=safe_pattern(out_path),
-                          scene_format=scene_format)
+                          scene_format=scene_format, blender=args.blender)
         stats = upload_missing(ctx.client, packed, on_progress=_upload_meter(ctx))
     ctx.say(f"Uploaded {stats.files_sent} file(s), {fmt.format_bytes(stats.bytes_sent)}; "
             f"skipped {stats.files_skipped} already on the server "
@@ -354,7 +357,7 @@ def _prevalidate(args: argparse.Namespace, frames: str, overrides: dict[str, Any
         "blend": placeholder, "manifest": {placeholder: "0" * 64}, "frames": frames,
         "chunk": args.chunk, "priority": args.priority, "name": args.name,
         "scene": args.scene, "paused": args.paused, "user": args.user, "tags": args.tags,
-        "overrides": {k: v for k, v in overrides.items() if v is not None},
+        "blender": args.blender, "overrides": {k: v for k, v in overrides.items() if v is not None},
     })
 
 

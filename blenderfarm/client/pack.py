@@ -39,6 +39,7 @@ from blender_asset_tracer.blendfile.exceptions import (
 from blender_asset_tracer.pack import Aborted, AssetAction, Packer, filesystem, transfer
 from blender_asset_tracer.pack import progress as bat_progress
 
+from ..protocol.blender_version import BlendVersionError, format_version, saved_version
 from ..protocol.hashing import sha256_file
 from ..protocol.jobspec import Overrides, validate_spec
 from ..protocol.paths import PathError, normalize_relpath
@@ -469,11 +470,16 @@ def build_spec(
     tags: list[str] | None = None,
     output_pattern: str | None = None,
     scene_format: str | None = None,
+    blender_saved: str | None = None,
+    blender: str | None = None,
 ) -> dict[str, Any]:
     """The job spec for a packed project, validated; raises protocol's SpecError.
 
     ``user`` (default: this machine's login name) is who the farm shares its nodes
-    fairly with; a farm with tokens uses the token's name instead."""
+    fairly with; a farm with tokens uses the token's name instead. ``blender_saved``
+    (default: read from the packed main .blend's header, the file the nodes get) keeps
+    the job off nodes with an older Blender; ``blender`` pins a range instead
+    (``">=4.5"``, ``"4.5"``)."""
     if isinstance(overrides, Overrides):
         override_dict = overrides.to_dict()
     else:
@@ -501,7 +507,19 @@ def build_spec(
         data["output_pattern"] = output_pattern
     if scene_format is not None:
         data["scene_format"] = scene_format
+    data["blender_saved"] = blender_saved or saved_blender(pack_result.path_of(pack_result.blend))
+    if blender:
+        data["blender"] = blender
     return validate_spec(data).to_dict()
+
+
+def saved_blender(blend: pathlib.Path) -> str:
+    """``"MAJOR.MINOR"`` of the Blender that saved ``blend`` (its header); PackError."""
+    try:
+        with open(blend, "rb") as f:
+            return format_version(saved_version(f))
+    except BlendVersionError as exc:
+        raise PackError(f"cannot tell which Blender saved it: {exc}", blend) from exc
 
 
 def login_name() -> str | None:

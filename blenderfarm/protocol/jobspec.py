@@ -8,9 +8,11 @@ Everything here is pure: the server, the client and the add-on share it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .blender_version import normal_pin, normal_saved
 from .frames import FrameRangeError, parse_frames
 from .hashing import is_sha256
 from .paths import PathError, is_utf8, normalize_relpath
@@ -120,6 +122,11 @@ class JobSpec:
             return [f"The scene's output is a movie ({self.scene_format}): the farm renders "
                     "its frames as lossless PNG stills; encoding the movie is not built yet."]
         return []
+    #: the Blender that saved the main .blend, "MAJOR.MINOR": nodes with an older one do
+    #: not get it (None: a spec from before, any node); see protocol/blender_version.py
+    blender_saved: str | None = None
+    #: a pin that replaces that rule: ">=4.5" (4.5 or newer) or "4.5" (4.5.x only)
+    blender: str | None = None
 
     @property
     def frame_list(self) -> list[int]:
@@ -257,7 +264,22 @@ def validate_spec(data: Any) -> JobSpec:
         tags=validate_tags(data.get("tags")),
         output_pattern=_pattern(data.get("output_pattern")),
         scene_format=_str(data, "scene_format", "", STILL_FORMATS + MOVIE_FORMATS),
+        blender_saved=_version(data, "blender_saved", normal_saved),
+        blender=_version(data, "blender", normal_pin),
     )
+
+
+def _version(data: dict[str, Any], key: str, normal: Callable[[str], str]) -> str | None:
+    """A Blender version field (``blender_saved``, ``blender``) in ``normal``'s form."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 16:
+        raise SpecError(key, "must be a string such as \"4.5\"")
+    try:
+        return normal(value.replace(" ", ""))
+    except ValueError as exc:
+        raise SpecError(key, str(exc)) from exc
 
 
 def validate_tags(value: Any) -> list[str]:

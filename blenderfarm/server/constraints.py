@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from ..protocol.blender_version import describe_need, needs, satisfies
 from .models import Job, NodeRecord
 
 #: what a node may lack for a job, in the order :func:`lacks` checks them
-DISABLED, BLOCKLISTED, TAGS, OPENGL, OIDN = "disabled", "blocklisted", "tags", "opengl", "oidn"
+DISABLED, BLOCKLISTED, TAGS, BLENDER, OPENGL, OIDN = (
+    "disabled", "blocklisted", "tags", "blender", "opengl", "oidn")
 
 OPENGL_HINT = ("needs OpenGL: run bf-node under xvfb-run, or install a GPU driver, on a "
                "node")
@@ -30,6 +32,8 @@ def lacks(job: Job, rec: NodeRecord) -> str | None:
         return BLOCKLISTED
     if job.spec.tags and lacks_tags(job.spec.tags, rec):
         return TAGS
+    if lacks_blender(job, rec):
+        return BLENDER
     if job.needs_opengl and not rec.opengl:
         return OPENGL
     if job.needs_oidn and not rec.oidn:
@@ -65,6 +69,12 @@ def waiting_reason(job: Job, online: Collection[NodeRecord]) -> str | None:
         reasons.append(f"no online node has the tag{'s' if len(absent) > 1 else ''} "
                        f"{', '.join(absent)}" if absent else
                        f"no online node has all of the tags {', '.join(tags)}")
+    need = blender_need(job)
+    if need is not None and all(lacks_blender(job, n) for n in online):
+        have = sorted({n.blender_version for n in online},
+                      key=lambda v: tuple(int(p) if p.isdigit() else -1 for p in v.split(".")))
+        reasons.append(f"needs {describe_need(need)}; online nodes have "
+                       f"{', '.join(v or 'an unknown version' for v in have)}")
     if job.needs_opengl and not any(n.opengl for n in online):
         reasons.append(f"no online node can render Eevee or Workbench ({OPENGL_HINT})")
     if job.needs_oidn and not any(n.oidn for n in online):
@@ -79,9 +89,22 @@ def waiting_reason(job: Job, online: Collection[NodeRecord]) -> str | None:
             reasons.append("every online node is disabled")
         else:
             reasons.append("no online node has everything it needs at once "
-                           "(tags, OpenGL, OpenImageDenoise), or the others are disabled "
+                           "(tags, Blender version, OpenGL, OpenImageDenoise), or the others are disabled "
                            "or blocklisted for it")
     return "; ".join(reasons)
+
+
+def blender_need(job: Job) -> tuple[tuple[int, int], bool] | None:
+    """What ``job`` needs of a node's Blender: its pin, else the Blender that saved its
+    .blend or newer; None for a spec without either (from before: any node)."""
+    return needs(job.spec.blender_saved, job.spec.blender)
+
+
+def lacks_blender(job: Job, rec: NodeRecord) -> bool:
+    """Whether ``rec``'s Blender is outside what ``job`` needs (one that cannot open the
+    file: a newer Blender's .blend crashes an older one, or does not open at all)."""
+    need = blender_need(job)
+    return need is not None and not satisfies(rec.blender_key, need)
 
 
 def lacks_tags(tags: list[str], rec: NodeRecord) -> list[str]:

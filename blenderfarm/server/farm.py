@@ -321,12 +321,14 @@ class Farm:
         (seconds left, None while unknown or not running) of a job's view."""
         in_frame = 0.0
         parts = self.in_frame.get(job.id)
-        if parts is not None:
+        if parts is not None and job.status in JOB_FINAL:
+            del self.in_frame[job.id]  # an ended job counts only the frames it has
+        elif parts is not None:
             for tid in [t for t in parts.parts if getattr(self.tasks.get(t), "status", "")
                         != "running"]:
                 parts.drop(tid)
             in_frame = parts.total()
-            if not parts.parts or job.status in JOB_FINAL:
+            if not parts.parts:
                 del self.in_frame[job.id]
         eta = None
         if job.status == "completed":
@@ -373,7 +375,7 @@ class Farm:
     # --- nodes --------------------------------------------------------------------------------
     def node_connected(self, hello: m.Hello, session: NodeSession) -> None:
         rec = session.record
-        self.sessions[rec.uid] = session
+        self._add_session(session)
         timer = self._timers.pop(rec.uid, None)
         if timer:
             timer.cancel()
@@ -422,6 +424,18 @@ class Farm:
                 changed.append(self.tasks[tid])
         rec.tasks = kept
         return changed
+
+    def _add_session(self, session: NodeSession) -> None:
+        """Keep ``sessions`` in order of Blender version, oldest first: dispatch offers
+        work in this order, so a job goes to the oldest Blender that can open its file
+        (the closest to the artist's). Re-sorted only when a node joins out of order."""
+        self.sessions.pop(session.record.uid, None)
+        last = next(reversed(self.sessions.values()), None)
+        self.sessions[session.record.uid] = session
+        if last is not None and _blender_order(session) < _blender_order(last):
+            ordered = sorted(self.sessions.values(), key=_blender_order)  # stable
+            self.sessions.clear()
+            self.sessions.update((s.record.uid, s) for s in ordered)
 
     def node_disconnected(self, session: NodeSession) -> None:
         rec = session.record
@@ -815,3 +829,7 @@ def store_refusal(exc: BaseException, what: str) -> FarmError:
     return FarmError(f"{cause} ({exc}); {what}. Free space on the server (or fix the "
                      "database) and try again.", "disk_full" if full else "store_unavailable",
                      507 if full else 503)
+
+
+def _blender_order(session: NodeSession) -> tuple[int, int]:
+    return session.record.blender_key or (0, 0)

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.blender_version import node_version
 from ..protocol.jobspec import JobSpec, Overrides
 from ..protocol.naming import pattern_of
 
@@ -194,6 +195,7 @@ class Job:
             "tasks_queued": counts["queued"], "files": len(spec.manifest),
             "blocklisted_nodes": list(self.blocklist), "scripts": spec.scripts,
             "output_pattern": self.output_pattern, "notes": spec.notes,
+            "blender_saved": spec.blender_saved, "blender": spec.blender,
         }
 
 
@@ -234,6 +236,16 @@ class NodeRecord:
     @property
     def tags(self) -> list[str]:
         return self.info.get("tags") or []
+
+    @property
+    def blender_version(self) -> str:
+        """Its Blender's version as its hello said (``"3.4.1"``; ``""``: unknown)."""
+        return str(self.info.get("blender", {}).get("version") or "")
+
+    @property
+    def blender_key(self) -> tuple[int, int] | None:
+        """(major, minor) of its Blender; None when its hello did not say."""
+        return node_version(self.blender_version)
 
     def to_json(self, current: dict[str, Any] | None = None) -> dict[str, Any]:
         """Its view; ``current`` is what it renders now (``Farm.node_json`` fills it in:
