@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,3 +62,15 @@ def no_blocking(request: pytest.FixtureRequest) -> Iterator:
 
     with blockbuster_ctx("blenderfarm.server") as bb:
         yield bb
+
+
+@pytest.fixture(scope="session")
+def bpy45_python() -> str:
+    """The python of the Blender 4.5 ``bpy`` venv (made once by tests/bpy45_env.sh, from
+    pip's cache when it holds the wheel); skips when it cannot be made."""
+    env_script = Path(__file__).parent / "bpy45_env.sh"
+    proc = subprocess.run(["bash", str(env_script)], capture_output=True, text=True,
+                          timeout=900, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"no Blender 4.5 bpy venv: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout.strip().splitlines()[-1]

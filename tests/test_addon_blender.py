@@ -35,7 +35,6 @@ sys.path.insert(0, str(REPO))
 import build_addon  # noqa: E402
 
 pytestmark = needs_blender
-BPY45_ENV = REPO / "tests" / "bpy45_env.sh"
 
 # Runs inside Blender: install, enable, submit, follow, download, unregister. Prints one
 # RESULT line of JSON; the test asserts on it and on the files.
@@ -250,15 +249,6 @@ def test_blender34_legacy_zip_submits_unsaved_changes(zips, farm_procs, tmp_path
     before = render_frames(blend, [1], tmp_path / "saved")[0]
     with pytest.raises(AssertionError):
         assert_same_image(frame, before)  # the unsaved change did travel
-
-
-@pytest.fixture(scope="module")
-def bpy45_python() -> str:
-    proc = subprocess.run(["bash", str(BPY45_ENV)], capture_output=True, text=True,
-                          timeout=900, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"no Blender 4.5 bpy venv: {proc.stderr.strip().splitlines()[-1:]}")
-    return proc.stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.timeout(900)  # the first run downloads the 370 MB bpy wheel

@@ -28,7 +28,6 @@ from test_server import drain, farm, submit  # noqa: F401 (farm: a fixture)
 from test_server import job as job_json
 
 REPO = Path(__file__).resolve().parents[1]
-BPY45_ENV = REPO / "tests" / "bpy45_env.sh"
 SAVE = '''
 import sys, bpy
 out = sys.argv[-1]
@@ -46,15 +45,6 @@ def with_blender(test):  # the marks of tests that run Debian's Blender
 def version_of(path: Path) -> tuple[int, int]:
     with open(path, "rb") as f:
         return saved_version(f)
-
-
-@pytest.fixture(scope="module")
-def bpy45_python() -> str:
-    proc = subprocess.run(["bash", str(BPY45_ENV)], capture_output=True, text=True,
-                          timeout=900, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"no Blender 4.5 bpy venv: {proc.stderr.strip().splitlines()[-1:]}")
-    return proc.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
 import time
@@ -38,7 +37,6 @@ from ..protocol.version import __version__
 from . import control_cli
 from . import progress as fmt
 from .api import ApiError, Client, OutputConflict, ServerUnreachable, job_folder_name
-from .events import EventStream, StreamClosed, StreamProtocolError, StreamUnavailable
 from .pack import (
     PackError,
     build_spec,
@@ -47,12 +45,12 @@ from .pack import (
     scene_output,
     upload_missing,
 )
+from .wait_cli import wait_for
 
 log = logging.getLogger("blenderfarm.client")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_SERVER = "http://127.0.0.1:8765"
-UNREACHABLE_GRACE = 60.0  # seconds `bf wait` rides out a restarting server
 
 
 class CliError(Exception):
@@ -330,7 +328,8 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
     if args.wait:
         if not ctx.json:
             print(job["id"], file=ctx.out, flush=True)
-        job, code = wait_for(ctx, str(job["id"]), args.interval, args.timeout)
+        job, ok = wait_for(ctx, str(job["id"]), args.interval, args.timeout)
+        code = EXIT_OK if ok else EXIT_FAILED
     if ctx.json:
         ctx.emit({"job": job, "upload": asdict(stats), "missing": packed.missing})
     elif not args.wait:
@@ -389,161 +388,10 @@ def _upload_meter(ctx: Ctx) -> Any:
 
 
 def cmd_wait(args: argparse.Namespace, ctx: Ctx) -> int:
-    job, code = wait_for(ctx, args.job, args.interval, args.timeout)
+    job, ok = wait_for(ctx, args.job, args.interval, args.timeout)
     if ctx.json:
         ctx.emit({"job": job})
-    return code
-
-
-def wait_for(
-    ctx: Ctx, job_id: str, interval: float, timeout: float | None
-) -> tuple[dict[str, Any], int]:
-    """Follow a job until it ends; show progress on stderr. Returns (job, exit code).
-
-    The job's state comes from the server's live events (``/ws/events``), so this
-    returns as soon as the job ends; polling every ``interval`` seconds is the
-    fallback when the stream cannot be opened (an old server, a proxy)."""
-    interval = min(5.0, max(0.5, interval))
-    start = time.monotonic()
-    shown = _Shown(ctx)
-    stream = _open_stream(ctx)  # before the first read: no end falls between
-    job = _poll(ctx, job_id, start)
-    try:
-        while True:
-            shown.show(job)
-            if job.get("status") in fmt.FINAL_STATES:
-                break
-            now = time.monotonic()
-            if timeout is not None and now - start >= timeout:
-                shown.end_line()
-                ctx.say(f"Job {job_id} is still {job.get('status')} after "
-                        f"{fmt.format_duration(timeout)}; stopped waiting.")
-                return job, EXIT_FAILED
-            left = None if timeout is None else max(0.0, start + timeout - now)
-            if stream is None:
-                time.sleep(interval if left is None else min(interval, left))
-                job = _poll(ctx, job_id, start)
-                continue
-            try:
-                job = _follow(stream, job, job_id, ctx, start,
-                              1.0 if left is None else min(1.0, left))
-            except StreamClosed as exc:
-                stream.close()
-                stream = _reopen(ctx, exc)
-                job = _poll(ctx, job_id, start)  # what changed while we were away
-    finally:
-        if stream is not None:
-            stream.close()
-    shown.end_line()
-    return job, _report_end(ctx, job, time.monotonic() - start)
-
-
-class _Shown:
-    """The progress line on stderr: a redrawn bar on a terminal, else a line per change."""
-
-    def __init__(self, ctx: Ctx) -> None:
-        self.ctx = ctx
-        self.tty = ctx.err.isatty()
-        self.rates = fmt.RateWindow()
-        self.last_line, self.last_done, self.last_draw = -1e9, -1, -1e9
-        self.last_fraction = -1.0
-
-    def show(self, job: dict[str, Any]) -> None:
-        now = time.monotonic()
-        done = int(job.get("frames_done") or 0)
-        self.rates.add(now, done)
-        rate = self.rates.rate_per_min(now)
-        final = job.get("status") in fmt.FINAL_STATES
-        if self.tty:
-            if now - self.last_draw < 0.1 and not final:  # events come fast; 10 draws a second
-                return
-            self.last_draw = now
-            width = shutil.get_terminal_size((100, 20)).columns - 1
-            print(f"\r{fmt.progress_bar_line(job, rate, width)}\x1b[K", end="",
-                  file=self.ctx.err, flush=True)
-        elif not self.ctx.json and (done != self.last_done or now - self.last_line >= 30
-                                    or abs(fmt.job_fraction(job) - self.last_fraction) >= 0.05):
-            # a line a frame, or a twentieth of the job inside long frames, or each 30 s
-            self.ctx.say(fmt.progress_text(job, rate))
-            self.last_line, self.last_done = now, done
-            self.last_fraction = fmt.job_fraction(job)
-
-    def end_line(self) -> None:
-        if self.tty:
-            print(file=self.ctx.err)
-
-
-def _follow(stream: EventStream, job: dict[str, Any], job_id: str, ctx: Ctx, start: float,
-            timeout: float) -> dict[str, Any]:
-    """The job after the events of up to ``timeout`` seconds (those of other jobs skipped)."""
-    for ev in stream.receive(timeout):
-        kind = ev.get("type")
-        if kind == "job" and isinstance(ev.get("job"), dict) and ev["job"].get("id") == job_id:
-            job = ev["job"]
-        elif kind == "progress" and ev.get("job_id") == job_id and "eta" in ev:
-            job = {**job, "progress": ev.get("job_progress"), "eta": ev.get("eta")}
-        elif kind == "resync":  # the server dropped events for us: read the job anew
-            job = _poll(ctx, job_id, start)
-        elif kind == "job_deleted" and ev.get("job_id") == job_id:
-            job = _poll(ctx, job_id, start)  # the server's 404 says it in its words
-    return job
-
-
-def _open_stream(ctx: Ctx) -> EventStream | None:
-    """The live events, or None (and a note) when the server offers none."""
-    client = ctx.client
-    since: float | None = None
-    while True:
-        try:
-            return EventStream(client.server_url, client.token, timeout=client.timeout).open()
-        except (StreamUnavailable, StreamProtocolError) as exc:
-            ctx.say(f"Note: {exc} Checking the job every few seconds instead.")
-            return None
-        except ServerUnreachable as exc:
-            now = time.monotonic()
-            if since is None:
-                since = now
-                ctx.say(f"\n{exc} Retrying for {int(UNREACHABLE_GRACE)} s...")
-            elif now - since >= UNREACHABLE_GRACE:
-                raise
-            time.sleep(1.0)
-
-
-def _reopen(ctx: Ctx, exc: StreamClosed) -> EventStream | None:
-    """After the stream dropped: open it again, or poll if the server broke the protocol."""
-    if isinstance(exc, StreamProtocolError):
-        ctx.say(f"Note: the live events stopped ({exc}); checking the job every few "
-                "seconds instead.")
-        return None
-    log.debug("events stream dropped (%s); reconnecting", exc)
-    return _open_stream(ctx)
-
-
-def _poll(ctx: Ctx, job_id: str, start: float) -> dict[str, Any]:
-    """GET the job; ride out a server restart for UNREACHABLE_GRACE seconds."""
-    since: float | None = None
-    while True:
-        try:
-            return ctx.client.get_job(job_id)
-        except ServerUnreachable as exc:
-            now = time.monotonic()
-            if since is None:
-                since = now
-                ctx.say(f"\n{exc} Retrying for {int(UNREACHABLE_GRACE)} s...")
-            elif now - since >= UNREACHABLE_GRACE:
-                raise
-            time.sleep(2.0)
-
-
-def _report_end(ctx: Ctx, job: dict[str, Any], waited: float) -> int:
-    status = job.get("status")
-    if status == "completed":
-        ctx.say(f"Job {job.get('id')} completed: {job.get('frames_done')} frame(s); "
-                f"waited {fmt.format_duration(waited)}.")
-        return EXIT_OK
-    reason = job.get("error")
-    ctx.say(f"Job {job.get('id')} {status}: {reason}" if reason else f"Job {job.get('id')} {status}.")
-    return EXIT_FAILED
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 # --- the other commands ----------------------------------------------------------------------

@@ -404,13 +404,21 @@ def scene_frame_range(
     Read with BAT's .blend reader, so no Blender is needed. Raises PackError for a
     missing or unreadable file or an unknown scene name.
     """
+    with _scene_block(blend_path, scene) as block:
+        return int(block.get((b"r", b"sfra"))), int(block.get((b"r", b"efra")))
+
+
+@contextlib.contextmanager
+def _scene_block(blend_path: str | os.PathLike[str], scene: str | None) -> Iterator[Any]:
+    """The scene's block (``scene``, or the file's active scene) while the file is open;
+    PackError for a missing or unreadable file or an unknown scene."""
     blend = _check_blend(blend_path)
     with _reading(blend), blendfile.BlendFile(blend) as bfile:
         block = _find_scene(bfile, scene)
         if block is None:
             what = f"no scene named {scene!r}" if scene else "no scene"
             raise PackError(f"{what} in {blend.name}", blend)
-        return int(block.get((b"r", b"sfra"))), int(block.get((b"r", b"efra")))
+        yield block
 
 
 #: Blender's R_IMF_IMTYPE_* numbers (DNA_scene_types.h) -> the format's RNA name
@@ -425,12 +433,7 @@ def scene_output(
     """The output path (``//render/shot_###``) and file format (``"PNG"``, ``"FFMPEG"``;
     None for one this reader does not know) of ``scene`` or the file's active scene,
     read like :func:`scene_frame_range`."""
-    blend = _check_blend(blend_path)
-    with _reading(blend), blendfile.BlendFile(blend) as bfile:
-        block = _find_scene(bfile, scene)
-        if block is None:
-            what = f"no scene named {scene!r}" if scene else "no scene"
-            raise PackError(f"{what} in {blend.name}", blend)
+    with _scene_block(blend_path, scene) as block:
         path = block.get((b"r", b"pic"), as_str=True)
         imtype = block.get((b"r", b"im_format", b"imtype"))
         return path, IMTYPES.get(int.from_bytes(imtype, "little") if isinstance(imtype, bytes)
