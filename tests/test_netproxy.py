@@ -113,7 +113,8 @@ def test_partition_holds_open_sockets_silent_until_the_heal(proxy: NetProxy) -> 
 
 def test_partition_refuses_new_connections(proxy: NetProxy) -> None:
     proxy.partition(new="refuse")
-    with _connect(proxy) as s, pytest.raises((ConnectionResetError, BrokenPipeError)):
+    # the reset may reach the connect itself on a busy machine, or the first exchange
+    with pytest.raises((ConnectionResetError, BrokenPipeError)), _connect(proxy) as s:
         if not _roundtrip(s):
             raise AssertionError("closed with a FIN, not reset")
     proxy.heal()
