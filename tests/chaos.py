@@ -42,6 +42,7 @@ from procs import (  # noqa: E402
     NodeProc,
     ServerProc,
     bin_path,
+    blender_pids,
     fill_disk,
     free_port,
     get_json,
@@ -105,8 +106,8 @@ def _job(url: str, job_id: str) -> dict:
 
 
 def _blender_pids(work_dir: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"{work_dir}/jobs/"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    """Blender processes rendering from a node's work dir (not the node agent itself)."""
+    return blender_pids(work_dir)
 
 
 class Chaos:

@@ -107,6 +107,28 @@ class NodeProc(Proc):
                          log_path or work_dir / "node.log")
 
 
+def blender_pids(work_dir: Path, *, spares: bool = False) -> list[int]:
+    """The node's Blenders with a job open (working in a job's folder, under
+    ``work_dir/jobs``) and, with ``spares``, its warm spares (working in ``work_dir``):
+    found by their working folder, as a spare's command line names no job (Linux /proc)."""
+    root = os.path.realpath(work_dir)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:  # gone, or not ours
+            continue
+        if b"runner.py" not in cmdline:
+            continue
+        if cwd.startswith(os.path.join(root, "jobs", "")) or (spares and cwd == root):
+            pids.append(int(entry))
+    return pids
+
+
 def free_port() -> int:
     import socket
 

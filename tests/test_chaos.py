@@ -25,7 +25,8 @@ def _assert_every_frame_once(report: Report, frames: int) -> None:
 
 @pytest.mark.timeout(600)
 def test_chaos_loses_no_frame(tmp_path) -> None:
-    report = run_chaos(tmp_path, seed=_seed(), frames=40, nodes=3, kills=6)
+    # frames long enough (24 samples) that six faults land before the job ends
+    report = run_chaos(tmp_path, seed=_seed(), frames=40, nodes=3, kills=6, samples=24)
     print(report.summary())
     _assert_every_frame_once(report, 40)
     kills = [a for a in report.actions if "killed" in a]

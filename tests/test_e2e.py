@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from procs import bin_path, get_json, wait_for
+from procs import bin_path, blender_pids, get_json, wait_for
 from scenes import (
     assert_same_image,
     make_scene,
@@ -118,8 +118,7 @@ def _frames_done(server: str, job_id: str) -> int:
 
 def _blender_pids(work_dir: Path) -> list[int]:
     """Blender processes rendering from a node's work dir (not the node agent itself)."""
-    out = subprocess.run(["pgrep", "-f", f"{work_dir}/jobs/"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    return blender_pids(work_dir)
 
 
 def _check_all_frames(server: str, job_id: str, count: int, tmp_path: Path, anim: Path) -> None:
@@ -145,7 +144,8 @@ def test_killed_node_its_frames_render_elsewhere(farm_procs, anim, tmp_path) -> 
     wait_for(lambda: _frames_done(server.url, job_id) >= 2, 120, "two frames")
     victim.kill9()
     time.sleep(1)
-    assert _blender_pids(tmp_path / "node-victim") == [], "the dead node's Blender lived on"
+    assert blender_pids(tmp_path / "node-victim", spares=True) == [], \
+        "the dead node's Blender lived on"
     job = wait_job(server.url, job_id)
     assert job["status"] == "completed"
     _check_all_frames(server.url, job_id, 16, tmp_path, anim)

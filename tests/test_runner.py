@@ -526,3 +526,83 @@ async def test_stamp_and_file_metadata_show_the_projects_path_on_every_node(
             assert img.text["File"] == "./shots/stamp.blend"
     with Image.open(frames[0]) as a, Image.open(frames[1]) as b:
         assert a.convert("RGBA").tobytes() == b.convert("RGBA").tobytes()
+
+
+# --- the spare: a warm Blender with no file, that opens a job's file later ----------------
+
+
+@pytest.fixture
+async def start_spare(tmp_path: Path):
+    """Factory: start a spare (a Runner with no file) in ``work``; stopped in teardown."""
+    started: list[Runner] = []
+
+    async def start(work: Path) -> Runner:
+        assert BLENDER is not None
+        work.mkdir(parents=True, exist_ok=True)
+        runner = await Runner.start(BLENDER, None, cwd=str(work),
+                                    log_path=str(work / "spare.log"))
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        await runner.stop()
+        assert not runner.alive
+
+
+async def test_a_spare_opens_a_job_by_its_projects_path_and_renders_as_a_cold_runner_does(
+        tmp_path: Path, start_runner, start_spare) -> None:
+    assert BLENDER is not None
+    job = tmp_path / "work" / "jobs" / "0123abcd"
+    blend = job / "shots" / "stamp.blend"
+    blend.parent.mkdir(parents=True)
+    subprocess.run([BLENDER, "-b", "--factory-startup", "--python-exit-code", "1",
+                    "--python-expr", MAKE_STAMP, "--", str(blend)],
+                   check=True, capture_output=True, timeout=120)
+    spare = await start_spare(tmp_path / "work")
+    pid = spare.pid
+    job_log = tmp_path / "work" / "job.log"
+    await spare.open(str(blend), cwd=str(job), log_path=str(job_log))
+    assert spare.pid == pid and spare.hello["file"].endswith("stamp.blend")
+    [(_, warm)] = await spare.render("s", [1], scene=None, overrides={},
+                                     output_dir=str(tmp_path / "warm"), output_name="s",
+                                     on_event=lambda e: None)
+    cold = await start_runner(blend, cwd=job)
+    [(_, ref)] = await cold.render("s", [1], scene=None, overrides={},
+                                   output_dir=str(tmp_path / "cold"), output_name="s",
+                                   on_event=lambda e: None)
+    with Image.open(warm) as a, Image.open(ref) as b:
+        assert a.text["File"] == b.text["File"] == "./shots/stamp.blend"
+        assert a.convert("RGBA").tobytes() == b.convert("RGBA").tobytes()
+    # the job's log holds the job's Blender output; the spare's log only its start
+    assert "Fra:1" in job_log.read_text(errors="replace")
+    assert "Fra:1" not in (tmp_path / "work" / "spare.log").read_text(errors="replace")
+
+
+async def test_a_corrupt_blend_opened_by_a_spare_is_bad_blend(tmp_path: Path,
+                                                              start_spare) -> None:
+    blend = tmp_path / "corrupt.blend"
+    blend.write_bytes(os.urandom(4096))
+    spare = await start_spare(tmp_path / "work")
+    with pytest.raises(RunnerError) as err:
+        await spare.open(str(blend), cwd=str(tmp_path), log_path=str(tmp_path / "job.log"))
+    assert err.value.reason == "bad_blend" and not err.value.retryable
+    assert "could not open the .blend file" in err.value.message
+    assert "corrupt.blend" in err.value.message  # (the log tail may lag the event)
+    assert not spare.alive
+
+
+async def test_a_spare_runs_a_files_scripts_only_when_the_job_allows_them(
+        scenes: Path, tmp_path: Path, start_spare) -> None:
+    hung = await start_spare(tmp_path / "a")  # started without --enable-autoexec
+    await hung.open(str(scenes / "driver.blend"), cwd=str(scenes),
+                    log_path=str(tmp_path / "a.log"), allow_scripts=True)
+    with pytest.raises(RunnerError) as err:  # the driver runs and sleeps on frame 7
+        await hung.render("t1", [7], scene=None, overrides={}, output_dir=str(tmp_path),
+                          output_name="w", on_event=lambda e: None, watchdog=1.5)
+    assert err.value.reason == "watchdog"
+    safe = await start_spare(tmp_path / "b")
+    await safe.open(str(scenes / "driver.blend"), cwd=str(scenes),
+                    log_path=str(tmp_path / "b.log"))
+    assert await safe.render("t2", [7], scene=None, overrides={}, output_dir=str(tmp_path),
+                             output_name="w", on_event=lambda e: None, watchdog=30)

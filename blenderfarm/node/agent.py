@@ -52,6 +52,9 @@ FATAL_CODES = frozenset({"unauthorized", "protocol_version"})
 #: seconds between the node's pings when the server's welcome names none, and the bounds
 #: of what it may name; a server silent for twice this is left (as the server does a node)
 HEARTBEAT, HEARTBEAT_MIN, HEARTBEAT_MAX = 10.0, 1.0, 60.0
+#: seconds a node holding a job's Blender stays idle before it warms a spare beside it
+#: (a node with no Blender warms one at once): not while the job's next task may come
+SPARE_IDLE = 1.0
 
 
 class FatalError(RuntimeError):
@@ -97,6 +100,10 @@ class Agent:
         self.reports: dict[str, m.Message] = {}  # task_done / task_failed not yet acked
         self.runner: Runner | None = None
         self.runner_job: str | None = None
+        #: a Blender with the runner and no file, for the next job's first task
+        self._spare: asyncio.Task[Runner] | None = None
+        self._spare_broken = False  # it could not start: each job starts its own, as before
+        self._stopping = False  # handing back: no new spare
         self._outbox: asyncio.Queue[bytes] | None = None
         self._wake = asyncio.Event()
         self._job_locks: dict[str, asyncio.Lock] = {}
@@ -140,6 +147,7 @@ class Agent:
                 await worker
             if self.runner is not None:
                 await self.runner.stop()
+            await self._drop_spare()
             await self._http.close()
 
     def _retrying(self, kind: str, message: str, *args: object) -> None:
@@ -421,6 +429,12 @@ class Agent:
             held = next((h for h in self.held.values() if not h.started), None)
             if held is None:
                 self._wake.clear()
+                if self._wants_spare():
+                    if self.runner is not None:  # the job's next task may be on its way
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), SPARE_IDLE)
+                    if not self._wake.is_set():
+                        self._spare = asyncio.create_task(self._start_spare(), name="bf-spare")
                 await self._wake.wait()
                 continue
             held.started = True
@@ -501,12 +515,18 @@ class Agent:
 
     async def hand_back(self) -> None:
         """On shutdown: give every held task back to the farm, unfinished, at once."""
+        self._stopping = True
         for task_id, held in list(self.held.items()):
             held.canceled = True
             self.send(m.TaskFailed(task_id=task_id, error="the node is shutting down",
                                    reason="node_stopping", retryable=True))
         if self.runner is not None:
             self.runner.kill()
+        if self._spare is not None:
+            self._spare.cancel()  # a starting spare kills its Blender as it stops
+            if self._spare.done() and not self._spare.cancelled() \
+                    and self._spare.exception() is None:
+                self._spare.result().kill()
         await asyncio.sleep(0.2)  # let the sender flush before the socket closes
 
     def _overrides(self, a: m.Assign) -> dict[str, Any]:
@@ -524,12 +544,63 @@ class Agent:
             self._background(self._trim_cache())
         job_dir, log_path = self.job_dir(a.job_id), self.log_path(a.job_id)
         await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
-        self.runner = await Runner.start(
-            self.blender.path, str(inside(job_dir, a.blend)), cwd=str(job_dir),
-            log_path=str(log_path),
-            allow_scripts=a.allow_scripts and self.config.allow_scripts)
+        blend = str(inside(job_dir, a.blend))
+        scripts = a.allow_scripts and self.config.allow_scripts
+        spare = await self._take_spare()
+        if spare is None:
+            self.runner = await Runner.start(self.blender.path, blend, cwd=str(job_dir),
+                                             log_path=str(log_path), allow_scripts=scripts)
+        else:
+            try:
+                await spare.open(blend, cwd=str(job_dir), log_path=str(log_path),
+                                 allow_scripts=scripts)
+            except BaseException:
+                await spare.stop()
+                raise
+            log.info("job %s opened in the warm Blender (pid %s)", a.job_id, spare.pid)
+            self.runner = spare
         self.runner_job = a.job_id
         return self.runner
+
+    # --- the spare: a warm Blender with no file ------------------------------------------
+    def _wants_spare(self) -> bool:
+        # a node whose runners are not persistent starts one per task, as it always did
+        return (self._spare is None and self.config.persistent and not self._spare_broken
+                and not self._stopping)
+
+    async def _start_spare(self) -> Runner:
+        """A Blender with the runner loaded and no file; its output goes to the node's
+        spare log until it opens a job (``Runner.open``)."""
+        work = self.config.work_dir
+        await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+        return await Runner.start(self.blender.path, None, cwd=str(work),
+                                  log_path=str(work / "blender-spare.log"))
+
+    async def _take_spare(self) -> Runner | None:
+        """The spare, once it has started (or None: none, or it could not start)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        try:
+            runner = await spare
+        except (RunnerError, OSError) as exc:
+            self._spare_broken = True  # said once: the fall-back costs nothing after this
+            log.warning("could not warm a spare Blender (%s); each job starts its own",
+                        getattr(exc, "message", exc))
+            return None
+        if not runner.alive:  # it died while waiting (killed by hand, out of memory)
+            await runner.stop()
+            return None
+        return runner
+
+    async def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        spare.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RunnerError, OSError):
+            runner = await spare
+            await runner.stop()
 
     async def _drop_runner(self) -> None:
         runner, self.runner, self.runner_job = self.runner, None, None

@@ -5,6 +5,10 @@ process group, waits for the runner's hello on a loopback socket, then sends it
 render commands and turns its JSON-line events into return values, callbacks and
 :class:`RunnerError`. Blender stays alive between tasks of the same job.
 
+A spare (``Runner.start(blender, None, ...)``) is a Blender with the runner and no
+file, started ahead of need; :meth:`Runner.open` later loads a job's file into it, and
+from then on its output goes to that job's log and it is a runner like any other.
+
 Supervision follows the old Flamenco worker: stdin closed, stderr merged into
 stdout, the output copied to a log file with the last lines kept for error reports,
 every wait bounded, a negative return code reported by its signal's name, and
@@ -86,6 +90,13 @@ def parse_fraction(stats: str) -> float | None:
     return part
 
 
+def _bad_blend(line: str, tail: str) -> RunnerError:
+    """Blender's words about a file it cannot read, as one error."""
+    detail = line.removeprefix("Error: ").strip()
+    return RunnerError(f"Blender could not open the .blend file: {detail}", "bad_blend", False,
+                       tail)
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -105,27 +116,31 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def blender_command(blender: str, blend_path: str, port: int, secret: str,
+def blender_command(blender: str, blend_path: str | None, port: int, secret: str,
                     allow_scripts: bool) -> list[str]:
     """Blender with no file, the runner and the .blend it opens: loaded by the runner
     (``--blend``), by a path relative to the job's folder where it is under it, so a
     burned-in stamp and an image's "File" show the project's path on every node (a
-    file named on Blender's command line is made absolute), and loaded once."""
+    file named on Blender's command line is made absolute), and loaded once. Without
+    ``blend_path``, a spare: the runner waits for an ``open`` command."""
     return [
         blender, "-b",
         "--enable-autoexec" if allow_scripts else "--disable-autoexec",
         "--python-exit-code", str(RUNNER_EXIT_CODE),
         "--python", RUNNER_SCRIPT,
-        "--", "--port", str(port), "--secret", secret, "--blend", blend_path,
+        "--", "--port", str(port), "--secret", secret,
+        *(["--blend", blend_path] if blend_path is not None else []),
     ]
 
 
 class Runner:
-    """One Blender process with the runner script and one .blend loaded."""
+    """One Blender process with the runner script and one .blend loaded (or, a spare,
+    none yet)."""
 
     def __init__(self, log: BinaryIO) -> None:
         self._secret = secrets.token_hex(16)
         self._log = log
+        self._old_logs: list[BinaryIO] = []  # a spare's log, closed with the rest in _close()
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -148,9 +163,10 @@ class Runner:
     # --- starting ------------------------------------------------------------------------
 
     @classmethod
-    async def start(cls, blender: str, blend_path: str, *, cwd: str, log_path: str,
+    async def start(cls, blender: str, blend_path: str | None, *, cwd: str, log_path: str,
                     allow_scripts: bool = False, startup_timeout: float = 120) -> Runner:
-        """Start Blender on ``blend_path`` and return once its runner said hello."""
+        """Start Blender on ``blend_path`` (None: a spare, see :meth:`open`) and return
+        once its runner said hello."""
         # the log is closed in _close(); file I/O goes to a thread, off the event loop
         log = await asyncio.to_thread(open, log_path, "ab")
         runner = cls(log)
@@ -195,9 +211,7 @@ class Runner:
         tail = self.log_tail()
         line = next((ln for ln in reversed(self._tail) if any(m in ln for m in _BAD_BLEND)), None)
         if line is not None:
-            detail = line.removeprefix("Error: ").strip()
-            return RunnerError(f"Blender could not open the .blend file: {detail}",
-                               "bad_blend", False, tail)
+            return _bad_blend(line, tail)
         if returncode < 0:
             return RunnerError(f"{describe_exit(returncode)} while starting.", "crash", True, tail)
         return RunnerError(f"{describe_exit(returncode)} before the render runner started; "
@@ -247,6 +261,55 @@ class Runner:
                 self._events.put_nowait(event)
             else:
                 self._tail.append("[blenderfarm] the runner sent a line that is not an event")
+
+    async def open(self, blend_path: str, *, cwd: str, log_path: str,
+                   allow_scripts: bool = False, timeout: float = 120) -> None:
+        """Load a job's file into this spare: from now on its output goes to ``log_path``
+        and it renders that job. Raises RunnerError (bad_blend, crash, startup_failed,
+        startup_timeout, as :meth:`start` does) and then the spare is dead."""
+        if not self.alive:
+            raise RunnerError("The Blender runner is not running.", "not_running", True,
+                              self.log_tail())
+        log = await asyncio.to_thread(open, log_path, "ab")
+        # the pump writes one chunk at a time: the next goes to the job's log
+        self._old_logs.append(self._log)
+        self._log = log
+        self._tail.clear()  # an error report shows this job's lines only
+        self._drain()
+        finished = False
+        try:
+            await self._send({"cmd": "open", "blend": os.path.abspath(blend_path),
+                              "cwd": os.path.abspath(cwd), "scripts": allow_scripts})
+            async with asyncio.timeout(timeout):
+                while True:
+                    event = await self._next_event(None)
+                    if event["ev"] == "opened":
+                        self.hello["file"] = event.get("file")
+                        finished = True
+                        return
+                    if event["ev"] == "error":
+                        if event.get("reason") == "bad_blend":
+                            raise _bad_blend(str(event.get("message")), self.log_tail())
+                        raise RunnerError(str(event.get("message") or "The open failed."),
+                                          str(event.get("reason") or "startup_failed"),
+                                          bool(event.get("retryable", False)), self.log_tail())
+                    if event["ev"] in ("_exit", "_eof"):
+                        raise self._startup_error(await self._exit_code())
+        except TimeoutError:
+            raise RunnerError(f"Blender did not open the .blend file within {timeout:.0f} s.",
+                              "startup_timeout", True, self.log_tail()) from None
+        finally:
+            if not finished:
+                self.kill()
+
+    async def _exit_code(self) -> int:
+        """Blender's exit code once it is gone (killed if it lingers)."""
+        assert self._exit_task is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._exit_task), STOP_GRACE)
+        except TimeoutError:  # the runner hung up but Blender lingers
+            self.kill()
+            return await self._exit_task
 
     # --- Blender's output --------------------------------------------------------------------
 
@@ -405,12 +468,7 @@ class Runner:
                               self.log_tail()) from exc
 
     async def _crash_error(self, task_id: str) -> RunnerError:
-        assert self._exit_task is not None
-        try:
-            returncode = await asyncio.wait_for(asyncio.shield(self._exit_task), STOP_GRACE)
-        except TimeoutError:  # the runner hung up but Blender lingers
-            self.kill()
-            returncode = await self._exit_task
+        returncode = await self._exit_code()
         return RunnerError(f"{describe_exit(returncode)} while rendering task {task_id}.",
                            "crash", True, self.log_tail())
 
@@ -462,7 +520,8 @@ class Runner:
         if self._getter is not None:
             await asyncio.gather(self._getter, return_exceptions=True)
             self._getter = None
-        self._log.close()
+        for log in [*self._old_logs, self._log]:
+            log.close()
 
     async def __aenter__(self) -> Runner:
         return self

@@ -2,15 +2,20 @@
 
 bf-node starts it as::
 
-    blender -b --disable-autoexec JOB.blend --python runner.py -- --port P --secret S
+    blender -b --disable-autoexec --python runner.py -- --port P --secret S [--blend JOB.blend]
 
 It connects to the agent on 127.0.0.1:P and speaks JSON lines (one UTF-8 JSON object
 a line). It keeps Blender, and the loaded .blend, alive between tasks so the frames
 of one job do not each pay for a Blender start and a file load. Blender's own
 stdout/stderr are a log for people, never the channel.
 
-Agent -> runner: ``{"cmd": "render", ...}`` and ``{"cmd": "quit"}``.
-Runner -> agent: ``hello``, ``frame_start``, ``progress``, ``frame_done``,
+With ``--blend`` it opens that file before its hello. Without, it is a node's warm
+spare: it says hello with no file and waits for ``{"cmd": "open", "blend": PATH,
+"cwd": JOB_DIR, "scripts": BOOL}``, answered by ``opened`` (or an ``error`` with reason
+``bad_blend``); a spare opens one file in its life.
+
+Agent -> runner: ``open``, ``{"cmd": "render", ...}`` and ``{"cmd": "quit"}``.
+Runner -> agent: ``hello``, ``opened``, ``frame_start``, ``progress``, ``frame_done``,
 ``task_done`` and ``error`` events (see ``blenderfarm/node/runner_proc.py``);
 ``frame_done`` carries the frame's ``path`` and the ``extras`` its compositor's File
 Output nodes wrote, all in the task's output dir (see "File Output nodes" below).
@@ -653,50 +658,88 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="runner.py")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--secret", required=True)
-    parser.add_argument("--blend", required=True)
+    parser.add_argument("--blend")  # none: a spare, which waits for an open command
     return parser.parse_args(args)
 
 
-def open_blend(path: str) -> None:
+class BlendError(Exception):
+    """Blender could not open the .blend; the message is Blender's own words."""
+
+
+def open_blend(path: str, scripts: bool) -> None:
     """Load the job's .blend, by its path relative to the working folder (the job's
     folder on a node) where it is under it: Blender keeps the path as given, so a
     burned-in stamp and an image's "File" metadata show the project's own path
     (``./shots/shot.blend``), the same on every node, not this node's work dir. ``//``
-    paths (textures, libraries) resolve as ever. Scripts in it run only when the
-    node allows them (``--enable-autoexec``)."""
+    paths (textures, libraries) resolve as ever. Scripts in it (and Python drivers) run
+    only when ``scripts`` is true: ``use_scripts`` sets Blender's auto-exec for this
+    file, whatever the command line said."""
     rel = os.path.relpath(os.path.abspath(path), os.getcwd())
     if not rel.startswith(".."):
         # "./": from a base path without it Blender resolves "//../lib.blend" to "/lib.blend"
         path = "./" + rel.replace(os.sep, "/")
-    scripts = "--enable-autoexec" in sys.argv or "-y" in sys.argv
     try:
         bpy.ops.wm.open_mainfile(filepath=path, load_ui=False, use_scripts=scripts)
     except RuntimeError as exc:
         # Blender's own words ("Cannot read file ...") are what the agent looks for
-        print(f"Error: {str(exc).removeprefix('Error: ').strip()}", flush=True)
-        sys.exit(1)
+        detail = str(exc).removeprefix("Error: ").strip()
+        print(f"Error: {detail}", flush=True)
+        raise BlendError(detail) from exc
+
+
+def open_on_command(channel: Channel, cmd: dict) -> bool:
+    """A spare's ``open`` command: into the job's folder, load its file; True if it did."""
+    blend, cwd = cmd.get("blend"), cmd.get("cwd")
+    if not isinstance(blend, str) or not isinstance(cwd, str) or not os.path.isabs(cwd):
+        channel.send(_error_event(None, TaskError(
+            "bad_command", "An open command needs a blend path and an absolute cwd.", False)))
+        return False
+    try:
+        os.chdir(cwd)
+        open_blend(blend, bool(cmd.get("scripts")))
+    except (BlendError, OSError) as exc:
+        channel.send(_error_event(None, TaskError("bad_blend", str(exc), False)))
+        return False
+    channel.send({"ev": "opened", "file": bpy.data.filepath})
+    return True
+
+
+def serve(channel: Channel, opened: bool, oidn: bool) -> None:
+    """Answer commands until quit; a spare opens its file first (open_on_command)."""
+    for cmd in channel.commands():
+        kind = cmd.get("cmd")
+        if kind == "quit":
+            break
+        if kind == "open" and not opened:
+            if not open_on_command(channel, cmd):
+                break  # its state is unknown: the agent stops it
+            opened = True
+            install_handlers()  # after the load, which drops handlers that are not @persistent
+        elif kind == "render" and opened:
+            run_task(channel, cmd, oidn)
+        else:
+            channel.send(_error_event(cmd.get("task_id"), TaskError(
+                "bad_command", f"The runner cannot do {kind!r} now.", False)))
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    open_blend(args.blend)
+    if args.blend is not None:
+        try:
+            open_blend(args.blend, "--enable-autoexec" in sys.argv or "-y" in sys.argv)
+        except BlendError:
+            sys.exit(1)
     sock = socket.create_connection(("127.0.0.1", args.port), timeout=30)
     sock.settimeout(None)  # renders take as long as they take; EOF ends us
     channel = Channel(sock)
     STATE.channel = channel
     oidn = has_oidn()
-    install_handlers()
+    if args.blend is not None:
+        install_handlers()
     try:
         channel.send({"ev": "hello", "secret": args.secret, "version": version(),
                       "oidn": oidn, "file": bpy.data.filepath})
-        for cmd in channel.commands():
-            if cmd.get("cmd") == "quit":
-                break
-            if cmd.get("cmd") == "render":
-                run_task(channel, cmd, oidn)
-            else:
-                channel.send(_error_event(cmd.get("task_id"), TaskError(
-                    "bad_command", f"Unknown runner command {cmd.get('cmd')!r}.", False)))
+        serve(channel, args.blend is not None, oidn)
     finally:
         remove_handlers()
         STATE.channel = None
