@@ -164,6 +164,32 @@ def test_a_job_waiting_for_a_tag_no_node_has_says_so_on_its_page(live: Live, pag
         assert bf(live.url, "cancel", job_id).returncode == 0
 
 
+# Runs in Blender: the scene made a movie named "//render/shot_###"
+MOVIE = ("import bpy, sys\n"
+         "scene = bpy.context.scene\n"
+         "scene.render.filepath = '//render/shot_###'\n"
+         "scene.render.image_settings.file_format = 'FFMPEG'\n"
+         "bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])\n")
+
+
+def test_a_movie_scenes_job_says_how_its_frames_come_back(live: Live, page: Page,
+                                                          tmp_path: Path) -> None:
+    from scenes import run_blender
+
+    movie = tmp_path / "movie.blend"
+    assert run_blender([str(live.scene), "--python-expr", MOVIE, "--", str(movie)]
+                       ).returncode == 0
+    # a tag no node has: it waits, and its page is what is tested
+    job_id = submit(live.url, movie, "--frames", "1", "--tag", "nobody-has-it")
+    try:
+        page.goto(f"{live.url}/#/jobs/{job_id}")
+        expect(page.locator("dt:text-is('Note') + dd")).to_contain_text(
+            "lossless PNG", timeout=20_000)
+        expect(page.locator("dt:text-is('Output') + dd")).to_have_text("shot_###")
+    finally:
+        assert bf(live.url, "cancel", job_id).returncode == 0
+
+
 def test_a_long_frame_shows_its_progress_and_an_eta_on_the_job_page(
         live: Live, page: Page, tmp_path: Path) -> None:
     from scenes import run_blender

@@ -435,6 +435,10 @@ class Agent:
                             await asyncio.wait_for(self._wake.wait(), SPARE_IDLE)
                     if not self._wake.is_set():
                         self._spare = asyncio.create_task(self._start_spare(), name="bf-spare")
+                        # a failure is said when a job takes it (_take_spare), or never
+                        # needed: not "Task exception was never retrieved" at exit
+                        self._spare.add_done_callback(
+                            lambda t: t.cancelled() or t.exception())
                 await self._wake.wait()
                 continue
             held.started = True

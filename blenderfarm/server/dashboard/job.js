@@ -195,10 +195,13 @@ function detailsPanel(job) {
   const rows = [
     ["Frames", `${job.frames} (chunk ${job.chunk})`], ["File", job.blend],
     ["Scene", job.scene || "(the file's)"], ["Overrides", overrides],
-    ["Output", `${job.output_name}_####`], ["Files", String(job.files ?? "—")],
+    // the file part of the scene's output path, its frames named as Blender names them
+    ["Output", job.output_pattern || "(none: Blender's 0001, 0002, ...)"],
+    ["Files", String(job.files ?? "—")],
     ["Created", clock(job.created)], ["Started", clock(job.started)],
     ["Finished", clock(job.finished)], ["Job id", job.id],
   ];
+  for (const note of job.notes || []) rows.push(["Note", note]);  // e.g. a movie's frames as PNG
   if (blocked.length) rows.push(["Blocklisted", blocked.join(", ")]);
   if (job.needs_oidn) rows.push(["Denoise", "needs a node with OpenImageDenoise"]);
   if (job.needs_opengl) rows.push(["OpenGL", "needs a node that can render Eevee and Workbench"]);
