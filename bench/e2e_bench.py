@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from render_bench import blender, free_port, start, stop  # noqa: E402
+from render_bench import blender, free_port, make_anim, start, stop  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -96,12 +96,7 @@ def wait_online(url: str, node: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
-    subprocess.run([blender(), "-b", "--factory-startup", "--python",
-                    str(ROOT / "examples" / "make_scene.py"), "--", "anim", str(work / "scene"),
-                    "--frames", str(args.frames), "--res", str(args.res),
-                    "--samples", str(args.samples)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    blend = work / "scene" / "anim.blend"
+    blend = make_anim(work, args.frames, args.res, args.samples)
     url = f"http://127.0.0.1:{free_port()}"
     server = start([str(BIN / "bf-server"), "--data-dir", str(work / "server"), "--port",
                     url.rsplit(":", 1)[1], "--log-level", "WARNING"], work / "server.log")

@@ -101,6 +101,15 @@ def farm(blend: Path, frames: int, work: Path, persistent: bool, url: str) -> fl
         stop(node)
 
 
+def make_anim(work: Path, frames: int, res: int, samples: int) -> Path:
+    """The benchmarks' light scene (examples/make_scene.py "anim") in ``work/scene``."""
+    subprocess.run([blender(), "-b", "--factory-startup", "--python",
+                    str(ROOT / "examples" / "make_scene.py"), "--", "anim", str(work / "scene"),
+                    "--frames", str(frames), "--res", str(res), "--samples", str(samples)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    return work / "scene" / "anim.blend"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=30)
@@ -111,12 +120,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bf-bench-") as tmp:
         work = Path(tmp)
-        subprocess.run([blender(), "-b", "--factory-startup", "--python",
-                        str(ROOT / "examples" / "make_scene.py"), "--", "anim", str(work / "scene"),
-                        "--frames", str(args.frames), "--res", str(args.res),
-                        "--samples", str(args.samples)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        blend = work / "scene" / "anim.blend"
+        blend = make_anim(work, args.frames, args.res, args.samples)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = start([str(BIN / "bf-server"), "--data-dir", str(work / "server"),
