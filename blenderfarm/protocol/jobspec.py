@@ -21,6 +21,7 @@ from .paths import PathError, is_utf8, normalize_relpath
 #: only the format changes, the scene's colour mode, depth and codecs stay where the
 #: format has them
 FORMATS = ("PNG", "JPEG", "OPEN_EXR", "OPEN_EXR_MULTILAYER", "TIFF")
+DEVICES = ("CPU", "GPU")  # overrides.device: what Cycles renders with
 ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH")
 #: engines that draw with OpenGL: a node renders them only with a display (xvfb) or a GPU
 #: driver (its hello's ``blender.opengl``); the runner keeps a twin of this list
@@ -80,6 +81,12 @@ class Overrides:
     format: str | None = None
     camera: str | None = None
     denoise: bool | None = None
+    #: "CPU" or "GPU" (DEVICES): what Cycles renders with; None: the scene's own setting
+    #: (on a GPU slot, its GPUs; on a CPU slot, the CPU)
+    device: str | None = None
+    #: Cycles' persistent data (``render.use_persistent_data``): a node keeps the
+    #: scene's BVH and images between the frames of a task; None: the scene's setting
+    persistent_data: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict (a deep copy): this runs for every task assigned.
@@ -177,9 +184,10 @@ def validate_overrides(data: Any) -> Overrides:
         if key not in known:
             raise SpecError(f"overrides.{key}", "unknown override")
     p = "overrides."
-    denoise = data.get("denoise")
-    if denoise is not None and not isinstance(denoise, bool):
-        raise SpecError(p + "denoise", "must be true, false or null")
+    for flag in ("denoise", "persistent_data"):
+        value = data.get(flag)
+        if value is not None and not isinstance(value, bool):
+            raise SpecError(p + flag, "must be true, false or null")
     return Overrides(
         engine=_str(data, "engine", p, ENGINES),
         samples=_int(data, "samples", p, 1, 1_000_000, None),
@@ -188,7 +196,9 @@ def validate_overrides(data: Any) -> Overrides:
         resolution_y=_int(data, "resolution_y", p, 4, 65536, None),
         format=_str(data, "format", p, FORMATS),
         camera=_str(data, "camera", p, max_len=64),
-        denoise=denoise,
+        denoise=data.get("denoise"),
+        device=_str(data, "device", p, DEVICES),
+        persistent_data=data.get("persistent_data"),
     )
 
 

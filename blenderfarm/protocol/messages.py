@@ -83,6 +83,19 @@ class Message:
 
 
 @dataclass
+class Device:
+    """One Cycles compute device (a GPU) a node's Blender sees, by backend: one card
+    shows up once per backend that drives it (CUDA and OptiX, say)."""
+
+    type: Name  # "CUDA", "OPTIX", "HIP", "ONEAPI", "METAL"
+    id: Name  # Cycles' own id of the device (``bpy``'s ``CyclesDeviceSettings.id``)
+    name: Name = ""  # "NVIDIA H200"
+    #: the card it is, the same for all its backends and all Blenders of the node
+    #: (the node's key, e.g. its PCI address): which slot uses it
+    gpu: Name = ""
+
+
+@dataclass
 class BlenderCaps:
     """What a node's Blender can do (its probe), in the node's hello."""
 
@@ -95,6 +108,25 @@ class BlenderCaps:
     opengl: bool = False
     cycles_devices: list[Name] = field(default_factory=lambda: ["CPU"])
     threads: Count = 1
+    #: "executable" (``blender -b``) or "module" (a Python with the ``bpy`` module)
+    kind: Name = "executable"
+    #: its GPUs, by backend (the CPU is always there and not listed)
+    devices: Annotated[list[Device], Limit(256)] = field(default_factory=list)
+
+
+#: what a slot renders with: the CPU, or the GPUs it names
+SLOT_DEVICES = ("CPU", "GPU")
+
+
+@dataclass
+class SlotCaps:
+    """A slot: what runs one task at a time on a node (one runner), with its devices:
+    the CPU, or one or more GPUs (``Device.gpu`` keys). A node with k GPUs has k GPU
+    slots when it runs one task per GPU."""
+
+    id: Id  # "cpu", "gpu0", ...: unique on the node
+    device: Name = "CPU"  # one of SLOT_DEVICES
+    gpus: Annotated[list[Name], Limit(64)] = field(default_factory=list)
 
 
 @dataclass
@@ -119,7 +151,13 @@ class Hello(Message):
     name: Name
     uid: Id  # stable id the node keeps on disk, so a reconnect is the same node
     token: Name | None = None
+    #: its first Blender (for servers from before ``blenders``)
     blender: BlenderCaps = field(default_factory=BlenderCaps)
+    #: every Blender it has, the first being ``blender``; [] (a node from before):
+    #: ``[blender]``. An assign names one by its index here.
+    blenders: Annotated[list[BlenderCaps], Limit(16)] = field(default_factory=list)
+    #: its slots; [] (a node from before): one CPU slot named "0"
+    slots: Annotated[list[SlotCaps], Limit(64)] = field(default_factory=list)
     threads: Count = 1
     ram: Count = 0
     gpus: Annotated[list[Name], Limit(256)] = field(default_factory=list)
@@ -128,6 +166,9 @@ class Hello(Message):
     #: task ids held from before a reconnect
     running: Annotated[list[Id], Limit(10_000)] = field(default_factory=list)
     agent_version: Name = ""
+    #: the slot each task of ``running`` is in (task id -> slot id); a task not named
+    #: here is in the first slot
+    holding: Annotated[dict[Id, Id], Limit(10_000)] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,6 +252,10 @@ class Assign(Message):
     #: the frames' names as Blender makes them from the scene's output path
     #: (jobspec.JobSpec.output_pattern, ``shot_###``); None: ``<output_name>_####``
     output_pattern: Name | None = None
+    #: the slot that runs it (one of the hello's ``slots``; "0" on a node from before)
+    slot: Id = "0"
+    #: which of the hello's ``blenders`` runs it (an index into that list)
+    blender: Annotated[int, Limit(0, 15)] = 0
 
 
 @dataclass
