@@ -19,6 +19,7 @@ Usage: ``python bench/e2e_bench.py [--frames 30] [--repeat 3] [--write docs/benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +86,30 @@ def through_cli(blend: Path, frames: int, url: str, run: int) -> dict[str, float
             "render": finished - float(job["started"])}
 
 
+def render_job(url: str, blend: Path, frames: int, out: Path,
+               options: Sequence[str] = ()) -> dict[str, float]:
+    """``bf submit`` frames 1 to ``frames`` of ``blend`` (with ``options``), ``bf wait``,
+    then ``bf download`` them into ``out``; seconds ``wall`` (from before the submit to
+    `bf wait` gone) and ``render`` (the job's first task starting to its end)."""
+    t0 = time.perf_counter()
+    sub = bf(url, "submit", str(blend), "--frames", f"1-{frames}", *options)
+    if sub.returncode != 0:
+        sys.exit(f"bench: bf submit failed: {sub.stderr}")
+    job_id = sub.stdout.strip().splitlines()[-1]
+    waited = bf(url, "wait", job_id)
+    wall = time.perf_counter() - t0
+    job = json.loads(bf(url, "--json", "show", job_id).stdout)["job"]
+    if waited.returncode != 0 or job["status"] != "completed" or job["frames_done"] != frames:
+        sys.exit(f"bench: the job ended {job['status']}: {job.get('error')}")
+    if bf(url, "download", job_id, str(out), "--flat").returncode != 0:
+        sys.exit(f"bench: bf download of {job_id} failed")
+    return {"wall": wall, "render": float(job["finished"]) - float(job["started"])}
+
+
+class NodeDown(SystemExit):
+    """The bench's node did not come online (exits like sys.exit, naming its log)."""
+
+
 def wait_online(url: str, node: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60
     while True:
@@ -91,33 +117,41 @@ def wait_online(url: str, node: subprocess.Popen[bytes], log: Path) -> None:
         if nodes.returncode == 0 and any(n["online"] for n in json.loads(nodes.stdout)["nodes"]):
             return
         if time.monotonic() > deadline or node.poll() is not None:
-            sys.exit(f"bench: the node did not come up; see {log}")
+            raise NodeDown(f"bench: the node did not come up; see {log}")
         time.sleep(0.2)
 
 
-def measure(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
-    blend = make_anim(work, args.frames, args.res, args.samples)
+@contextlib.contextmanager
+def local_farm(work: Path, node_args: Sequence[str] = ()) -> Iterator[str]:
+    """A real bf-server and one bf-node (``node_args`` added to its command line) under
+    ``work``, both stopped on leaving; yields the server's URL once the node is online."""
     url = f"http://127.0.0.1:{free_port()}"
     server = start([str(BIN / "bf-server"), "--data-dir", str(work / "server"), "--port",
                     url.rsplit(":", 1)[1], "--log-level", "WARNING"], work / "server.log")
     node = None
-    times: dict[str, list[float]] = {"direct": []}
     try:
         for _ in range(200):
             if "listening on" in (work / "server.log").read_text():
                 break
             time.sleep(0.05)
         node = start([str(BIN / "bf-node"), "--server", url, "--work-dir", str(work / "node"),
-                      "--name", "e2e"], work / "node" / "node.log")
+                      "--name", "e2e", *node_args], work / "node" / "node.log")
         wait_online(url, node, work / "node" / "node.log")
-        for run in range(args.repeat):
-            times["direct"].append(direct(blend, work))
-            for key, value in through_cli(blend, args.frames, url, run).items():
-                times.setdefault(key, []).append(value)
+        yield url
     finally:
         if node is not None:
             stop(node)
         stop(server)
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
+    blend = make_anim(work, args.frames, args.res, args.samples)
+    times: dict[str, list[float]] = {"direct": []}
+    with local_farm(work) as url:
+        for run in range(args.repeat):
+            times["direct"].append(direct(blend, work))
+            for key, value in through_cli(blend, args.frames, url, run).items():
+                times.setdefault(key, []).append(value)
     return times
 
 
@@ -160,14 +194,17 @@ def main() -> int:
     return 0 if ratio <= 1.25 and statistics.median(times["exit"]) <= 0.1 else 1
 
 
-def write_section(path: Path, lines: list[str]) -> None:
-    """Put these figures in ``path`` as their own section, before any history."""
+def write_section(path: Path, lines: list[str], heading: str = HEADING,
+                  intro: str = "`bench/e2e_bench.py`, through the real `bf` command line:"
+                  ) -> None:
+    """Put these figures in ``path`` as their own section (``heading``, then ``intro``),
+    in place of that section's old figures, before any history."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     head, sep, history = text.partition("<!-- history -->")
-    before, _, after = head.partition(HEADING)
+    before, _, after = head.partition(heading)
     rest = after.split("\n## ", 1)
     tail = ("\n## " + rest[1]) if len(rest) == 2 else ""
-    section = (f"{HEADING}\n\n`bench/e2e_bench.py`, through the real `bf` command line:\n\n"
+    section = (f"{heading}\n\n{intro}\n\n"
                "```\n" + "\n".join(lines) + "\n```\n")
     body = before.rstrip("\n") + "\n\n" + section.rstrip("\n")
     if tail:

@@ -83,6 +83,8 @@ if args.get("python_edit"):  # edits from Python, as a script makes: is_dirty st
     scene = bpy.context.scene
     scene.cycles.samples = 7
     scene.blenderfarm.camera = scene.camera  # the Camera override
+    scene.blenderfarm.device = "CPU"  # and the Device and Persistent Data ones
+    scene.blenderfarm.persistent_data = "ON"
     bpy.ops.wm.save_as_mainfile(filepath=args["reference"], copy=True)
 out["dirty"] = bpy.data.is_dirty
 out["filepath"] = bpy.data.filepath
@@ -272,10 +274,11 @@ def test_blender34_submits_python_edits_that_leave_the_file_clean(zips, farm_pro
     check_common(result, frame)
     assert not result["dirty"], "the edit must be one that is_dirty misses"
     job = get_json(f"{server.url}/api/jobs/{result['job_id']}")["job"]
-    assert job["overrides"] == {"camera": "Camera"}
+    assert job["overrides"] == {"camera": "Camera", "device": "CPU", "persistent_data": True}
     assert job["blender_saved"] == "3.4" and job["blender"] is None  # bpy.app.version
     assert result["summary"].startswith(result["job_id"][:6] + " · ")
     assert "frames 1" in result["summary"] and "camera Camera" in result["summary"]
+    assert "CPU, persistent data on" in result["summary"]
     # The farm rendered the 7 samples in memory, not the 4 saved.
     reference = render_frames(reference_blend, [1], tmp_path / "direct7")[0]
     assert_same_image(frame, reference)

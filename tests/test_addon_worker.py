@@ -301,6 +301,27 @@ def test_job_summary_tells_two_jobs_of_one_name_apart(addon) -> None:
     assert time.strftime("%H:%M", time.localtime(now - 30)) in b
 
 
+def test_device_and_persistent_data_are_submitted_and_shown_as_set(addon) -> None:
+    """The panel's Overrides (a stand-in for Scene.blenderfarm) become the spec's, the
+    scene's own setting is left out, and the job's line says what was set."""
+    panel = SimpleNamespace(use_samples=False, use_resolution=False, file_format="SCENE",
+                            denoise="SCENE", device="SCENE", persistent_data="SCENE",
+                            camera=None)
+    assert addon.submit.panel_overrides(panel) == {}
+    panel.device, panel.persistent_data = "GPU", "ON"
+    assert addon.submit.panel_overrides(panel) == {"device": "GPU", "persistent_data": True}
+    panel.device, panel.persistent_data = "CPU", "OFF"
+    chosen = addon.submit.panel_overrides(panel)
+    assert chosen == {"device": "CPU", "persistent_data": False}
+    addon.submit.check_settings(name="x", frames="1", chunk=1, priority=50, overrides=chosen,
+                                scene=None, on_missing="ask")
+    line = addon.wording.job_summary({"id": "3fa2b1c4d5e6", "frames": "1-9",
+                                      "overrides": {"samples": 7, **chosen}})
+    assert line.endswith("frames 1-9 · 7 samples, CPU, persistent data off"), line
+    assert "GPU, persistent data on" in addon.wording.describe_overrides(
+        {"device": "GPU", "persistent_data": True})
+
+
 def test_long_sentences_wrap_without_cutting_a_url(addon) -> None:
     url = "http://render-farm-server.studio.example.com:8765"
     text = (f"Cannot reach the farm server at {url} (connection refused): is bf-server "

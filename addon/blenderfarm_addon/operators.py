@@ -31,6 +31,7 @@ from .submit import (
     discard_copy,
     frame_range,
     load_pack,
+    panel_overrides,
     parse_tags,
     plan_copy,
     scene_naming,
@@ -230,7 +231,7 @@ class BLENDERFARM_OT_submit(TaskOperator, Operator):
         policy = {"ASK": MISSING_ASK if ask else MISSING_CONTINUE, "CONTINUE": MISSING_CONTINUE,
                   "CANCEL": MISSING_CANCEL}[self.on_missing]
         fields = dict(name=s.job_name, frames=frames, chunk=s.chunk, priority=s.priority,
-                      overrides=overrides(s), scene=context.scene.name, on_missing=policy,
+                      overrides=panel_overrides(s), scene=context.scene.name, on_missing=policy,
                       tags=parse_tags(s.tags), blender=s.blender.strip() or None)
         check_settings(**fields)  # before saving anything
         if s.camera is None and context.scene.camera is None:
@@ -276,22 +277,6 @@ class BLENDERFARM_OT_submit(TaskOperator, Operator):
         status.remember_job(scene, job)
         print(f"Blenderfarm: submitted job {job['id']}", flush=True)
         self.say(context, message.summary, "DONE")
-
-
-def overrides(settings) -> dict:
-    """The job spec's ``overrides`` from the panel's settings."""
-    out: dict = {}
-    if settings.use_samples:
-        out["samples"] = settings.samples
-    if settings.use_resolution:
-        out["resolution_percent"] = settings.resolution_percent
-    if settings.file_format != "SCENE":
-        out["format"] = settings.file_format
-    if settings.denoise != "SCENE":
-        out["denoise"] = settings.denoise == "ON"
-    if settings.camera is not None:
-        out["camera"] = settings.camera.name
-    return out
 
 
 class BLENDERFARM_OT_missing_files(Operator):

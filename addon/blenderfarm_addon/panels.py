@@ -102,6 +102,8 @@ class BLENDERFARM_PT_render_on_farm_overrides(FarmPanel, Panel):
         layout.prop(settings, "camera")  # empty: the scene's camera
         layout.prop(settings, "file_format")
         layout.prop(settings, "denoise")
+        layout.prop(settings, "device")
+        layout.prop(settings, "persistent_data")
 
 
 class BLENDERFARM_PT_render_on_farm_submit(FarmPanel, Panel):

@@ -130,6 +130,19 @@ class BLENDERFARM_PG_settings(PropertyGroup):
         items=[("SCENE", "Scene's Setting", "Keep the scene's denoising setting"),
                ("ON", "On", "Denoise (only nodes with OpenImageDenoise take the job)"),
                ("OFF", "Off", "Do not denoise")])
+    device: EnumProperty(
+        name="Device", description="What Cycles renders with on the farm",
+        items=[("SCENE", "Scene's Setting", "Keep the scene's device: a node's GPU slot "
+                "renders it with its GPUs, a CPU slot with the CPU"),
+               ("CPU", "CPU", "Render on the CPU (only nodes' CPU slots take the job)"),
+               ("GPU", "GPU", "Render on GPUs (only nodes' GPU slots take the job)")])
+    persistent_data: EnumProperty(
+        name="Persistent Data", description="Keep the scene's data (BVH, images) in "
+                                            "memory from one frame to the next on a node",
+        items=[("SCENE", "Scene's Setting", "Keep the scene's persistent data setting"),
+               ("ON", "On", "Build the scene once in each node's Blender, not for every "
+                "frame: faster for heavy scenes, at the cost of memory"),
+               ("OFF", "Off", "Rebuild the scene's data for every frame")])
     camera: PointerProperty(
         name="Camera", type=bpy.types.Object, poll=_is_camera,
         description="Render through this camera of the scene (empty: the scene's camera)")

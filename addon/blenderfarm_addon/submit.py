@@ -154,6 +154,27 @@ def parse_tags(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in text.replace(",", " ").split() if t))
 
 
+def panel_overrides(settings: Any) -> dict[str, Any]:
+    """The job spec's ``overrides`` from the panel's settings (``Scene.blenderfarm``, or
+    anything with its attributes): only what the user set, the rest is the scene's."""
+    out: dict[str, Any] = {}
+    if settings.use_samples:
+        out["samples"] = settings.samples
+    if settings.use_resolution:
+        out["resolution_percent"] = settings.resolution_percent
+    if settings.file_format != "SCENE":
+        out["format"] = settings.file_format
+    if settings.denoise != "SCENE":
+        out["denoise"] = settings.denoise == "ON"
+    if settings.device != "SCENE":
+        out["device"] = settings.device
+    if settings.persistent_data != "SCENE":
+        out["persistent_data"] = settings.persistent_data == "ON"
+    if settings.camera is not None:
+        out["camera"] = settings.camera.name
+    return out
+
+
 def scene_naming(output_path: str, file_format: str) -> dict[str, str]:
     """The spec's ``output_pattern`` and ``scene_format`` for a scene with this output
     path and format: frames come back named as Blender names them."""

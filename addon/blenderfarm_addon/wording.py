@@ -62,7 +62,8 @@ def job_summary(job: dict[str, Any], now: float | None = None) -> str:
 
 
 def describe_overrides(overrides: dict[str, Any]) -> str:
-    """``7 samples, 50%, PNG, camera Cam, denoise off``; "" when none."""
+    """``7 samples, 50%, PNG, camera Cam, denoise off, GPU, persistent data on``; ""
+    when none."""
     words = []
     if overrides.get("samples") is not None:
         words.append(f"{overrides['samples']} samples")
@@ -74,6 +75,10 @@ def describe_overrides(overrides: dict[str, Any]) -> str:
         words.append(f"camera {overrides['camera']}")
     if overrides.get("denoise") is not None:
         words.append("denoise " + ("on" if overrides["denoise"] else "off"))
+    if overrides.get("device"):
+        words.append(str(overrides["device"]))
+    if overrides.get("persistent_data") is not None:
+        words.append("persistent data " + ("on" if overrides["persistent_data"] else "off"))
     return ", ".join(words)
 
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from ..protocol.frames import FrameRangeError, parse_frames
-from ..protocol.jobspec import FORMATS, SpecError, safe_pattern, validate_spec
+from ..protocol.jobspec import DEVICES, FORMATS, SpecError, safe_pattern, validate_spec
 from ..protocol.version import __version__
 from . import control_cli
 from . import progress as fmt
@@ -174,6 +174,14 @@ def _submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-denoise", action="store_true", help="turn denoising off")
     p.add_argument("--camera", help="render through this camera object (default: the "
                    "scene's active camera)")
+    p.add_argument("--device", type=str.upper, choices=DEVICES,
+                   help="Cycles renders on the CPU (only nodes' CPU slots take the job) or "
+                   "on GPUs (only GPU slots); default: the scene's own device setting, "
+                   "with the GPUs of the slot that takes it")
+    p.add_argument("--persistent-data", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the scene's data (BVH, images) in memory from one frame to "
+                   "the next in a node's Blender, so that a heavy scene is built once, not "
+                   "for every frame (default: the scene's own setting)")
     p.add_argument("--tag", action="append", default=[], dest="tags", metavar="TAG",
                    help="render only on nodes started with --tag TAG (repeat: every tag "
                    "is required)")
@@ -294,13 +302,7 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
     if not blend.is_file():
         raise CliError(f"No such .blend file: {blend}")
     frames = _submit_frames(args, blend, ctx)
-    overrides = {
-        "samples": args.samples,
-        "resolution_percent": args.resolution_percent,
-        "format": args.format,
-        "camera": args.camera,
-        "denoise": False if args.no_denoise else None,
-    }
+    overrides = submit_overrides(args)
     _prevalidate(args, frames, overrides)
     _check_server(ctx)  # before packing: a long pack then "unreachable" wastes minutes
     with tempfile.TemporaryDirectory(prefix="bf-pack-") as tmp:
@@ -335,6 +337,19 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
     elif not args.wait:
         print(job["id"], file=ctx.out, flush=True)
     return code
+
+
+def submit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The job's ``overrides`` from ``bf submit``'s options; None keeps the scene's own."""
+    return {
+        "samples": args.samples,
+        "resolution_percent": args.resolution_percent,
+        "format": args.format,
+        "camera": args.camera,
+        "denoise": False if args.no_denoise else None,
+        "device": args.device,
+        "persistent_data": args.persistent_data,
+    }
 
 
 def _submit_frames(args: argparse.Namespace, blend: pathlib.Path, ctx: Ctx) -> str:

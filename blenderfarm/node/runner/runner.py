@@ -256,6 +256,25 @@ def _set_camera(scene, name: str) -> None:
     SETTINGS.set(scene, "camera", obj)
 
 
+#: each scene's own persistent data setting, as its file has it (by scene name)
+_FILES_PERSISTENT_DATA: dict[str, bool] = {}
+
+
+def _set_persistent_data(scene, wanted) -> None:
+    """Persistent data as the task wants it (None: as the file has it), set at every
+    task's start. With it on, Cycles keeps the scene's BVH, shaders and images between
+    the frames this Blender renders and updates only what a frame changed. Not through
+    SETTINGS: its restore between tasks would turn it off, and turning it off frees that
+    data (Blender's own update of the property), so a job of one-frame tasks (the
+    farm's default) would build everything for every frame. Here the next task keeps
+    the data when it wants it too, and frees it when it does not."""
+    render = scene.render
+    own = _FILES_PERSISTENT_DATA.setdefault(scene.name, bool(render.use_persistent_data))
+    value = own if wanted is None else bool(wanted)
+    if bool(render.use_persistent_data) != value:
+        render.use_persistent_data = value
+
+
 def apply_overrides(scene, overrides: dict) -> None:
     """Apply the job's overrides (keys of protocol.jobspec.Overrides) to the scene.
 
@@ -285,6 +304,7 @@ def apply_overrides(scene, overrides: dict) -> None:
         _set_camera(scene, str(overrides["camera"]))
     if overrides.get("denoise") is not None:
         _set_denoise(scene, bool(overrides["denoise"]))
+    _set_persistent_data(scene, overrides.get("persistent_data"))
     if overrides.get("threads"):  # a node setting (bf-node --threads), not a job override
         SETTINGS.set(render, "threads_mode", "FIXED")
         SETTINGS.set(render, "threads", int(overrides["threads"]))
