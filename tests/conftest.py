@@ -64,13 +64,25 @@ def no_blocking(request: pytest.FixtureRequest) -> Iterator:
         yield bb
 
 
-@pytest.fixture(scope="session")
-def bpy45_python() -> str:
-    """The python of the Blender 4.5 ``bpy`` venv (made once by tests/bpy45_env.sh, from
-    pip's cache when it holds the wheel); skips when it cannot be made."""
-    env_script = Path(__file__).parent / "bpy45_env.sh"
-    proc = subprocess.run(["bash", str(env_script)], capture_output=True, text=True,
+def bpy_python(version: str) -> str:
+    """The python of the ``bpy`` venv of Blender ``version`` ("4.5", "5.0"), made once by
+    tests/bpy_env.sh (from pip's cache when it holds the wheels, else downloaded); skips
+    the test, saying why, when it cannot be made."""
+    env_script = Path(__file__).parent / "bpy_env.sh"
+    proc = subprocess.run(["bash", str(env_script), version], capture_output=True, text=True,
                           timeout=900, check=False)
     if proc.returncode != 0:
-        pytest.skip(f"no Blender 4.5 bpy venv: {proc.stderr.strip().splitlines()[-1:]}")
+        pytest.skip(f"no Blender {version} bpy venv: {proc.stderr.strip().splitlines()[-1:]}")
     return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def bpy45_python() -> str:
+    """The python of the Blender 4.5 ``bpy`` venv (the add-on tests)."""
+    return bpy_python("4.5")
+
+
+@pytest.fixture(scope="session")
+def bpy50_python() -> str:
+    """The python of the Blender 5.0 ``bpy`` venv (nodes that render with the module)."""
+    return bpy_python("5.0")

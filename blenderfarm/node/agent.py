@@ -553,7 +553,8 @@ class Agent:
         spare = await self._take_spare()
         if spare is None:
             self.runner = await Runner.start(self.blender.path, blend, cwd=str(job_dir),
-                                             log_path=str(log_path), allow_scripts=scripts)
+                                             log_path=str(log_path), kind=self.blender.kind,
+                                             allow_scripts=scripts)
         else:
             try:
                 await spare.open(blend, cwd=str(job_dir), log_path=str(log_path),
@@ -578,7 +579,8 @@ class Agent:
         work = self.config.work_dir
         await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
         return await Runner.start(self.blender.path, None, cwd=str(work),
-                                  log_path=str(work / "blender-spare.log"))
+                                  log_path=str(work / "blender-spare.log"),
+                                  kind=self.blender.kind)
 
     async def _take_spare(self) -> Runner | None:
         """The spare, once it has started (or None: none, or it could not start)."""

@@ -1,13 +1,17 @@
 """Finding the Blender a node renders with, and asking it what it can do.
 
 :func:`find_blender` picks the executable (``--blender``, then ``$BLENDER``, then
-``PATH``); :func:`probe_blender` starts it once with factory settings and reads its
-version, whether its Cycles can denoise with OpenImageDenoise, its Cycles devices and
-its thread count; :func:`probe_opengl`, run beside it, renders one tiny Workbench frame
-of the factory scene to learn whether this Blender has OpenGL here (Eevee and
-Workbench need it: Debian's 3.4 in ``-b`` with neither a display nor a working EGL
-driver aborts on the first such render). The node announces that in its hello, and
-the server uses it to decide which tasks the node can take.
+``PATH``): a Blender (``blender -b``, kind "executable") or a Python with the ``bpy``
+module from PyPI (kind "module"). Which of the two it is, is found by running it, never
+from its name: as a Blender first (a Python refuses Blender's options at once, and a
+Blender always prints its banner), else as a Python. :func:`probe_blender` starts it
+once with factory settings and reads its kind, version, whether its Cycles can denoise
+with OpenImageDenoise, its Cycles devices and its thread count; :func:`probe_opengl`,
+run beside it, renders one tiny Workbench frame of the factory scene to learn whether
+this Blender has OpenGL here (Eevee and Workbench need it: Debian's 3.4 in ``-b`` with
+neither a display nor a working EGL driver aborts on the first such render). The node
+announces that in its hello, and the server uses it to decide which tasks the node can
+take.
 
 Neither loads a user .blend, and neither leaves a Blender running: each has a
 timeout and kills its process group.
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 from dataclasses import asdict, dataclass, field
@@ -29,6 +34,11 @@ OPENGL_TIMEOUT = 60.0  # seconds for the tiny render; a driver that hangs counts
 _MARKER = "BLENDERFARM_PROBE:"
 _OPENGL_MARKER = "BLENDERFARM_OPENGL_OK"
 _DEVICE_TYPES = ("CUDA", "OPTIX", "HIP", "METAL", "ONEAPI")
+#: what a Blender prints first in background mode ("Blender 4.5.3 LTS (hash ...)")
+_BANNER = re.compile(r"^Blender \d+\.\d+", re.M)
+_NO_BPY = "No module named 'bpy'"
+#: BlenderInfo.kind (protocol.messages.BlenderCaps.kind)
+EXECUTABLE, MODULE = "executable", "module"
 
 # Runs inside Blender: stdlib + bpy only, one line of JSON after the marker.
 _PROBE_SCRIPT = """
@@ -77,7 +87,7 @@ print(@MARKER@, flush=True)
 
 
 class BlenderNotFound(Exception):
-    """No usable Blender executable; the message says how to give one."""
+    """No usable Blender (executable, or Python with bpy); the message says how to give one."""
 
     def __init__(self, message: str, tried: list[str]) -> None:
         super().__init__(message)
@@ -105,6 +115,8 @@ class BlenderInfo:
     threads: int = 1
     #: it can render Eevee and Workbench here (:func:`probe_opengl`)
     opengl: bool = False
+    #: EXECUTABLE (``blender -b``) or MODULE (a Python with ``bpy``): how to start it
+    kind: str = EXECUTABLE
 
     def to_dict(self) -> dict[str, Any]:
         """The ``blender`` field of the node's hello message."""
@@ -121,7 +133,8 @@ def _executable(path: str) -> str | None:
 
 
 def find_blender(explicit: str | None = None) -> str:
-    """The Blender to use: ``explicit``, then ``$BLENDER``, then ``blender`` on PATH."""
+    """The Blender to use: ``explicit``, then ``$BLENDER``, then ``blender`` on PATH
+    (an executable file; what kind of Blender it is, the probe finds out)."""
     tried: list[str] = []
     for source, candidate in (("--blender", explicit), ("BLENDER", os.environ.get("BLENDER")),
                               ("PATH", "blender")):
@@ -134,19 +147,16 @@ def find_blender(explicit: str | None = None) -> str:
         if source != "PATH":
             # a path the user named that does not work is an error, not a hint to guess
             raise BlenderNotFound(
-                f"Blender was not found at {candidate!r} (given by {source}); "
-                "give the path of an executable Blender.", tried)
+                f"Blender was not found at {candidate!r} (given by {source}); give the "
+                "path of a Blender executable or of a Python with the bpy module.", tried)
     raise BlenderNotFound(
         "No Blender found: install Blender (3.4 or newer) and put it on PATH, "
         "or pass --blender /path/to/blender, or set BLENDER=/path/to/blender.", tried)
 
 
-async def _run_script(path: str, script: str, timeout: float) -> tuple[int | None, str]:
-    """Run ``script`` in Blender (factory settings, no window): its exit code and output.
-    Raises OSError when Blender cannot start, TimeoutError when it runs past
-    ``timeout`` (its process group is killed either way)."""
-    cmd = [path, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "1",
-           "--python-expr", script]
+async def _run(cmd: list[str], timeout: float) -> tuple[int | None, str]:
+    """Run ``cmd``: its exit code and output. Raises OSError when it cannot start,
+    TimeoutError when it runs past ``timeout`` (its process group is killed either way)."""
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True)
@@ -159,24 +169,41 @@ async def _run_script(path: str, script: str, timeout: float) -> tuple[int | Non
     return proc.returncode, out.decode("utf-8", "replace")
 
 
+async def _run_script(path: str, script: str, timeout: float,
+                      kind: str | None = None) -> tuple[str, int | None, str]:
+    """Run ``script`` in Blender (factory settings, no window): the kind it turned out
+    to be, its exit code and output. ``kind`` None: as a Blender, and where it printed
+    no Blender banner (a Python stops at the first option it lacks), as a Python with
+    ``bpy`` (whose import gives the factory settings of ``--factory-startup``). Raises
+    as :func:`_run`."""
+    if kind != MODULE:
+        code, text = await _run([path, "-b", "--factory-startup", "-noaudio",
+                                 "--python-exit-code", "1", "--python-expr", script], timeout)
+        if kind == EXECUTABLE or _BANNER.search(text):
+            return EXECUTABLE, code, text
+    code, text = await _run([path, "-c", script], timeout)
+    return MODULE, code, text
+
+
 async def probe_blender(path: str, timeout: float = PROBE_TIMEOUT) -> BlenderInfo:
-    """Start Blender once with factory settings and read what it can do."""
+    """Start Blender once with factory settings and read what it can do (and its kind)."""
     try:
-        code, text = await _run_script(path, _PROBE_SCRIPT, timeout)
+        kind, code, text = await _run_script(path, _PROBE_SCRIPT, timeout)
     except OSError as exc:
         raise BlenderProbeError(f"Could not start Blender at {path}: {exc.strerror}.", path) from exc
     except TimeoutError:
         raise BlenderProbeError(
             f"Blender at {path} did not answer within {timeout:.0f} s.", path) from None
-    return _parse_probe(path, text, code)
+    return _parse_probe(path, kind, text, code)
 
 
-async def probe_opengl(path: str, timeout: float = OPENGL_TIMEOUT) -> tuple[bool, str]:
+async def probe_opengl(path: str, timeout: float = OPENGL_TIMEOUT,
+                       kind: str | None = None) -> tuple[bool, str]:
     """Render one 8x8 Workbench frame of the factory scene: ``(True, "")`` when it
     works, else ``(False, why)``. Never raises: a node without OpenGL still renders
-    Cycles."""
+    Cycles. ``kind`` None: found out as :func:`probe_blender` does."""
     try:
-        code, text = await _run_script(path, _OPENGL_SCRIPT, timeout)
+        _, code, text = await _run_script(path, _OPENGL_SCRIPT, timeout, kind)
     except OSError as exc:
         return False, f"could not start Blender: {exc.strerror}"
     except TimeoutError:
@@ -194,13 +221,11 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _parse_probe(path: str, text: str, returncode: int | None) -> BlenderInfo:
+def _parse_probe(path: str, kind: str, text: str, returncode: int | None) -> BlenderInfo:
     line = next((ln for ln in reversed(text.splitlines()) if ln.startswith(_MARKER)), None)
     tail = "\n".join(text.splitlines()[-30:])
     if line is None:
-        raise BlenderProbeError(
-            f"Blender at {path} exited (code {returncode}) without answering the probe; "
-            "is it a working Blender 3.4 or newer?", path, tail)
+        raise BlenderProbeError(_no_answer(path, kind, text, returncode), path, tail)
     try:
         data = json.loads(line[len(_MARKER):])
         version = str(data["version"])
@@ -211,7 +236,24 @@ def _parse_probe(path: str, text: str, returncode: int | None) -> BlenderInfo:
             oidn=bool(data["oidn"]),
             cycles_devices=[str(d) for d in data["cycles_devices"]],
             threads=max(1, int(data["threads"])),
+            kind=kind,
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BlenderProbeError(f"Blender at {path} gave a probe answer we cannot read: {exc}",
                                 path, tail) from exc
+
+
+def _no_answer(path: str, kind: str, text: str, returncode: int | None) -> str:
+    """The one sentence for a probe that got no answer, saying what ``path`` seems to be."""
+    if kind == EXECUTABLE:
+        return (f"Blender at {path} exited (code {returncode}) without answering the probe; "
+                "is it a working Blender 3.4 or newer?")
+    if _NO_BPY in text:
+        return (f"{path} is a Python without the bpy module: install it there "
+                "(pip install bpy), or give the path of a Blender executable.")
+    if "Traceback (most recent call last)" in text:
+        return (f"{path} is a Python whose bpy module failed (exit code {returncode}); "
+                "its traceback is below.")
+    return (f"{path} is neither a Blender nor a Python with the bpy module (it exited "
+            f"with code {returncode} without answering the probe); give the path of a "
+            "Blender executable or of a Python that has bpy.")

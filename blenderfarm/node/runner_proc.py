@@ -1,6 +1,7 @@
 """Supervising one persistent Blender that renders the tasks of one job.
 
-:class:`Runner` starts ``blender -b JOB.blend --python runner/runner.py`` in its own
+:class:`Runner` starts ``blender -b --python runner/runner.py -- ... --blend JOB.blend``
+(or, for a Python with the ``bpy`` module, ``python runner/runner.py -- ...``) in its own
 process group, waits for the runner's hello on a loopback socket, then sends it
 render commands and turns its JSON-line events into return values, callbacks and
 :class:`RunnerError`. Blender stays alive between tasks of the same job.
@@ -39,12 +40,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from .blender import EXECUTABLE, MODULE
+
 RUNNER_SCRIPT = os.path.join(os.path.dirname(__file__), "runner", "runner.py")
 TAIL_LINES = 200
 MAX_LINE = 1 << 20  # bytes; a longer line from the runner is a bug, not a message
 STOP_GRACE = 5.0  # seconds Blender gets to quit, then again to terminate
 PROGRESS_INTERVAL = 0.1  # at most ~10 progress callbacks a second
-RUNNER_EXIT_CODE = 2  # Blender's exit code when the runner script raises
+RUNNER_EXIT_CODE = 2  # Blender's exit code when the runner script raises (a module's: 1)
 _BAD_BLEND = ("Cannot read file", "Failed to read blend file", "File format is not supported")
 _STATS_LINE = re.compile(r"^Fra:(\d+)\s.*\|")
 _TILES = re.compile(r"Rendered (\d+)/(\d+) Tiles")
@@ -117,19 +120,28 @@ def _die_with_parent() -> None:
 
 
 def blender_command(blender: str, blend_path: str | None, port: int, secret: str,
-                    allow_scripts: bool) -> list[str]:
+                    allow_scripts: bool, kind: str = EXECUTABLE) -> list[str]:
     """Blender with no file, the runner and the .blend it opens: loaded by the runner
     (``--blend``), by a path relative to the job's folder where it is under it, so a
     burned-in stamp and an image's "File" show the project's path on every node (a
     file named on Blender's command line is made absolute), and loaded once. Without
-    ``blend_path``, a spare: the runner waits for an ``open`` command."""
+    ``blend_path``, a spare: the runner waits for an ``open`` command.
+
+    ``kind`` MODULE: ``blender`` is a Python with the ``bpy`` module, which runs the
+    runner as its script (``-u``: its lines reach the log as they are printed). Either
+    way the runner gets the same arguments after ``--``, scripts on or off among them
+    (``--scripts``): the module has no ``--enable-autoexec``, the runner sets the
+    preference it stands for."""
+    runner_args = ["--", "--port", str(port), "--secret", secret,
+                   *(["--scripts"] if allow_scripts else []),
+                   *(["--blend", blend_path] if blend_path is not None else [])]
+    if kind == MODULE:
+        return [blender, "-u", RUNNER_SCRIPT, *runner_args]
     return [
         blender, "-b",
         "--enable-autoexec" if allow_scripts else "--disable-autoexec",
         "--python-exit-code", str(RUNNER_EXIT_CODE),
-        "--python", RUNNER_SCRIPT,
-        "--", "--port", str(port), "--secret", secret,
-        *(["--blend", blend_path] if blend_path is not None else []),
+        "--python", RUNNER_SCRIPT, *runner_args,
     ]
 
 
@@ -164,9 +176,11 @@ class Runner:
 
     @classmethod
     async def start(cls, blender: str, blend_path: str | None, *, cwd: str, log_path: str,
-                    allow_scripts: bool = False, startup_timeout: float = 120) -> Runner:
+                    kind: str = EXECUTABLE, allow_scripts: bool = False,
+                    startup_timeout: float = 120) -> Runner:
         """Start Blender on ``blend_path`` (None: a spare, see :meth:`open`) and return
-        once its runner said hello."""
+        once its runner said hello. ``kind`` is the probe's (``BlenderInfo.kind``):
+        EXECUTABLE (``blender -b``) or MODULE (a Python with ``bpy``)."""
         # the log is closed in _close(); file I/O goes to a thread, off the event loop
         log = await asyncio.to_thread(open, log_path, "ab")
         runner = cls(log)
@@ -174,10 +188,14 @@ class Runner:
             runner._server = await asyncio.start_server(
                 runner._on_connect, "127.0.0.1", 0, limit=MAX_LINE)
             port = runner._server.sockets[0].getsockname()[1]
-            cmd = blender_command(blender, blend_path, port, runner._secret, allow_scripts)
+            cmd = blender_command(blender, blend_path, port, runner._secret, allow_scripts,
+                                  kind)
             try:
+                # PWD too: Blender 4.5 takes its working folder from it, and a stale
+                # one (the agent's) made it look for the job's file in the wrong place
                 runner._proc = await asyncio.create_subprocess_exec(
-                    *cmd, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
+                    *cmd, cwd=cwd, env={**os.environ, "PWD": os.path.abspath(cwd)},
+                    stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)

@@ -2,7 +2,11 @@
 
 bf-node starts it as::
 
-    blender -b --disable-autoexec --python runner.py -- --port P --secret S [--blend JOB.blend]
+    blender -b --disable-autoexec --python runner.py -- --port P --secret S [--scripts] [--blend JOB.blend]
+
+or, where the node's Blender is a Python with the ``bpy`` module (PyPI's wheels), as
+``python -u runner.py -- ...`` with the same arguments: importing bpy gives the factory
+settings, and ``--scripts`` stands for ``--enable-autoexec`` in both.
 
 It connects to the agent on 127.0.0.1:P and speaks JSON lines (one UTF-8 JSON object
 a line). It keeps Blender, and the loaded .blend, alive between tasks so the frames
@@ -210,17 +214,23 @@ def _set_engine(render, wanted: str) -> None:
     raise TaskError("bad_scene", f"This node's Blender has no render engine {wanted!r}.", False)
 
 
+def _media_type(fmt: str) -> str:
+    """Blender 5's ``media_type`` for a still format: its format list holds only the
+    formats of the media type that is set (a multilayer EXR is a media type of its own)."""
+    return "MULTI_LAYER_IMAGE" if fmt == "OPEN_EXR_MULTILAYER" else "IMAGE"
+
+
 def _set_format(scene, fmt: str) -> None:
     """Change only the file format. Blender's own setter keeps the colour mode and depth
     where ``fmt`` has them and picks the closest where not (RGBA -> RGB for JPEG);
     codecs and quality stay. The first values are saved first, so that restoring puts
-    the format back before the mode and depth it allows."""
+    the media type (Blender 5) and format back before the mode and depth they allow."""
     settings = scene.render.image_settings
-    if hasattr(settings, "media_type"):  # Blender 5: the format list depends on it
-        with contextlib.suppress(TypeError):
-            SETTINGS.set(settings, "media_type", "IMAGE")
-    for attr in ("file_format", "color_mode", "color_depth"):
+    media = ("media_type",) if hasattr(settings, "media_type") else ()  # Blender 5
+    for attr in (*media, "file_format", "color_mode", "color_depth"):
         SETTINGS.set(settings, attr, getattr(settings, attr))
+    if media:  # before the format: its list holds only the formats of the media type
+        SETTINGS.set(settings, "media_type", _media_type(fmt))
     SETTINGS.set(settings, "file_format", fmt)
 
 
@@ -398,8 +408,7 @@ def _still(settings) -> None:
     if settings is None or settings.file_format not in MOVIE_FORMATS:
         return
     if hasattr(settings, "media_type"):  # Blender 5: the format list depends on it
-        with contextlib.suppress(TypeError):
-            settings.media_type = "IMAGE"
+        settings.media_type = "IMAGE"
     settings.file_format = "PNG"
 
 
@@ -678,6 +687,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="runner.py")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--secret", required=True)
+    # the file's scripts and Python drivers may run (Blender also got --enable-autoexec)
+    parser.add_argument("--scripts", action="store_true")
     parser.add_argument("--blend")  # none: a spare, which waits for an open command
     return parser.parse_args(args)
 
@@ -716,6 +727,7 @@ def open_on_command(channel: Channel, cmd: dict) -> bool:
         return False
     try:
         os.chdir(cwd)
+        os.environ["PWD"] = cwd  # where Blender 4.5 resolves "./" paths from
         open_blend(blend, bool(cmd.get("scripts")))
     except (BlendError, OSError) as exc:
         channel.send(_error_event(None, TaskError("bad_blend", str(exc), False)))
@@ -744,9 +756,11 @@ def serve(channel: Channel, opened: bool, oidn: bool) -> None:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    # what --enable/--disable-autoexec set in a Blender; a bpy module has no such option
+    bpy.context.preferences.filepaths.use_scripts_auto_execute = args.scripts
     if args.blend is not None:
         try:
-            open_blend(args.blend, "--enable-autoexec" in sys.argv or "-y" in sys.argv)
+            open_blend(args.blend, args.scripts)
         except BlendError:
             sys.exit(1)
     sock = socket.create_connection(("127.0.0.1", args.port), timeout=30)
