@@ -22,7 +22,9 @@ from blenderfarm.protocol.naming import frame_name, pattern_of
 class FakeNode:
     def __init__(self, base_url: str, name: str = "fake", oidn: bool = False,
                  uid: str | None = None, token: str | None = None, opengl: bool = False,
-                 tags: list[str] | None = None, blender: str = "3.4.1") -> None:
+                 tags: list[str] | None = None, blender: str = "3.4.1",
+                 blenders: list[m.BlenderCaps] | None = None,
+                 slots: list[m.SlotCaps] | None = None) -> None:
         self.token = token
         self.base = base_url.rstrip("/")
         self.name = name
@@ -31,20 +33,26 @@ class FakeNode:
         self.opengl = opengl
         self.tags = tags or []
         self.blender = blender  # its Blender's version, as a node's probe says it
+        #: every Blender and slot its hello lists; None: a hello from before (one
+        #: Blender, ``blender``; one CPU slot)
+        self.blenders = blenders
+        self.slots = slots
         self.http: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.inbox: asyncio.Queue[m.Message] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self._stash: list[m.Message] = []
 
-    async def connect(self, running: list[str] | None = None, protocol: int = PROTOCOL_VERSION
-                      ) -> m.Message:
+    async def connect(self, running: list[str] | None = None, protocol: int = PROTOCOL_VERSION,
+                      holding: dict[str, str] | None = None) -> m.Message:
         self.http = self.http or aiohttp.ClientSession()
         self.ws = await self.http.ws_connect(self.base.replace("http", "ws", 1) + "/ws/node")
+        first = self.blenders[0] if self.blenders else m.BlenderCaps(
+            version=self.blender, oidn=self.oidn, opengl=self.opengl)
         await self.send(m.Hello(protocol=protocol, name=self.name, uid=self.uid,
-                                blender=m.BlenderCaps(version=self.blender, oidn=self.oidn,
-                                                     opengl=self.opengl),
-                                token=self.token, tags=self.tags, running=running or []))
+                                blender=first, blenders=self.blenders or [],
+                                slots=self.slots or [], token=self.token, tags=self.tags,
+                                running=running or [], holding=holding or {}))
         first = await self.ws.receive(timeout=5)
         msg = m.decode(first.data)
         self._reader = asyncio.create_task(self._read())

@@ -1,7 +1,7 @@
 """A scripted server that speaks the node protocol, for tests of a real bf-node.
 
 The mirror of ``fakenode.py``: an aiohttp app on 127.0.0.1 with ``/ws/node`` and
-``/api/blobs/{sha}`` whose behaviour per connection is the test's own coroutine, so a
+``/api/blobs/{sha}`` (GET, and PUT for a node's frames) whose behaviour per connection is the test's own coroutine, so a
 test can refuse, go silent or send what no honest server would. It sends raw msgpack
 (:func:`frame`), not the codec's encoder: a hostile server does not ask the codec.
 The node it talks to needs no Blender: :func:`fake_blender` answers the node's probe
@@ -94,6 +94,7 @@ class FakeServer:
         app = web.Application()
         app.router.add_get("/ws/node", self._ws)
         app.router.add_get("/api/blobs/{sha}", self._blob)
+        app.router.add_put("/api/blobs/{sha}", self._put_blob)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -122,6 +123,14 @@ class FakeServer:
         if sha not in self.blobs:
             raise web.HTTPNotFound()
         return web.Response(body=self.blobs[sha], content_type="application/octet-stream")
+
+    async def _put_blob(self, request: web.Request) -> web.Response:
+        """A node's upload (a frame it rendered), kept when its hash is its name."""
+        sha, data = request.match_info["sha"], await request.read()
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise web.HTTPBadRequest(text="the body does not hash to its name")
+        self.blobs[sha] = data
+        return web.Response(status=201)
 
     def failures(self) -> dict[str, m.TaskFailed]:
         return {msg.task_id: msg for msg in self.received if isinstance(msg, m.TaskFailed)}

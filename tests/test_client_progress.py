@@ -265,7 +265,10 @@ def test_bf_nodes_rows_say_what_each_node_does() -> None:
         {"id": "000011112222", "name": "old-server", "state": "rendering", "tasks": ["t3"]},
     ]
     lines = fmt.format_table(fmt.NODE_HEADERS, fmt.node_rows(nodes, now=1000.0)).splitlines()
-    assert lines[0].split()[:3] == ["NAME", "STATE", "BLENDER"] and "LAST SEEN" in lines[0]
+    assert lines[0].split()[:6] == ["NAME", "STATE", "SLOTS", "BLENDERS", "DEVICES", "TAGS"]
+    assert "LAST SEEN" in lines[0]
+    # a server from before slots: one slot, busy while it renders; its one Blender
+    assert " 1/1 " in lines[1] and " 0/1 " in lines[2] and " 3.4.1 " in lines[1]
     states = [fmt.node_state(n) for n in nodes]
     assert states == ["rendering shot010 frame 12", "idle", "draining (shot020)", "drained",
                       "disabled", "offline", "rendering"]

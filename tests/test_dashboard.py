@@ -313,11 +313,11 @@ class ThreadNode:
     """A scripted node (``fakenode.FakeNode``) on its own event loop in a thread: the
     browser tests drive it step by step while Playwright's loop owns the test's thread."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, **kw: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.node = FakeNode(url, name=name)
+        self.node = FakeNode(url, name=name, **kw)
         self.uid = self.node.uid
         self.call(self.node.connect())
 
@@ -389,6 +389,36 @@ def test_the_nodes_page_moves_with_heartbeats_and_a_render_without_reload(
         assert page.evaluate("window.sameDocument") is True, "the page was reloaded"
     finally:
         node.close()
+
+
+def test_the_nodes_page_shows_blenders_devices_slots_and_a_job_page_where_it_can_run(
+        quick_server: ServerProc, page: Page) -> None:
+    url = quick_server.url
+    card = [m.Device(type=t, id=f"{t}_0", name="RTX 4090", gpu="pci-0") for t in ("CUDA", "OPTIX")]
+    box = ThreadNode(url, "box-01", tags=["fast"],
+                     blenders=[m.BlenderCaps(version="3.4.1"),
+                               m.BlenderCaps(version="5.0.1", kind="module", devices=card)],
+                     slots=[m.SlotCaps(id="cpu"), m.SlotCaps(id="gpu0", device="GPU",
+                                                           gpus=["pci-0"])])
+    plain = ThreadNode(url, "plain-01")
+    try:
+        job_id = post_job(url, "gpu shot", frames="1-2", overrides={"device": "GPU"})
+        assert box.call(box.node.expect(m.Assign)).slot == "gpu0"
+        page.goto(f"{url}/#/nodes")
+        row = page.locator("tr", has_text="box-01")
+        expect(row.locator("td.blenders")).to_have_text("3.4.1, 5.0.1 (module)", timeout=10_000)
+        expect(row.locator("td.devices")).to_have_text("CPU, RTX 4090 (CUDA, OPTIX)")
+        expect(row.locator('.slot.busy[data-slot="gpu0"]')).to_contain_text("gpu0 GPU")
+        expect(row.locator('.slot.idle[data-slot="cpu"]')).to_have_text("cpu CPU")
+        expect(row.locator("td.name")).to_contain_text("fast")
+        expect(page.locator("tr", has_text="plain-01").locator(".slot")).to_have_text("0 CPU")
+        page.goto(f"{url}/#/jobs/{job_id}")
+        can = page.locator("dt:text-is('Can run on') + dd")
+        expect(can.locator("li.can")).to_have_text("box-01", timeout=10_000)
+        expect(can.locator("li.cannot")).to_have_text("not plain-01 (has no GPU slot)")
+    finally:
+        box.close()
+        plain.close()
 
 
 def test_the_jobs_list_has_owners_filters_search_and_sorting(quick_server: ServerProc,

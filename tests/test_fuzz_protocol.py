@@ -1207,8 +1207,9 @@ class Run:
             n.pop("online", None)
             n.pop("state", None)
             n["tasks"] = sorted(n["tasks"])
-            for f in ("progress", "frame"):  # of its latest progress report: ephemeral
-                (n.get("current") or {}).pop(f, None)
+            for doing in [n.get("current")] + [s.get("busy") for s in n.get("slots", [])]:
+                for f in ("progress", "frame"):  # of its latest progress report: ephemeral
+                    (doing or {}).pop(f, None)
             state[f"node {n['id']}"] = n
         return state
 

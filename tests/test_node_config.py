@@ -55,3 +55,38 @@ def test_a_cache_size_that_is_no_size_is_refused_clearly(bad: str) -> None:
 def test_a_node_tag_the_server_would_refuse_is_refused_at_start(bad: str) -> None:
     with pytest.raises(ValueError, match="a tag is 1 to 64 letters"):
         make_config(parse_args(["--tag", "gpu", f"--tag={bad}"]))
+
+
+def test_blenders_and_slots_from_the_file_then_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "node.toml"
+    conf.write_text('[node]\nblender = ["/opt/b34/blender", "/opt/b50/blender"]\n'
+                    'slots = "all-gpus"\ncpu_slot = true\ncpu_slots = 2\n')
+    cfg = make_config(parse_args(["--config", str(conf)]))
+    assert cfg.blender_paths() == ["/opt/b34/blender", "/opt/b50/blender"]
+    assert (cfg.slots, cfg.cpu_slot, cfg.cpu_slots) == ("all-gpus", True, 2)
+    cfg = make_config(parse_args(["--config", str(conf), "--blender", "/a", "--blender", "/b",
+                                  "--slots", "per-gpu", "--cpu-slots", "3"]))
+    assert cfg.blender_paths() == ["/a", "/b"]
+    assert (cfg.slots, cfg.cpu_slots) == ("per-gpu", 3)
+    conf.write_text('[node]\nblender = "/opt/b34/blender"\n')
+    assert make_config(parse_args(["--config", str(conf)])).blender_paths() == ["/opt/b34/blender"]
+    assert NodeConfig().blender_paths() == [None]  # $BLENDER, then PATH, as before
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ('slots = "gpu"', "slots must be one of per-gpu, all-gpus, cpu, not 'gpu'"),
+    ("cpu_slots = 0", "cpu_slots must be a whole number from 1 to 64, not 0"),
+    ('cpu_slots = "2"', "cpu_slots must be a whole number from 1 to 64, not '2'"),
+    ("blender = [1]", "blender must be a path or a list of paths"),
+    ('cpu_slot = "yes"', "cpu_slot must be true or false, not 'yes'"),
+    ("blender = []", None),
+])
+def test_bad_blender_and_slot_settings_are_refused_clearly(tmp_path: Path, setting: str,
+                                                           message: str | None) -> None:
+    conf = tmp_path / "node.toml"
+    conf.write_text(f"[node]\n{setting}\n")
+    if message is None:  # an empty list: find one as the node always did
+        assert make_config(parse_args(["--config", str(conf)])).blender_paths() == [None]
+        return
+    with pytest.raises(ValueError, match=message):
+        make_config(parse_args(["--config", str(conf)]))

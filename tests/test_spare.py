@@ -7,7 +7,6 @@ critical path), its frames equal Blender's own render bit for bit, and no spare 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
@@ -77,14 +76,15 @@ async def test_a_spare_that_cannot_start_is_said_once_and_jobs_start_their_own(
 
     broken = BlenderInfo(path=str(tmp_path / "no-blender"), version="3.4.1",
                          version_tuple=(3, 4, 1), oidn=False)
-    agent = Agent(NodeConfig(work_dir=tmp_path / "work"), broken)
-    assert agent._wants_spare()
-    agent._spare = asyncio.create_task(agent._start_spare())
-    assert await agent._take_spare() is None  # the job starts its own Blender, as before
-    assert not agent._wants_spare()  # and no spare is tried again
+    agent = Agent(NodeConfig(work_dir=tmp_path / "work"), [broken])
+    slot = agent.slots["cpu"]
+    assert agent._wants_spare(slot)
+    slot.warm_spare()
+    assert await slot.take_spare(0) is None  # the job starts its own Blender, as before
+    assert not agent._wants_spare(slot)  # and no spare is tried again
     said = [r for r in caplog.records if "could not warm a spare Blender" in r.getMessage()]
     assert len(said) == 1 and "no-blender" in said[0].getMessage()
     # runners that are not persistent (a Blender per task) need no spare
-    assert not Agent(NodeConfig(work_dir=tmp_path / "w2", persistent=False),
-                     broken)._wants_spare()
+    lean = Agent(NodeConfig(work_dir=tmp_path / "w2", persistent=False), [broken])
+    assert not lean._wants_spare(lean.slots["cpu"])
 

@@ -433,7 +433,10 @@ def cmd_show(args: argparse.Namespace, ctx: Ctx) -> int:
         return EXIT_OK
     now = time.time()
     for key, value in job.items():
-        shown = fmt.format_age(value, now) if key in fmt.TIME_KEYS else fmt.cell(value)
+        if key == "nodes":  # which online nodes can take it, and why the others cannot
+            key, shown = "can run on", fmt.can_run_on(value)
+        else:
+            shown = fmt.format_age(value, now) if key in fmt.TIME_KEYS else fmt.cell(value)
         print(f"{key + ':':16} {'-' if shown is None else shown}", file=ctx.out)
     you = ctx.client.info().get("you")
     if you:

@@ -236,18 +236,41 @@ def node_state(node: Mapping[str, Any]) -> str:
 
 def node_rows(nodes: Sequence[Mapping[str, Any]], now: float) -> list[list[Any]]:
     """The lines of ``bf nodes``: a node goes by its name (with the start of its id when
-    two share a name), then what it does now, then what it is."""
+    two share a name), then what it does now, then what it has."""
     names = [str(n.get("name") or n.get("id") or "?") for n in nodes]
     rows = []
     for node, name in zip(nodes, names, strict=True):
         if names.count(name) > 1:
             name += f" ({str(node.get('id'))[:8]})"
         state = node_state(node)
+        slots = node.get("slots") or [{"busy": node.get("current")}]  # an older server
         rows.append([name, state[:57] + "..." if len(state) > 60 else state,
-                     node.get("blender"), node.get("threads"), cell(node.get("gpus", [])),
-                     cell(node.get("tags", [])), format_age(node.get("last_seen"), now),
-                     node.get("frames_rendered", 0)])
+                     f"{sum(1 for s in slots if s.get('busy'))}/{len(slots)}",
+                     node_blenders(node), node_devices(node), cell(node.get("tags", [])),
+                     format_age(node.get("last_seen"), now), node.get("frames_rendered", 0)])
     return rows
 
 
-NODE_HEADERS = ("NAME", "STATE", "BLENDER", "THREADS", "GPUS", "TAGS", "LAST SEEN", "FRAMES")
+NODE_HEADERS = ("NAME", "STATE", "SLOTS", "BLENDERS", "DEVICES", "TAGS", "LAST SEEN", "FRAMES")
+
+
+def node_blenders(node: Mapping[str, Any]) -> str:
+    """``3.4.1, 5.0.1 (module)``: each Blender of a node, a Python's bpy module marked."""
+    blenders = node.get("blenders") or [{"version": node.get("blender")}]
+    return ", ".join(str(b.get("version") or "?") + (" (module)" if b.get("kind") == "module"
+                                                     else "") for b in blenders)
+
+
+def node_devices(node: Mapping[str, Any]) -> str:
+    """``CPU, CUDA, OPTIX``: what its Blenders render with, each backend once."""
+    kinds = dict.fromkeys(["CPU"] + [str(d.get("type")) for b in node.get("blenders") or ()
+                                     for d in b.get("devices") or ()])
+    return ", ".join(kinds)
+
+
+def can_run_on(nodes: Sequence[Mapping[str, Any]]) -> str:
+    """A job's ``nodes`` in one line: ``box; not plain (has no GPU slot)``."""
+    able = [str(n.get("name")) for n in nodes if n.get("can")]
+    unable = [f"not {n.get('name')}" + (f" ({n['why']})" if n.get("why") else "")
+              for n in nodes if not n.get("can")]
+    return "; ".join(able + unable) or "no node is online"

@@ -1,8 +1,9 @@
-"""The bf-node agent: one websocket to the server, one Blender at a time.
+"""The bf-node agent: one websocket to the server, one task at a time per slot.
 
-It connects out (with backoff, forever), says what it can do, accepts tasks,
-downloads each task's files while the previous one renders (prefetch), renders
-through a persistent :class:`~.runner_proc.Runner`, uploads every frame as soon
+It connects out (with backoff, forever), says what it can do (its Blenders and its
+slots), accepts tasks, each for one of its slots (:mod:`.slot`: one worker each, with
+its own persistent :class:`~.runner_proc.Runner` and spare), downloads each task's
+files while the slot's previous one renders (prefetch), uploads every frame as soon
 as it is written, and reports. Results the server has not acknowledged survive a
 lost connection: they are sent again after the next ``welcome``.
 
@@ -40,9 +41,11 @@ from ..protocol.version import __version__
 from .blender import BlenderInfo
 from .cache import BlobCache, CacheError
 from .config import NodeConfig
+from .devices import cards, cpu_threads, slot_layout
 from .outputs import BadOutput, check_image
 from .runner_proc import Runner, RunnerError
 from .safe import BadAssign, check_assign, inside
+from .slot import Slot
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,12 @@ FATAL_CODES = frozenset({"unauthorized", "protocol_version"})
 #: seconds between the node's pings when the server's welcome names none, and the bounds
 #: of what it may name; a server silent for twice this is left (as the server does a node)
 HEARTBEAT, HEARTBEAT_MIN, HEARTBEAT_MAX = 10.0, 1.0, 60.0
-#: seconds a node holding a job's Blender stays idle before it warms a spare beside it
-#: (a node with no Blender warms one at once): not while the job's next task may come
+#: seconds a slot holding a job's Blender stays idle before it warms a spare beside it
+#: (a slot with no Blender warms one at once): not while the job's next task may come
 SPARE_IDLE = 1.0
+#: the slot a server from before slots names in every assign (the protocol's default):
+#: it means the node's first slot
+LEGACY_SLOT = "0"
 
 
 class FatalError(RuntimeError):
@@ -91,21 +97,26 @@ class _Rendering:
 
 
 class Agent:
-    def __init__(self, config: NodeConfig, blender: BlenderInfo) -> None:
+    def __init__(self, config: NodeConfig, blenders: list[BlenderInfo],
+                 slots: list[m.SlotCaps] | None = None) -> None:
+        """``slots``: the node's slots (None: as ``config`` lays them out)."""
         self.config = config
-        self.blender = blender
+        self.blenders = blenders
         self.uid = config.node_uid()
         self.cache = BlobCache(config.work_dir / "blobs")
-        self.held: dict[str, Held] = {}
+        self.held: dict[str, Held] = {}  # by task id, in every slot
         self.reports: dict[str, m.Message] = {}  # task_done / task_failed not yet acked
-        self.runner: Runner | None = None
-        self.runner_job: str | None = None
-        #: a Blender with the runner and no file, for the next job's first task
-        self._spare: asyncio.Task[Runner] | None = None
-        self._spare_broken = False  # it could not start: each job starts its own, as before
+        if slots is None:
+            slots = slot_layout(config.slots, cards(b.devices for b in blenders),
+                                cpu_slot=config.cpu_slot, cpu_slots=config.cpu_slots)
+        #: the Blenders whose spare could not start: each job starts its own, as before
+        self._spare_broken: set[int] = set()
+        self.slots = {caps.id: Slot(caps, blenders, config.work_dir, first=n == 0,
+                                    threads=self._threads(caps, slots),
+                                    broken=self._spare_broken)
+                      for n, caps in enumerate(slots)}
         self._stopping = False  # handing back: no new spare
         self._outbox: asyncio.Queue[bytes] | None = None
-        self._wake = asyncio.Event()
         self._job_locks: dict[str, asyncio.Lock] = {}
         self._manifests: OrderedDict[str, dict[str, str]] = OrderedDict()  # by job, this connection
         self._laid_out: dict[str, dict[str, str]] = {}  # job -> the manifest its folder holds
@@ -116,12 +127,20 @@ class Agent:
         self._trimming = asyncio.Lock()  # one walk of the cache at a time
         self._chores: set[asyncio.Task[None]] = set()  # referenced until they finish
 
+    def _threads(self, caps: m.SlotCaps, slots: list[m.SlotCaps]) -> int | None:
+        """A CPU slot renders with ``threads`` (None: every core), shared among the CPU
+        slots where there are several; a GPU slot leaves Cycles its own."""
+        if caps.device != "CPU" or sum(s.device == "CPU" for s in slots) == 1:
+            return self.config.threads
+        return cpu_threads(self.config.threads or os.cpu_count() or 1, slots)
+
     # --- connection -------------------------------------------------------------------------
     async def run(self) -> None:
         headers = {"Authorization": f"Bearer {self.config.token}"} if self.config.token else {}
         self._http = aiohttp.ClientSession(headers=headers,
                                            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-        worker = asyncio.create_task(self._worker(), name="bf-worker")
+        workers = [asyncio.create_task(self._worker(slot), name=f"bf-worker-{slot.id}")
+                   for slot in self.slots.values()]
         delay = 0.5
         try:
             while True:
@@ -142,12 +161,10 @@ class Agent:
                 await asyncio.sleep(delay * (0.75 + random.random() / 2))
                 delay = min(delay * 2, self.config.reconnect_max)
         finally:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-            if self.runner is not None:
-                await self.runner.stop()
-            await self._drop_spare()
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*(slot.stop() for slot in self.slots.values()))
             await self._http.close()
 
     def _retrying(self, kind: str, message: str, *args: object) -> None:
@@ -231,13 +248,24 @@ class Agent:
         raise Refused(msg.code, msg.message)
 
     def _hello(self) -> m.Hello:
+        blenders = [m.BlenderCaps(**b.to_dict()) for b in self.blenders]
         return m.Hello(protocol=PROTOCOL_VERSION, name=self.config.name, uid=self.uid,
-                       token=self.config.token,
-                       blender=m.BlenderCaps(**self.blender.to_dict()),
+                       token=self.config.token, blender=blenders[0], blenders=blenders,
+                       slots=[slot.caps for slot in self.slots.values()],
                        threads=self.config.threads or os.cpu_count() or 1,
-                       ram=_ram_bytes(), tags=self.config.tags, cached_blobs=0,
+                       ram=_ram_bytes(), gpus=self._gpu_names(),
+                       tags=self.config.tags, cached_blobs=0,
                        running=list(self.held) + [t for t in self.reports if t not in self.held],
+                       holding={t: h.assign.slot for t, h in self.held.items()},
                        agent_version=__version__)
+
+    def _gpu_names(self) -> list[str]:
+        """Each card of the node once, by the name Cycles gives it (its key if none)."""
+        names: dict[str, str] = {}
+        for blender in self.blenders:
+            for d in blender.devices:
+                names.setdefault(d.gpu, d.name or d.gpu)
+        return list(names.values())
 
     def _decode(self, frame: aiohttp.WSMessage) -> m.Message | None:
         if frame.type != aiohttp.WSMsgType.BINARY:
@@ -273,7 +301,7 @@ class Agent:
             held = Held(msg)
             held.prepare = asyncio.create_task(self._prepare(msg))
             self.held[msg.task_id] = held
-            self._wake.set()
+            self.slots[msg.slot].wake.set()
         elif isinstance(msg, m.Cancel):
             self._cancel(msg.task_id, msg.reason)
         elif isinstance(msg, m.Ack):
@@ -288,15 +316,28 @@ class Agent:
         with the task reported failed for good, for one the node will not use."""
         try:
             check_assign(a)
+            self._place(a)
             # where it would write: refused now, not after a download
             self.job_dir(a.job_id)
             self.out_dir(a.task_id)
-            self.log_path(a.job_id)
+            self.log_path(a.job_id, self.slots[a.slot])
         except BadAssign as exc:
             self.reports[a.task_id] = report = _bad_assign(a.task_id, exc)
             self.send(report)
             return False
         return True
+
+    def _place(self, a: m.Assign) -> None:
+        """Check the assign's slot and Blender, and name its slot as this node does (a
+        server from before slots says "0": the first slot), or raise BadAssign."""
+        if a.slot not in self.slots and a.slot == LEGACY_SLOT:
+            a.slot = next(iter(self.slots))
+        if a.slot not in self.slots:
+            raise BadAssign(f"the server sent a task for slot {a.slot!r}, which this node "
+                            f"does not have (its slots: {', '.join(self.slots)})")
+        if not 0 <= a.blender < len(self.blenders):
+            raise BadAssign(f"the server sent a task for Blender {a.blender}, and this node "
+                            f"has {len(self.blenders)} (0 to {len(self.blenders) - 1})")
 
     def _manifest_of(self, a: m.Assign) -> bool:
         """Fill in a manifest the server left out (this connection carried it already);
@@ -326,8 +367,9 @@ class Agent:
         log.info("task %s canceled: %s", task_id, reason)
         held.canceled = True
         if held.started:
-            if self.runner is not None:
-                self.runner.kill()  # the worker sees the error and drops the task
+            runner = self.slots[held.assign.slot].runner
+            if runner is not None:
+                runner.kill()  # the slot's worker sees the error and drops the task
         else:
             self.held.pop(task_id, None)
             if held.prepare is not None:
@@ -369,8 +411,7 @@ class Agent:
         async with self._trimming:
             pinned = {sha for h in self.held.values() for sha in h.assign.manifest.values()}
             in_use = {h.assign.job_id for h in self.held.values()}
-            if self.runner_job is not None:
-                in_use.add(self.runner_job)
+            in_use |= {s.runner_job for s in self.slots.values() if s.runner_job is not None}
             try:
                 done = await asyncio.to_thread(self.cache.trim, self.config.cache_size, pinned,
                                                self.config.work_dir / "jobs", in_use)
@@ -420,30 +461,31 @@ class Agent:
     def out_dir(self, task_id: str) -> Path:
         return inside(self.config.work_dir, "out", task_id)
 
-    def log_path(self, job_id: str) -> Path:
-        return inside(self.config.work_dir, "logs", f"{job_id}.log")
+    def log_path(self, job_id: str, slot: Slot) -> Path:
+        """The job's Blender log of that slot: slots write whole lines only to their own
+        (the first slot's is ``<job>.log``, as on a node before slots)."""
+        return inside(self.config.work_dir, "logs", f"{job_id}{slot.suffix}.log")
 
     # --- rendering --------------------------------------------------------------------------
-    async def _worker(self) -> None:
+    async def _worker(self, slot: Slot) -> None:
+        """Render the slot's tasks one at a time, in the order they came; idle, warm a
+        spare for the next job."""
         while True:
-            held = next((h for h in self.held.values() if not h.started), None)
+            held = next((h for h in self.held.values()
+                         if not h.started and h.assign.slot == slot.id), None)
             if held is None:
-                self._wake.clear()
-                if self._wants_spare():
-                    if self.runner is not None:  # the job's next task may be on its way
+                slot.wake.clear()
+                if self._wants_spare(slot):
+                    if slot.runner is not None:  # the job's next task may be on its way
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), SPARE_IDLE)
-                    if not self._wake.is_set():
-                        self._spare = asyncio.create_task(self._start_spare(), name="bf-spare")
-                        # a failure is said when a job takes it (_take_spare), or never
-                        # needed: not "Task exception was never retrieved" at exit
-                        self._spare.add_done_callback(
-                            lambda t: t.cancelled() or t.exception())
-                await self._wake.wait()
+                            await asyncio.wait_for(slot.wake.wait(), SPARE_IDLE)
+                    if not slot.wake.is_set():
+                        slot.warm_spare()
+                await slot.wake.wait()
                 continue
             held.started = True
             try:
-                report = await self._run_task(held)
+                report = await self._run_task(held, slot)
             except asyncio.CancelledError:
                 raise
             except BadAssign as exc:  # a path found to lead out of the work dir
@@ -457,7 +499,7 @@ class Agent:
                 self.reports[held.assign.task_id] = report
                 self.send(report)
 
-    async def _run_task(self, held: Held) -> m.Message | None:
+    async def _run_task(self, held: Held, slot: Slot) -> m.Message | None:
         a = held.assign
         t0 = time.monotonic()
         try:
@@ -474,20 +516,22 @@ class Agent:
         lines: list[str] = []
         forward = asyncio.create_task(self._forward_log(a.task_id, lines))
         try:
-            runner = await self._runner_for(a)
+            runner = await self._runner_for(a, slot)
             runner.on_log = lines.append
-            await runner.render(a.task_id, a.frames, scene=a.scene, overrides=self._overrides(a),
+            await runner.render(a.task_id, a.frames, scene=a.scene,
+                                overrides=self._overrides(a, slot),
                                 output_dir=str(out_dir), output_name=a.output_name,
                                 output_pattern=a.output_pattern,
                                 on_event=self._on_event(state), watchdog=self.config.watchdog,
-                                opengl=self.blender.opengl)
+                                opengl=self.blenders[a.blender].opengl,
+                                devices=slot.devices(a.blender))
             outputs = [ref for refs in await asyncio.gather(*state.uploads) for ref in refs]
         except RunnerError as exc:
             for up in state.uploads:
                 up.cancel()
             if exc.reason in ("crash", "watchdog", "bad_blend", "startup_failed", "startup_timeout",
                               "not_running"):
-                await self._drop_runner()
+                await slot.drop_runner()
             if held.canceled:
                 return None
             return m.TaskFailed(task_id=a.task_id, error=exc.message, log_tail=exc.log_tail,
@@ -498,10 +542,10 @@ class Agent:
         finally:
             forward.cancel()
             self._send_log(a.task_id, lines)
-            if self.runner is not None:
-                self.runner.on_log = None
+            if slot.runner is not None:
+                slot.runner.on_log = None
             if not self.config.persistent:
-                await self._drop_runner()
+                await slot.drop_runner()
         self.frames_rendered += len({ref.frame for ref in outputs})  # not its extra outputs
         await asyncio.to_thread(shutil.rmtree, out_dir, True)
         return m.TaskDone(task_id=a.task_id, outputs=outputs, seconds=time.monotonic() - t0)
@@ -524,94 +568,35 @@ class Agent:
             held.canceled = True
             self.send(m.TaskFailed(task_id=task_id, error="the node is shutting down",
                                    reason="node_stopping", retryable=True))
-        if self.runner is not None:
-            self.runner.kill()
-        if self._spare is not None:
-            self._spare.cancel()  # a starting spare kills its Blender as it stops
-            if self._spare.done() and not self._spare.cancelled() \
-                    and self._spare.exception() is None:
-                self._spare.result().kill()
+        for slot in self.slots.values():
+            slot.kill()
         await asyncio.sleep(0.2)  # let the sender flush before the socket closes
 
-    def _overrides(self, a: m.Assign) -> dict[str, Any]:
+    @staticmethod
+    def _overrides(a: m.Assign, slot: Slot) -> dict[str, Any]:
         overrides = dict(a.overrides)
-        if self.config.threads:
-            overrides["threads"] = self.config.threads
+        if slot.threads:
+            overrides["threads"] = slot.threads
         return overrides
 
-    async def _runner_for(self, a: m.Assign) -> Runner:
-        if self.runner is not None and self.runner_job == a.job_id and self.runner.alive:
-            return self.runner
-        let_go = self.runner_job not in (None, a.job_id)
-        await self._drop_runner()
-        if let_go:  # the last job's folder is no longer in use: the cache may shrink now
+    async def _runner_for(self, a: m.Assign, slot: Slot) -> Runner:
+        """The slot's runner for the task's job and Blender (its own, its spare, or new)."""
+        if slot.has_runner(a.job_id, a.blender):
+            assert slot.runner is not None
+            return slot.runner
+        let_go = slot.runner_job not in (None, a.job_id)
+        await slot.drop_runner()
+        if let_go:  # the last job's folder may be no longer in use: the cache may shrink
             self._background(self._trim_cache())
-        job_dir, log_path = self.job_dir(a.job_id), self.log_path(a.job_id)
+        job_dir, log_path = self.job_dir(a.job_id), self.log_path(a.job_id, slot)
         await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
-        blend = str(inside(job_dir, a.blend))
-        scripts = a.allow_scripts and self.config.allow_scripts
-        spare = await self._take_spare()
-        if spare is None:
-            self.runner = await Runner.start(self.blender.path, blend, cwd=str(job_dir),
-                                             log_path=str(log_path), kind=self.blender.kind,
-                                             allow_scripts=scripts)
-        else:
-            try:
-                await spare.open(blend, cwd=str(job_dir), log_path=str(log_path),
-                                 allow_scripts=scripts)
-            except BaseException:
-                await spare.stop()
-                raise
-            log.info("job %s opened in the warm Blender (pid %s)", a.job_id, spare.pid)
-            self.runner = spare
-        self.runner_job = a.job_id
-        return self.runner
+        return await slot.start_runner(
+            a.job_id, a.blender, str(inside(job_dir, a.blend)), cwd=str(job_dir),
+            log_path=str(log_path), allow_scripts=a.allow_scripts and self.config.allow_scripts)
 
-    # --- the spare: a warm Blender with no file ------------------------------------------
-    def _wants_spare(self) -> bool:
+    def _wants_spare(self, slot: Slot) -> bool:
         # a node whose runners are not persistent starts one per task, as it always did
-        return (self._spare is None and self.config.persistent and not self._spare_broken
-                and not self._stopping)
-
-    async def _start_spare(self) -> Runner:
-        """A Blender with the runner loaded and no file; its output goes to the node's
-        spare log until it opens a job (``Runner.open``)."""
-        work = self.config.work_dir
-        await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
-        return await Runner.start(self.blender.path, None, cwd=str(work),
-                                  log_path=str(work / "blender-spare.log"),
-                                  kind=self.blender.kind)
-
-    async def _take_spare(self) -> Runner | None:
-        """The spare, once it has started (or None: none, or it could not start)."""
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return None
-        try:
-            runner = await spare
-        except (RunnerError, OSError) as exc:
-            self._spare_broken = True  # said once: the fall-back costs nothing after this
-            log.warning("could not warm a spare Blender (%s); each job starts its own",
-                        getattr(exc, "message", exc))
-            return None
-        if not runner.alive:  # it died while waiting (killed by hand, out of memory)
-            await runner.stop()
-            return None
-        return runner
-
-    async def _drop_spare(self) -> None:
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return
-        spare.cancel()
-        with contextlib.suppress(asyncio.CancelledError, RunnerError, OSError):
-            runner = await spare
-            await runner.stop()
-
-    async def _drop_runner(self) -> None:
-        runner, self.runner, self.runner_job = self.runner, None, None
-        if runner is not None:
-            await runner.stop()
+        return self.config.persistent and not self._stopping and slot.wants_spare()
 
     def _on_event(self, state: _Rendering) -> Callable[[dict[str, Any]], None]:
         a = state.held.assign

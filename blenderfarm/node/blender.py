@@ -29,6 +29,9 @@ import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..protocol.messages import Device
+from .devices import devices_of
+
 PROBE_TIMEOUT = 60.0  # seconds; a first start on a cold disk can be slow
 OPENGL_TIMEOUT = 60.0  # seconds for the tiny render; a driver that hangs counts as none
 _MARKER = "BLENDERFARM_PROBE:"
@@ -39,10 +42,13 @@ _BANNER = re.compile(r"^Blender \d+\.\d+", re.M)
 _NO_BPY = "No module named 'bpy'"
 #: BlenderInfo.kind (protocol.messages.BlenderCaps.kind)
 EXECUTABLE, MODULE = "executable", "module"
+#: For tests only (these machines have no GPU): a JSON list of ``{"type", "id",
+#: "name"}`` the probe reports as this Blender's Cycles devices instead of its own
+FAKE_DEVICES_ENV = "BLENDERFARM_FAKE_DEVICES"
 
 # Runs inside Blender: stdlib + bpy only, one line of JSON after the marker.
 _PROBE_SCRIPT = """
-import json, bpy
+import json, os, bpy
 def _oidn():
     try:
         import _cycles
@@ -52,26 +58,31 @@ def _oidn():
     except ImportError:
         pass
     return bool(getattr(bpy.app.build_options, "openimagedenoise", False))
-def _devices():
-    found = ["CPU"]
+def _gpus():
+    # for tests only: a node with no GPU pretends to have these (see FAKE_DEVICES_ENV)
+    fake = os.environ.get(@FAKE@)
+    if fake:
+        return json.loads(fake)
     try:
         import _cycles
     except ImportError:
-        return found
+        return []
+    found = []
     for kind in @TYPES@:
-        try:
-            if any(d[1] == kind for d in _cycles.available_devices(kind)):
-                found.append(kind)
+        try:  # tuples of (name, type, id, ...) in 3.4 to 5.x; other types are the CPU
+            found += [{"type": d[1], "id": d[2], "name": d[0]}
+                      for d in _cycles.available_devices(kind) if d[1] == kind]
         except Exception:
             pass
     return found
 print(@MARKER@ + json.dumps({
     "version": ".".join(str(n) for n in bpy.app.version[:3]),
     "oidn": _oidn(),
-    "cycles_devices": _devices(),
+    "devices": _gpus(),
     "threads": bpy.context.scene.render.threads,
 }), flush=True)
-""".replace("@TYPES@", repr(_DEVICE_TYPES)).replace("@MARKER@", repr(_MARKER))
+""".replace("@TYPES@", repr(_DEVICE_TYPES)).replace("@MARKER@", repr(_MARKER)) \
+    .replace("@FAKE@", repr(FAKE_DEVICES_ENV))
 
 # Workbench, not Eevee: both draw through the same OpenGL context (on 3.4 both abort
 # alike without one) and Workbench's frame costs a fraction of Eevee's shader compiles.
@@ -113,6 +124,8 @@ class BlenderInfo:
     oidn: bool
     cycles_devices: list[str] = field(default_factory=lambda: ["CPU"])
     threads: int = 1
+    #: its Cycles GPUs by backend, each with the key of its card (``devices.gpu_key``)
+    devices: list[Device] = field(default_factory=list)
     #: it can render Eevee and Workbench here (:func:`probe_opengl`)
     opengl: bool = False
     #: EXECUTABLE (``blender -b``) or MODULE (a Python with ``bpy``): how to start it
@@ -122,6 +135,7 @@ class BlenderInfo:
         """The ``blender`` field of the node's hello message."""
         d = asdict(self)
         d["version_tuple"] = list(self.version_tuple)
+        d["devices"] = list(self.devices)
         return d
 
 
@@ -229,16 +243,19 @@ def _parse_probe(path: str, kind: str, text: str, returncode: int | None) -> Ble
     try:
         data = json.loads(line[len(_MARKER):])
         version = str(data["version"])
+        gpus = devices_of({"type": str(d["type"]), "id": str(d["id"]),
+                           "name": str(d.get("name", ""))} for d in data.get("devices") or [])
         return BlenderInfo(
             path=path,
             version=version,
             version_tuple=tuple(int(p) for p in version.split(".")),
             oidn=bool(data["oidn"]),
-            cycles_devices=[str(d) for d in data["cycles_devices"]],
+            cycles_devices=["CPU", *dict.fromkeys(d.type for d in gpus)],
             threads=max(1, int(data["threads"])),
             kind=kind,
+            devices=gpus,
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BlenderProbeError(f"Blender at {path} gave a probe answer we cannot read: {exc}",
                                 path, tail) from exc
 

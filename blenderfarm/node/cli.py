@@ -16,9 +16,11 @@ from pathlib import Path
 import platformdirs
 
 from ..protocol.jobspec import MAX_TAGS, TAG_MAX, is_tag
+from ..protocol.messages import SlotCaps
 from ..protocol.version import __version__
 from .agent import Agent, FatalError
 from .blender import (
+    BlenderInfo,
     BlenderNotFound,
     BlenderProbeError,
     find_blender,
@@ -26,6 +28,7 @@ from .blender import (
     probe_opengl,
 )
 from .config import NodeConfig, parse_size
+from .devices import SLOT_MODES, SlotError, cards, check_slots, slot_layout
 from .workdir import WorkDirBusy, lock_work_dir
 
 log = logging.getLogger("blenderfarm.node")
@@ -35,8 +38,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bf-node", description="Blenderfarm render-node agent.")
     p.add_argument("--server", default=None, help="server URL (default http://127.0.0.1:8765)")
     p.add_argument("--token", default=None, help="node token (or BLENDERFARM_NODE_TOKEN)")
-    p.add_argument("--blender", default=None,
-                   help="Blender executable (default: $BLENDER, then 'blender' on PATH)")
+    p.add_argument("--blender", action="append", default=None,
+                   help="Blender executable (default: $BLENDER, then 'blender' on PATH); "
+                        "repeat for more Blenders on this node")
+    p.add_argument("--slots", default=None, choices=SLOT_MODES,
+                   help="per-gpu: one task per GPU (the default with GPUs); all-gpus: one "
+                        "task on every GPU; cpu: CPU only (the default without GPUs)")
+    p.add_argument("--cpu-slot", action="store_true",
+                   help="render on the CPU too, in a slot beside the GPU slots")
+    p.add_argument("--cpu-slots", type=int, default=None, metavar="N",
+                   help="N CPU slots, each rendering one task with threads/N (default 1)")
     p.add_argument("--name", default=None, help="node name shown on the farm (default: hostname)")
     p.add_argument("--threads", type=int, default=None, help="render threads (default: all)")
     p.add_argument("--work-dir", type=Path, default=None,
@@ -69,6 +80,15 @@ def make_config(args: argparse.Namespace) -> NodeConfig:
     cfg.server = args.server or os.environ.get("BLENDERFARM_SERVER") or cfg.server
     cfg.token = args.token or os.environ.get("BLENDERFARM_NODE_TOKEN") or cfg.token
     cfg.blender = args.blender or cfg.blender
+    cfg.blender_paths()  # a malformed list is refused here, in one sentence
+    cfg.slots = args.slots or cfg.slots
+    if not isinstance(cfg.cpu_slot, bool):
+        raise ValueError(f"cpu_slot must be true or false, not {cfg.cpu_slot!r}")
+    cfg.cpu_slot = args.cpu_slot or cfg.cpu_slot
+    if args.cpu_slots is not None:
+        cfg.cpu_slots = args.cpu_slots
+    # now, before any Blender starts; per-gpu on a node without a GPU, after the probe
+    check_slots(cfg.slots, cfg.cpu_slots)
     cfg.name = args.name or cfg.name
     cfg.threads = args.threads or cfg.threads
     if args.work_dir is not None:
@@ -113,31 +133,57 @@ def _apply_file(cfg: NodeConfig, path: Path) -> None:
         setattr(cfg, key, value)
 
 
+async def _probe(explicit: str | None) -> tuple[BlenderInfo, str]:
+    """Find and probe one Blender: what it can do, and why it has no OpenGL ("" if it has)."""
+    path = find_blender(explicit)
+    # side by side: the tiny OpenGL render adds about half a second to the start
+    info, (opengl, why_not) = await asyncio.gather(probe_blender(path), probe_opengl(path))
+    info.opengl = opengl
+    return info, why_not
+
+
+def _say(n: int, info: BlenderInfo, why_not: str) -> None:
+    devices = ", ".join(f"{d.type} {d.name or d.id}" for d in info.devices) or "CPU"
+    print(f"bf-node: Blender {info.version} at {info.path} (blender {n}), "
+          f"denoise (OIDN): {'yes' if info.oidn else 'no'}, "
+          f"OpenGL (Eevee, Workbench): {'yes' if info.opengl else 'no'}, devices: {devices}",
+          flush=True)
+    if not info.oidn:
+        print(f"bf-node: Blender {n} has no OpenImageDenoise: jobs that need Cycles denoising "
+              "go to other Blenders or nodes", flush=True)
+    if not info.opengl:
+        print(f"bf-node: Blender {n} cannot render Eevee or Workbench here ({why_not}: no "
+              "OpenGL); such jobs go to other Blenders or nodes. To render them here, run "
+              "bf-node under xvfb-run or install a GPU driver.", flush=True)
+
+
 async def _main(cfg: NodeConfig) -> int:
     try:
-        path = find_blender(cfg.blender)
-        # side by side: the tiny OpenGL render adds about half a second to the start
-        info, (opengl, why_not) = await asyncio.gather(probe_blender(path),
-                                                       probe_opengl(path))
-        info.opengl = opengl
+        # every Blender at once (each probe is a Blender start or two), each to its end,
+        # so none is left running; the first that fails, in the order given, is said
+        results = await asyncio.gather(*(_probe(p) for p in cfg.blender_paths()),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        probed = [r for r in results if not isinstance(r, BaseException)]
+        infos = [info for info, _ in probed]
+        slots = slot_layout(cfg.slots, cards(info.devices for info in infos),
+                            cpu_slot=cfg.cpu_slot, cpu_slots=cfg.cpu_slots)
     except BlenderNotFound as exc:
         print(f"bf-node: {exc}", file=sys.stderr)
         return 2
     except BlenderProbeError as exc:
         print(f"bf-node: {exc}\n{exc.output}", file=sys.stderr)
         return 2
-    print(f"bf-node {__version__}: {cfg.name}, Blender {info.version} at {info.path}, "
-          f"denoise (OIDN): {'yes' if info.oidn else 'no'}, "
-          f"OpenGL (Eevee, Workbench): {'yes' if info.opengl else 'no'}, devices: "
-          f"{', '.join(info.cycles_devices) or 'CPU'}; server {cfg.server}", flush=True)
-    if not info.oidn:
-        print("bf-node: this Blender has no OpenImageDenoise: jobs that need Cycles denoising "
-              "will go to other nodes", flush=True)
-    if not info.opengl:
-        print(f"bf-node: this Blender cannot render Eevee or Workbench here ({why_not}: no "
-              "OpenGL); such jobs go to other nodes. To render them here, run bf-node under "
-              "xvfb-run or install a GPU driver.", flush=True)
-    agent = Agent(cfg, info)
+    except SlotError as exc:
+        print(f"bf-node: {exc}", file=sys.stderr)
+        return 2
+    print(f"bf-node {__version__}: {cfg.name}, {len(infos)} Blender(s), slots: "
+          f"{', '.join(_slot_text(s) for s in slots)}; server {cfg.server}", flush=True)
+    for n, (info, why_not) in enumerate(probed):
+        _say(n, info, why_not)
+    agent = Agent(cfg, infos, slots)
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -157,6 +203,10 @@ async def _main(cfg: NodeConfig) -> int:
         print(f"bf-node: the server refused this node: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _slot_text(slot: SlotCaps) -> str:
+    return f"{slot.id} ({', '.join(slot.gpus) or 'CPU'})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,14 @@ import platformdirs
 class NodeConfig:
     server: str = "http://127.0.0.1:8765"
     token: str | None = None
-    blender: str | None = None
+    #: the Blender(s) it renders with: a path, or a list of them (None: $BLENDER, PATH);
+    #: an assign names one by its index in this list
+    blender: str | list[str] | None = None
+    #: how its devices are cut into slots (devices.SLOT_MODES; None: per-gpu with GPUs,
+    #: else cpu), whether CPU slots sit beside GPU slots, and how many CPU slots there are
+    slots: str | None = None
+    cpu_slot: bool = False
+    cpu_slots: int = 1
     name: str = field(default_factory=socket.gethostname)
     threads: int | None = None  # None: Blender uses every core
     work_dir: Path = Path(platformdirs.user_cache_dir("blenderfarm-node", appauthor=False))
@@ -31,6 +38,20 @@ class NodeConfig:
     #: bytes the blob cache may hold ("20G" in node.toml or --cache-size); past it the
     #: least recently used files go, never those of a task the node holds
     cache_size: int = 20 * 1024**3
+
+    def blender_paths(self) -> list[str | None]:
+        """The Blenders given, in order (``[None]``: find one as the node always did)."""
+        value = self.blender
+        if value is None or value == []:
+            return [None]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError("blender must be a path or a list of paths, such as "
+                             "['/opt/blender-4.5/blender', '/opt/blender-5.0/blender']")
+        if len(value) > MAX_BLENDERS:
+            raise ValueError(f"a node has at most {MAX_BLENDERS} Blenders, not {len(value)}")
+        return list(value)
 
     @property
     def ws_url(self) -> str:
@@ -53,6 +74,7 @@ class NodeConfig:
             return uid
 
 
+MAX_BLENDERS = 16  # the protocol's bound on a hello's Blenders
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?")
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 

@@ -64,7 +64,7 @@ class RunnerError(Exception):
     """A task or a runner that failed; ``reason`` is machine-readable.
 
     Reasons: needs_denoise, needs_opengl, render_failed, no_output, bad_scene, bad_camera,
-    bad_command (from the runner); bad_blend, startup_failed, startup_timeout,
+    bad_command, no_device (from the runner); bad_blend, startup_failed, startup_timeout,
     crash, watchdog, not_running (from this side).
     """
 
@@ -393,12 +393,15 @@ class Runner:
                      overrides: dict[str, Any], output_dir: str, output_name: str,
                      on_event: EventCallback, watchdog: float | None = None,
                      opengl: bool = True, output_pattern: str | None = None,
+                     devices: tuple[str, list[str]] | None = None,
                      ) -> list[tuple[int, str]]:
         """Render ``frames`` and return ``[(frame, path)]``, or raise RunnerError.
 
         ``on_event`` gets each frame_start, progress and frame_done event. If the
         task does not end cleanly (a crash, the watchdog, cancellation, an exception
-        in ``on_event``) Blender is killed: its state is unknown.
+        in ``on_event``) Blender is killed: its state is unknown. ``devices`` is the
+        slot's ``(compute_device_type, Cycles ids)``: the runner enables exactly those
+        (None: it leaves Blender's device preferences as they are).
         """
         if not self.alive:
             raise RunnerError("The Blender runner is not running.", "not_running", True,
@@ -414,7 +417,9 @@ class Runner:
                               "output_dir": os.path.abspath(output_dir),
                               "output_name": output_name, "output_pattern": output_pattern,
                               # False: the runner refuses Eevee and Workbench (needs_opengl)
-                              "opengl": opengl})
+                              "opengl": opengl,
+                              "devices": None if devices is None else
+                              {"type": devices[0], "ids": list(devices[1])}})
             done: list[tuple[int, str]] = []
             while True:
                 event = await self._next_event(watchdog)

@@ -270,7 +270,7 @@ async def job_list(request: web.Request) -> web.Response:
 @routes.get("/api/jobs/{job_id}")
 async def job_get(request: web.Request) -> web.Response:
     farm = request.app[FARM]
-    return web.json_response({"job": farm.job_json(farm.job(request.match_info["job_id"]))})
+    return web.json_response({"job": farm.job_json(farm.job(request.match_info["job_id"]), nodes=True)})
 
 
 #: tasks in one page of ``GET /api/jobs/{id}/tasks`` unless ``limit`` asks for fewer

@@ -15,6 +15,7 @@ import time
 from asyncio import Future
 
 from ..protocol import messages as m
+from . import slots
 from .access import Actor, require_admin, require_control
 from .farm import Farm, FarmError
 from .models import JOB_FINAL, TASK_HELD, Job, NodeRecord, Task
@@ -129,12 +130,14 @@ NodeDone = tuple[NodeRecord, Future[None]]
 
 
 def drain(farm: Farm, uid: str, who: Actor) -> NodeDone:
-    """Finish the task it renders; tasks it only holds in advance go back to the queue."""
+    """Finish the task each slot renders; tasks they only hold in advance go back to the
+    queue."""
     require_admin(who, "drain a node")
     rec = node(farm, uid)
     farm.check_writable()
     rec.drained = True
-    return rec, farm.commit(tasks=_take_back(farm, rec.tasks[1:], "node drained"), nodes=[rec])
+    ahead = [t.id for t in slots.prefetched(rec, farm.tasks)]
+    return rec, farm.commit(tasks=_take_back(farm, ahead, "node drained"), nodes=[rec])
 
 
 def disable(farm: Farm, uid: str, who: Actor) -> NodeDone:

@@ -21,10 +21,11 @@ from typing import Any
 
 from ..protocol import messages as m
 from ..protocol.jobspec import OPENGL_ENGINES, JobSpec, output_stem
+from . import slots
 from .blobs import BlobStore
 from .compiler import compile_job
 from .config import ServerConfig
-from .constraints import lacks, may_wait, waiting_reason
+from .constraints import can_run, lacks, match, may_wait, waiting_reason
 from .eta import InFrame, estimate_eta, job_progress
 from .logs import TaskLogs
 from .metrics import FarmMetrics
@@ -307,13 +308,20 @@ class Farm:
             raise FarmError(f"no job {job_id!r}", "not_found", 404)
         return job
 
-    def job_json(self, job: Job) -> dict[str, Any]:
+    def job_json(self, job: Job, nodes: bool = False) -> dict[str, Any]:
         """The job's JSON, with why it waits when no online node takes it (``waiting``),
-        its ``progress`` and ``eta`` (job_pace)."""
+        its ``progress`` and ``eta`` (job_pace), and, while it is not final, which online
+        nodes can take it and why the others cannot (``nodes``): always when ``nodes``
+        (the job's own page), else only while it waits (a busy job's events, one per
+        finished task, would each cost a look at every node)."""
         data = {**job.to_json(), **self.job_pace(job)}
         # only a job with nothing on a node can wait: a busy farm's jobs cost nothing here
-        data["waiting"] = waiting_reason(job, [s.record for s in self.sessions.values()]) \
-            if may_wait(job) else None
+        waits = may_wait(job)
+        data["waiting"] = None
+        if job.status not in JOB_FINAL and (nodes or waits):
+            online = [s.record for s in self.sessions.values()]
+            data["waiting"] = waiting_reason(job, online) if waits else None
+            data["nodes"] = can_run(job, online)
         return data
 
     def job_pace(self, job: Job) -> dict[str, Any]:
@@ -381,16 +389,18 @@ class Farm:
             timer.cancel()
         rec.online, rec.lost_at, rec.connected_at = True, None, time.time()
         rec.last_seen = rec.seen_saved = time.time()  # the commit below writes the row
-        rec.frame = None
-        changed = self._reconcile(rec, session, hello.running)
-        log.info("node %s (%s) connected: Blender %s, oidn=%s, holds %d task(s)", rec.name,
-                 rec.uid, rec.info.get("blender", {}).get("version"), rec.oidn, len(rec.tasks))
+        rec.frames.clear()
+        changed = self._reconcile(rec, session, hello.running, hello.holding)
+        log.info("node %s (%s) connected: Blender %s, %d slot(s), holds %d task(s)", rec.name,
+                 rec.uid, ", ".join(b.version for b in rec.blenders), len(rec.slots),
+                 len(rec.tasks))
         # only this node's room changed, unless it gave tasks back to the queue
         self.commit(tasks=changed, nodes=[rec], offer=True if changed else [session])
 
-    def _reconcile(self, rec: NodeRecord, session: NodeSession, claimed: list[str]
-                   ) -> list[Task]:
-        """Match what a (re)connecting node says it holds with what we think it holds."""
+    def _reconcile(self, rec: NodeRecord, session: NodeSession, claimed: list[str],
+                   holding: dict[str, str]) -> list[Task]:
+        """Match what a (re)connecting node says it holds, and in which slot, with what we
+        think it holds."""
         kept: list[str] = []
         changed: list[Task] = []
         for tid in dict.fromkeys(claimed):  # a task named twice is held once
@@ -408,6 +418,10 @@ class Farm:
                 continue
             if task.status in TASK_HELD and task.node != rec.uid:
                 session.send(m.Cancel(task_id=tid, reason="given to another node"))
+                continue
+            if not slots.place(rec, holding, task):  # back to the queue, below
+                session.send(m.Cancel(task_id=tid, reason="held in a slot the node does "
+                                      "not have"))
                 continue
             if self.sched.discard(tid):
                 task.status = "assigned"
@@ -468,23 +482,11 @@ class Farm:
             self.emit("node", node=self.node_json(rec))
 
     def node_json(self, rec: NodeRecord) -> dict[str, Any]:
-        """A node's view, with what it renders now: the task it started last (else the
-        first it was given; the others are prefetched), its job, and the frame and
-        fraction of its latest progress. Chosen by times, not by the order of
-        ``rec.tasks``, so that a restarted server says the same."""
-        held = [self.tasks[t] for t in rec.tasks if t in self.tasks]
-        running = [t for t in held if t.status == "running"]
-        if running:
-            task = max(running, key=lambda t: (t.started or 0.0, t.id))
-        elif held:
-            task = min(held, key=lambda t: (t.assigned or 0.0, t.id))
-        else:
-            return rec.to_json()
-        job = self.jobs.get(task.job_id)
-        frame = rec.frame[1] if rec.frame is not None and rec.frame[0] == task.id else None
-        return rec.to_json({"task_id": task.id, "job_id": task.job_id,
-                            "job_name": job.spec.name if job is not None else None,
-                            "status": task.status, "frame": frame, "progress": task.progress})
+        """A node's view, with what each busy slot renders now (``current``: the first
+        busy slot's)."""
+        busy = slots.doing(rec, self.tasks, self.jobs)
+        current = next((busy[s.id] for s in rec.slots if s.id in busy), None)
+        return rec.to_json(current, busy)
 
     def _arm_grace(self, uid: str) -> None:
         loop = asyncio.get_running_loop()
@@ -509,7 +511,8 @@ class Farm:
 
     # --- dispatch -----------------------------------------------------------------------------
     def dispatch(self, sessions: list[NodeSession] | None = None) -> None:
-        """Give queued tasks to nodes with room: first every idle node, then prefetch slots.
+        """Give queued tasks to slots with room: first every idle slot, then the places
+        to prefetch into (``prefetch`` per slot), nodes in order of their oldest Blender.
 
         ``sessions`` narrows the offer to the nodes whose room changed (one that just
         finished a task or connected): the others were offered everything queued when
@@ -519,18 +522,25 @@ class Farm:
             return
         started = time.perf_counter()
         assigned: list[Task] = []
-        for slot in range(1, self.config.prefetch + 2):
+        loads: dict[str, dict[str, list[Task]]] = {}  # node -> what each slot holds
+        for depth in range(1, self.config.prefetch + 2):
             for session in list(self.sessions.values()) if sessions is None else sessions:
-                if session.closed:
-                    continue
                 rec = session.record
-                if rec.drained or len(rec.tasks) >= slot:
+                if session.closed or rec.drained or \
+                        len(rec.slots) == 1 and len(rec.tasks) >= depth:  # full, cheaply
                     continue
-                tid = self.sched.pick(lambda j, r=rec: self._may_run(r, j),  # type: ignore[misc]
-                                      lambda t, r=rec: self._may_retry(r, t))  # type: ignore[misc]
-                if tid is None:
-                    continue
-                assigned.append(self._assign(session, self.tasks[tid]))
+                load = loads.get(rec.uid)
+                if load is None:
+                    load = loads[rec.uid] = slots.held(rec, self.tasks)
+                for slot, held in load.items():
+                    if len(held) >= depth:
+                        continue
+                    task = self._pick(rec, slot)
+                    if task is not None:
+                        assigned.append(self._assign(session, task, slot))
+                        held.append(task)
+                    if self.sched.queued == 0:
+                        break
                 if self.sched.queued == 0:
                     break
         if assigned:
@@ -538,13 +548,20 @@ class Farm:
             self.journal.add(tasks=assigned)
             self.metrics.observe_dispatch(time.perf_counter() - started)
 
+    def _pick(self, rec: NodeRecord, slot_id: str) -> Task | None:
+        """The best queued task for one slot of ``rec``, taken off the queue, or None."""
+        slot = rec.slot(slot_id)
+        tid = self.sched.pick(lambda j: match(self.jobs[j], rec, slot) is not None,
+                              lambda t: self._may_retry(rec, t))
+        return None if tid is None else self.tasks[tid]
+
     def make_room(self, job: Job) -> None:
         """Dispatch after ``job`` entered the queue (submitted, resumed, requeued, raised).
 
-        Idle nodes take its tasks first. What it still has queued then may take the
-        place of lower-priority tasks that nodes only hold in advance (prefetched, not
+        Idle slots take its tasks first. What it still has queued then may take the
+        place of lower-priority tasks that slots only hold in advance (prefetched, not
         started): those go back to the queue, so an urgent job waits for one render
-        per node, not two. Only as many as the job can use are taken back.
+        per slot, not two. Only as many as the job can use are taken back.
         """
         self.dispatch()
         wanted = self.sched.queued_in(job.id)
@@ -555,13 +572,18 @@ class Farm:
                 break
             if rec.drained or not self._may_run(rec, job.id):
                 continue
-            for tid in rec.tasks[1:]:  # a copy; [0] is the one it renders
-                task = self.tasks[tid]
-                if task.status == "assigned" and self.jobs[task.job_id].priority < job.priority:
-                    session.send(m.Cancel(task_id=tid, reason="a job of higher priority came"))
-                    self._requeue(task)
-                    taken.append(task)
+            for slot_id, held in slots.held(rec, self.tasks).items():
+                if wanted <= len(taken):
                     break
+                if match(job, rec, rec.slot(slot_id)) is None:
+                    continue
+                for task in held[1:]:  # [0] is the one it renders
+                    if task.status == "assigned" and self.jobs[task.job_id].priority < job.priority:
+                        session.send(m.Cancel(task_id=task.id,
+                                              reason="a job of higher priority came"))
+                        self._requeue(task)
+                        taken.append(task)
+                        break
         if taken:
             log.info("job %s (priority %d) takes the place of %d prefetched task(s)", job.id,
                      job.priority, len(taken))
@@ -582,10 +604,12 @@ class Farm:
             return True
         return all(n.uid in failed for n in self.capable_nodes(self.jobs[task.job_id]))
 
-    def _assign(self, session: NodeSession, task: Task) -> Task:
+    def _assign(self, session: NodeSession, task: Task, slot_id: str) -> Task:
         job = self.jobs[task.job_id]
         rec = session.record
+        blender = match(job, rec, rec.slot(slot_id))
         task.status, task.node, task.progress = "assigned", rec.uid, 0.0
+        task.slot = slot_id
         task.assigned = time.time()
         task.attempts += 1
         if rec.uid not in task.assignees:
@@ -605,7 +629,8 @@ class Farm:
                                      output_name=job.output_name, scene=spec.scene,
                                      overrides=spec.overrides.to_dict(),
                                      attempt=task.attempts, allow_scripts=spec.scripts,
-                                     output_pattern=job.output_pattern))
+                                     output_pattern=job.output_pattern, slot=slot_id,
+                                     blender=blender or 0))
         if not sent:  # the spec's validation lets no such job in; never loop on one
             asyncio.get_running_loop().call_soon(self._unsendable, rec, task)
         return task
@@ -631,8 +656,10 @@ class Farm:
 
     def _release(self, task: Task) -> None:
         rec = self.nodes.get(task.node or "")
+        task.slot = None
         if rec and task.id in rec.tasks:
             rec.tasks.remove(task.id)
+            rec.frames.pop(task.id, None)
             self.sched.unhold(self.jobs[task.job_id].owner)
             self.news.changed(rec.uid)
 
@@ -658,7 +685,7 @@ class Farm:
             self.commit(tasks=[task], offer=False)
         task.progress = max(0.0, min(1.0, float(msg.fraction)))
         if msg.frame is not None:
-            rec.frame = (task.id, msg.frame)
+            rec.frames[task.id] = msg.frame
         job = self.jobs[task.job_id]
         self.in_frame.setdefault(job.id, InFrame()).report(task.id, task.progress,
                                                           len(task.frames), msg.frames_done)
@@ -743,7 +770,7 @@ class Farm:
             # not this node's fault (it just cannot denoise), but who refused it and why
             # stays on the task
             job.needs_oidn = True
-            if not any(n.oidn for n in self.nodes.values() if n.online):
+            if not any(b.oidn for n in self.nodes.values() if n.online for b in n.blenders):
                 task.status, task.node = "failed", rec.uid
                 return self._stop_job(job, "failed", NO_OIDN, settled=[task])
             self._requeue(task)
@@ -788,18 +815,18 @@ class Farm:
         return taken
 
     def _take_back_unable(self, job: Job) -> list[Task]:
-        """``job`` needs more than it did: what nodes that cannot run it hold of it (not
-        yet reported running) goes back to the queue, for nodes that can."""
+        """``job`` needs more than it did: what slots that cannot run it hold of it (not
+        yet reported running) goes back to the queue, for slots that can."""
         taken: list[Task] = []
         for session in self.sessions.values():
             rec = session.record
-            if self._may_run(rec, job.id):
-                continue
-            for tid in [t for t in rec.tasks if self.tasks[t].job_id == job.id
-                        and self.tasks[t].status == "assigned"]:
-                session.send(m.Cancel(task_id=tid, reason="this node cannot render the job"))
-                self._requeue(self.tasks[tid])
-                taken.append(self.tasks[tid])
+            for task in [self.tasks[t] for t in rec.tasks]:
+                if task.job_id != job.id or task.status != "assigned" or \
+                        match(job, rec, rec.slot(task.slot or rec.slots[0].id)) is not None:
+                    continue
+                session.send(m.Cancel(task_id=task.id, reason="this node cannot render the job"))
+                self._requeue(task)
+                taken.append(task)
         return taken
 
     def _no_capable_node(self, job: Job) -> str:
@@ -832,4 +859,4 @@ def store_refusal(exc: BaseException, what: str) -> FarmError:
 
 
 def _blender_order(session: NodeSession) -> tuple[int, int]:
-    return session.record.blender_key or (0, 0)
+    return session.record.oldest_key

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from . import slots
 from .models import JOB_STATES, TASK_STATES
 
 if TYPE_CHECKING:
@@ -80,6 +81,11 @@ class FarmCollector(Collector):
                                      "Frames rendered by all nodes (kept across restarts).")
         frames.add_metric([], sum(n.frames_rendered for n in farm.nodes.values()))
         yield frames
+        online = [s.record for s in farm.sessions.values()]
+        busy = sum(slots.busy(rec, farm.tasks) for rec in online)
+        yield _by_state("blenderfarm_slots", "Slots of online nodes: busy (holding a task) "
+                        "or idle.", ("busy", "idle"),
+                        {"busy": busy, "idle": sum(len(r.slots) for r in online) - busy})
         queued = GaugeMetricFamily("blenderfarm_tasks_ready",
                                    "Tasks in the scheduler's queues, waiting for a node.")
         queued.add_metric([], farm.sched.queued)

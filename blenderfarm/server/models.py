@@ -6,11 +6,13 @@ Plain dataclasses with their JSON forms (API) and row forms (SQLite). No I/O her
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol import messages as m
 from ..protocol.blender_version import node_version
 from ..protocol.jobspec import JobSpec, Overrides
 from ..protocol.naming import pattern_of
@@ -47,7 +49,7 @@ class Task:
 
     __slots__ = ("id", "job_id", "index", "frames", "kind", "depends_on", "_status",
                  "attempts", "failures", "node", "assigned", "failed_nodes", "progress",
-                 "started", "finished", "error", "log_tail", "assignees", "_counts")
+                 "started", "finished", "error", "log_tail", "assignees", "slot", "_counts")
 
     def __init__(self, id: str, job_id: str, index: int, frames: list[int],
                  kind: str = "render", depends_on: list[str] | None = None,
@@ -72,6 +74,9 @@ class Task:
         #: every node it was ever given to: the only ones whose results count (a node it
         #: was taken from may still finish it: a late result is welcome)
         self.assignees = assignees if assignees is not None else []
+        #: the slot of its node that holds it (transient: after a restart the node's hello
+        #: says, see ``Farm._reconcile``; None while no node holds it)
+        self.slot: str | None = None
         self._counts: Counter[str] | None = None
 
     @property
@@ -217,40 +222,83 @@ class NodeRecord:
     #: the node token that enrolled this uid (on a farm with tokens): while that token
     #: is valid, no other token may connect as this node
     token_id: str | None = None
-    # Transient, never stored: the frame its latest progress named, as (task id, frame);
-    # the last_seen watchers last heard, and the one last written to its row. A heartbeat
-    # then costs no event and no write unless enough time has passed (Farm.node_seen).
-    frame: tuple[str, int] | None = field(default=None, compare=False)
+    # Transient, never stored: the frame each held task's latest progress named (task id
+    # -> frame); the last_seen watchers last heard, and the one last written to its row. A
+    # heartbeat then costs no event and no write unless enough time has passed
+    # (Farm.node_seen).
+    frames: dict[str, int] = field(default_factory=dict, compare=False)
     seen_told: float = field(default=0.0, compare=False)
     seen_saved: float = field(default=0.0, compare=False)
+    # Made from ``info`` (set_info):
+    _blenders: list[m.BlenderCaps] = field(default_factory=list, init=False, repr=False,
+                                           compare=False)
+    _slots: list[m.SlotCaps] = field(default_factory=list, init=False, repr=False,
+                                     compare=False)
+    _slot_ids: dict[str, m.SlotCaps] = field(default_factory=dict, init=False, repr=False,
+                                             compare=False)
+    _blenders_json: list[dict[str, Any]] = field(default_factory=list, init=False,
+                                                 repr=False, compare=False)
+    blender_keys: list[tuple[int, int] | None] = field(default_factory=list, init=False,
+                                                       repr=False, compare=False)
+    blender_order: list[int] = field(default_factory=list, init=False, repr=False,
+                                     compare=False)
+
+    def __post_init__(self) -> None:
+        self.set_info(self.info)
+
+    def set_info(self, info: dict[str, Any]) -> None:
+        """Take what its hello said (``info``, also its stored form) and make its typed
+        Blenders and slots from it: records saved before a node had several of either
+        hold one ``blender`` and mean one CPU slot, "0"."""
+        self.info = info
+        raw = info.get("blenders") or ([info["blender"]] if info.get("blender") else [])
+        self._blenders = [_caps(b) for b in raw] or [m.BlenderCaps()]
+        # (major, minor) of each Blender, None when its hello did not say
+        self.blender_keys = [node_version(b.version) for b in self._blenders]
+        # its Blenders' indices, oldest first: a job takes the oldest that fits
+        self.blender_order = sorted(range(len(self._blenders)),
+                                    key=lambda i: self.blender_keys[i] or (0, 0))
+        self._slots = [m.SlotCaps(id=s["id"], device=s.get("device", "CPU"),
+                                  gpus=list(s.get("gpus", [])))
+                       for s in info.get("slots", ())] or [m.SlotCaps(id="0")]
+        self._slot_ids = {s.id: s for s in self._slots}
+        # their views, made once: a node's view goes out a few times a second
+        self._blenders_json = [{"version": b.version, "kind": b.kind, "oidn": b.oidn,
+                                "opengl": b.opengl,
+                                "devices": [dataclasses.asdict(d) for d in b.devices]}
+                               for b in self._blenders]
 
     @property
-    def oidn(self) -> bool:
-        return bool(self.info.get("blender", {}).get("oidn"))
+    def blenders(self) -> list[m.BlenderCaps]:
+        """Every Blender of the node, as its hello listed them (an assign names one by
+        its index here)."""
+        return self._blenders
 
     @property
-    def opengl(self) -> bool:
-        """Its Blender can render Eevee and Workbench (the node's probe says)."""
-        return bool(self.info.get("blender", {}).get("opengl"))
+    def slots(self) -> list[m.SlotCaps]:
+        """Its slots, as its hello listed them; the first takes a task no hello placed."""
+        return self._slots
+
+    def slot(self, slot_id: str) -> m.SlotCaps:
+        """Its slot of that id (one its hello listed)."""
+        return self._slot_ids[slot_id]
+
+    @property
+    def oldest_key(self) -> tuple[int, int]:
+        """(major, minor) of its oldest Blender ((0, 0): unknown): nodes are offered work
+        in this order."""
+        return self.blender_keys[self.blender_order[0]] or (0, 0)
 
     @property
     def tags(self) -> list[str]:
         return self.info.get("tags") or []
 
-    @property
-    def blender_version(self) -> str:
-        """Its Blender's version as its hello said (``"3.4.1"``; ``""``: unknown)."""
-        return str(self.info.get("blender", {}).get("version") or "")
-
-    @property
-    def blender_key(self) -> tuple[int, int] | None:
-        """(major, minor) of its Blender; None when its hello did not say."""
-        return node_version(self.blender_version)
-
-    def to_json(self, current: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Its view; ``current`` is what it renders now (``Farm.node_json`` fills it in:
-        only the farm knows the tasks)."""
-        blender = self.info.get("blender", {})
+    def to_json(self, current: dict[str, Any] | None = None,
+                busy: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Its view; ``busy`` is what each busy slot renders now (slot id -> task, job,
+        frame, progress) and ``current`` the first busy slot's (``Farm.node_json`` fills
+        them in: only the farm knows the tasks)."""
+        busy = busy or {}
         if not self.online:
             state = "offline"
         elif self.disabled:
@@ -259,11 +307,28 @@ class NodeRecord:
             state = "drained"
         else:
             state = "rendering" if self.tasks else "idle"
+        first = self._blenders[0]
         return {
             "id": self.uid, "name": self.name, "state": state, "online": self.online,
             "drained": self.drained, "disabled": self.disabled, "last_seen": self.last_seen,
             "tasks": list(self.tasks), "current": current,
-            "blender": blender.get("version"), "oidn": self.oidn, "opengl": self.opengl,
+            # its first Blender's, for clients from before several Blenders
+            "blender": first.version or None, "oidn": first.oidn, "opengl": first.opengl,
+            "blenders": self._blenders_json,
+            "slots": [{"id": s.id, "device": s.device, "gpus": list(s.gpus),
+                       "busy": busy.get(s.id)} for s in self._slots],
             "threads": self.info.get("threads"), "gpus": self.info.get("gpus", []),
             "tags": self.info.get("tags", []), "frames_rendered": self.frames_rendered,
         }
+
+
+def _caps(data: dict[str, Any]) -> m.BlenderCaps:
+    """A Blender's capabilities from their stored form (``dataclasses.asdict``)."""
+    known = {k: v for k, v in data.items() if k in _CAPS_FIELDS and k != "devices"}
+    devices = [m.Device(**{k: v for k, v in d.items() if k in _DEVICE_FIELDS})
+               for d in data.get("devices", ())]
+    return m.BlenderCaps(**known, devices=devices)
+
+
+_CAPS_FIELDS = frozenset(f.name for f in dataclasses.fields(m.BlenderCaps))
+_DEVICE_FIELDS = frozenset(f.name for f in dataclasses.fields(m.Device))

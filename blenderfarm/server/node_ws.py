@@ -22,6 +22,7 @@ from .auth import AUTH, Auth, Refusal
 from .farm import Farm, FarmError, NodeSession
 from .keys import FARM
 from .models import TASK_FINAL, NodeRecord
+from .slots import hello_blenders, hello_slots_error
 from .store import StoreError
 from .tokens import TokenInfo
 
@@ -53,9 +54,12 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         if len(farm.nodes) > farm.config.max_nodes:
             farm.prune_nodes()
     rec.name, rec.token_id = hello.name, token_id or rec.token_id
-    rec.info = {"blender": dataclasses.asdict(hello.blender), "threads": hello.threads,
-                "ram": hello.ram, "gpus": hello.gpus, "tags": hello.tags,
-                "agent_version": hello.agent_version, "peer": request.remote}
+    blenders = [dataclasses.asdict(b) for b in hello_blenders(hello)]
+    rec.set_info({"blender": blenders[0], "blenders": blenders,
+                  "slots": [dataclasses.asdict(s) for s in hello.slots],
+                  "threads": hello.threads, "ram": hello.ram, "gpus": hello.gpus,
+                  "tags": hello.tags, "agent_version": hello.agent_version,
+                  "peer": request.remote})
     session = NodeSession(rec)
     sender = asyncio.create_task(_sender(ws, session))
     try:
@@ -154,6 +158,11 @@ async def _read_hello(ws: web.WebSocketResponse, timeout: float) -> m.Hello | No
             code="protocol_version", fatal=True,
             message=f"node speaks protocol {msg.protocol}, server speaks {PROTOCOL_VERSION}; "
                     "install the same Blenderfarm version on both")))
+        return None
+    wrong = hello_slots_error(msg)
+    if wrong is not None:
+        await ws.send_bytes(m.encode(m.Error(code="bad_hello", fatal=True,
+                                             message=f"the node's slots are wrong: {wrong}")))
         return None
     return msg
 

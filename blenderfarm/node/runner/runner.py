@@ -320,6 +320,46 @@ def apply_overrides(scene, overrides: dict) -> None:
         SETTINGS.set(render, "threads", int(overrides["threads"]))
 
 
+def set_devices(scene, devices, device) -> None:
+    """Enable exactly the slot's Cycles devices, and the job's device override.
+
+    ``devices`` is the slot's ``{"type": BACKEND or "NONE", "ids": [Cycles ids]}`` (a
+    CPU slot: NONE and none, so Cycles renders on the CPU whatever the scene says);
+    None, from an agent before slots, leaves the preferences alone. ``device`` is the
+    job's ``Overrides.device``: "GPU" or "CPU" sets the scene's ``cycles.device``, None
+    keeps the scene's own. Everything set here is restored after the task (SETTINGS).
+    """
+    cycles = getattr(scene, "cycles", None)
+    if device in ("GPU", "CPU") and cycles is not None:
+        SETTINGS.set(cycles, "device", device)
+    if devices is None:
+        return
+    addon = bpy.context.preferences.addons.get("cycles")
+    if addon is None:  # no Cycles in this Blender: nothing to enable
+        return
+    prefs = addon.preferences
+    kind = str(devices.get("type") or "NONE")
+    wanted = [str(i) for i in devices.get("ids") or []]
+    try:
+        SETTINGS.set(prefs, "compute_device_type", kind)
+    except TypeError:  # an enum this Blender's Cycles does not offer here
+        # retryable: the farm tries another node (the server never gives a task back to
+        # a node that failed it), and a card that vanished is this node's fault
+        raise TaskError("no_device", f"This node's Blender has no {kind} devices "
+                        f"(for {', '.join(wanted) or 'its slot'}).", True) from None
+    if hasattr(prefs, "refresh_devices"):
+        prefs.refresh_devices()
+    else:  # before 3.0 get_devices() refreshed them
+        prefs.get_devices()
+    known = {d.id for d in prefs.devices if d.type == kind}
+    missing = [i for i in wanted if i not in known]
+    if missing:
+        raise TaskError("no_device", f"This node's Blender has no device {missing[0]} "
+                        f"(its {kind} devices: {', '.join(sorted(known)) or 'none'}).", True)
+    for entry in prefs.devices:  # the CPU entry too: a GPU slot leaves the CPU to others
+        SETTINGS.set(entry, "use", entry.type == kind and entry.id in wanted)
+
+
 # --- checks before rendering -------------------------------------------------------------
 
 
@@ -588,6 +628,7 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
             apply_overrides(scene, cmd.get("overrides") or {})
         except (TypeError, ValueError, AttributeError) as exc:  # bpy's "enum not found" etc.
             raise TaskError("bad_scene", f"This Blender cannot apply the overrides: {exc}", False) from exc
+        set_devices(scene, cmd.get("devices"), (cmd.get("overrides") or {}).get("device"))
         if scene.camera is None:
             raise TaskError("bad_camera", f"The scene {scene.name!r} has no active camera; set one "
                             "in the file or submit with a camera (bf submit --camera NAME, or "

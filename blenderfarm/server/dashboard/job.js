@@ -206,12 +206,20 @@ function detailsPanel(job) {
   if (job.needs_oidn) rows.push(["Denoise", "needs a node with OpenImageDenoise"]);
   if (job.needs_opengl) rows.push(["OpenGL", "needs a node that can render Eevee and Workbench"]);
   if ((job.tags || []).length) rows.push(["Tags", `needs a node with ${job.tags.join(", ")}`]);
+  if (job.nodes) rows.push(["Can run on", canRunOn(job.nodes)]);
   // why no node takes it (the server's waiting_reason), first: it is what to act on
   if (job.waiting) rows.unshift(["Waiting", job.waiting]);
   return h("section", { class: "panel details", "aria-label": "Details" },
     h("dl", null, rows.map(([k, v]) => [h("dt", null, k), h("dd", null, v)])));
 }
 
+/** Which online nodes can take the job and why the others cannot (the server's checks). */
+function canRunOn(nodes) {
+  if (!nodes.length) return "no node is online";
+  return h("ul", { class: "can-run" }, nodes.map((n) =>
+    h("li", { class: n.can ? "can" : "cannot", "data-node-id": n.id },
+      n.can ? n.name : `not ${n.name}`, n.why ? h("span", { class: "muted" }, ` (${n.why})`) : null)));
+}
 
 function stripPanel(job, page) {
   const outs = [...page.outputs].sort((a, b) => a.frame - b.frame || (a.name < b.name ? -1 : 1));

@@ -24,8 +24,8 @@ export function nodesView() {
 }
 
 function table(rows) {
-  const cols = ["Name", "State", "Current task", "Blender", "Threads", "GPUs", "Denoise",
-    "Last seen", "Frames", ""];
+  const cols = ["Name", "State", "Current task", "Slots", "Blenders", "Devices", "Threads",
+    "Denoise", "Last seen", "Frames", ""];
   return h("div", { class: "table-wrap" },
     h("table", { class: "grid-table nodes" },
       h("thead", null, h("tr", null, cols.map((c) => h("th", { scope: "col" }, c)))),
@@ -48,10 +48,11 @@ function nodeRow(node, now) {
         title: `blocklisted for ${blocked.map((j) => j.name).join(", ")}` },
       `blocklisted ×${blocked.length}`) : null),
     h("td", { class: "wide" }, currentTask(node)),
-    h("td", null, node.blender || "—"),
+    h("td", { class: "slots" }, slots(node)),
+    h("td", { class: "blenders" }, blenders(node)),
+    h("td", { class: "devices" }, devices(node)),
     h("td", { class: "num" }, node.threads ?? "—"),
-    h("td", null, gpus(node.gpus)),
-    h("td", null, node.oidn ? "yes" : "no"),
+    h("td", null, blenderList(node).some((b) => b.oidn) ? "yes" : "no"),
     h("td", { class: "seen", title: new Date(node.last_seen * 1000).toLocaleString() },
       node.online ? (now - node.last_seen < 15 ? "now" : ago(node.last_seen, now))
         : ago(node.last_seen, now)),
@@ -59,21 +60,59 @@ function nodeRow(node, now) {
     h("td", { class: "row-actions" }, nodeActions(node)));
 }
 
-function gpus(list) {
-  if (!list || !list.length) return "—";
-  return list.map((g) => (typeof g === "string" ? g : g.name || g.type || JSON.stringify(g)))
+/** Its Blenders (a server from before lists one, as ``blender``). */
+function blenderList(node) {
+  return node.blenders || (node.blender ? [{ version: node.blender, oidn: node.oidn }] : []);
+}
+
+function blenders(node) {
+  const list = blenderList(node);
+  if (!list.length) return "—";
+  return list.map((b) => `${b.version || "?"}${b.kind === "module" ? " (module)" : ""}`)
     .join(", ");
 }
 
-/** What the node renders now, from its own events: the task it holds first (the others
- *  are prefetched), its job, and the frame and fraction of its latest progress. */
+/** What its Blenders render with: the CPU, then each GPU once (by name, its backends). */
+function devices(node) {
+  const cards = new Map();
+  for (const b of blenderList(node)) {
+    for (const d of b.devices || []) {
+      const key = d.gpu || d.id;
+      const card = cards.get(key) || { name: d.name || key, types: new Set() };
+      card.types.add(d.type);
+      cards.set(key, card);
+    }
+  }
+  return ["CPU", ...[...cards.values()].map((c) => `${c.name} (${[...c.types].join(", ")})`)]
+    .join(", ");
+}
+
+/** One chip per slot: its id and device, marked busy (with what it renders) or idle. */
+function slots(node) {
+  const list = node.slots || [];
+  if (!list.length) return "—";
+  return h("div", { class: "slot-list" }, list.map((s) => {
+    const job = s.busy && state.jobs.get(s.busy.job_id);
+    const doing = s.busy ? ` · ${(job && job.name) || s.busy.job_name || s.busy.job_id}`
+      + (s.busy.frame !== null && s.busy.frame !== undefined ? ` frame ${s.busy.frame}` : "") : "";
+    return h("span", { class: `slot ${s.busy ? "busy" : "idle"}`, "data-slot": s.id,
+      title: `${s.device}${(s.gpus || []).length ? ` (${s.gpus.join(", ")})` : ""}${doing}` },
+    `${s.id} ${s.device}${s.busy ? " ●" : ""}`);
+  }));
+}
+
+/** What the node renders now, from its own events: its first busy slot's task (the
+ *  slots cell says what the others render), its job, and the frame and fraction of its
+ *  latest progress. */
 function currentTask(node) {
   const cur = node.current;
   if (!cur) return node.online ? h("span", { class: "muted" }, "—") : "";
   const job = state.jobs.get(cur.job_id);
   const label = (job && job.name) || cur.job_name || cur.job_id;
+  // prefetched: what it holds beyond the one task each busy slot renders
+  const rendering = (node.slots || []).filter((s) => s.busy).length || 1;
   const held = (node.tasks || []).length;
-  const more = held > 1 ? ` (+${held - 1} next)` : "";
+  const more = held > rendering ? ` (+${held - rendering} next)` : "";
   const link = h("a", { href: `#/jobs/${enc(cur.job_id)}`, class: "task-link" }, label);
   if (cur.status !== "running") {
     return h("div", { class: "progress-cell" }, link, h("span", { class: "muted" }, `starting${more}`));

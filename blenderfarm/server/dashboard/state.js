@@ -118,19 +118,34 @@ function forgetProgress(jobId) {
 export function applyEvent(ev) {
   const page = state.page;
   switch (ev.type) {
-    case "job":
+    case "job": {
+      // A busy job's events leave out which nodes can run it (it would cost the server a
+      // look at every node per finished task): the page keeps the list it fetched.
+      const old = state.jobs.get(ev.job.id);
+      if (!("nodes" in ev.job) && old && old.nodes && !FINAL.includes(ev.job.status)) {
+        ev.job.nodes = old.nodes;
+      }
       state.jobs.set(ev.job.id, ev.job);
       if (FINAL.includes(ev.job.status)) forgetProgress(ev.job.id);
       if (page && page.id === ev.job.id) debounce("tasks", 300, () => refreshPart("tasks"));
       break;
+    }
     case "job_deleted":
       state.jobs.delete(ev.job_id);
       forgetProgress(ev.job_id);
       if (page && page.id === ev.job_id) page.missing = true;
       break;
-    case "node":
+    case "node": {
+      const before = state.nodes.get(ev.node.id);
       state.nodes.set(ev.node.id, ev.node);
+      // a node came, went, was drained or disabled: where the open job can run changed
+      const moved = !before || ["online", "drained", "disabled"].some((k) => before[k] !== ev.node[k]);
+      if (page && moved) {
+        const id = page.id;
+        debounce("job", 500, () => refreshJob(id));
+      }
       break;
+    }
     case "node_deleted":
       state.nodes.delete(ev.node_id);
       break;
