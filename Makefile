@@ -57,14 +57,16 @@ demo: deps
 	$(BIN)/python examples/demo.py
 
 # Scale (simulated nodes against a real server), rendering (real Blender), end to
-# end through the bf command line (submit + wait) and persistent data on a heavy scene;
+# end through the bf command line (submit + wait), persistent data on a heavy scene and
+# a bpy-module node beside a Blender-executable node;
 # all write their figures to docs/benchmarks.md. Fails if a scale or end-to-end target
 # is missed.
 bench: deps
 	$(BIN)/python bench/scale_bench.py --write docs/benchmarks.md; status=$$?; \
 	$(BIN)/python bench/render_bench.py --write docs/benchmarks.md || exit 1; \
 	$(BIN)/python bench/e2e_bench.py --write docs/benchmarks.md || status=1; \
-	$(BIN)/python bench/persistent_bench.py --write docs/benchmarks.md || status=1; exit $$status
+	$(BIN)/python bench/persistent_bench.py --write docs/benchmarks.md || status=1; \
+	$(BIN)/python bench/node_kinds_bench.py --write docs/benchmarks.md || status=1; exit $$status
 
 clean:
 	rm -rf $(VENV) demo-data build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache
