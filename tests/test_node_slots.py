@@ -31,7 +31,7 @@ from blenderfarm.node.devices import (
 from blenderfarm.protocol import messages as m
 from fakeserver import Conn, FakeServer, frame, until, welcome
 from procs import NodeProc, blender_pids
-from scenes import BLENDER, make_scene, needs_blender, read_rgba, render_frames
+from scenes import BLENDER, make_scene, needs_blender, read_rgba, render_frames, run_blender
 
 RUNNER_DIR = Path(__file__).resolve().parents[1] / "blenderfarm" / "node" / "runner"
 #: two fake cards: the first driven by CUDA and OptiX, the second by CUDA only
@@ -156,6 +156,37 @@ def anim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     return blend, render_frames(blend, list(range(1, 13)), root / "direct")
 
 
+#: a Python driver that holds frames 2 and 8 (the second frame of the tasks 1-6 and 7-12)
+#: until a file exists, at most 60 s: two tasks then overlap for certain, however busy
+#: the machine, once the test has seen both start. It drives a custom property, so the
+#: frames stay those of the plain scene.
+GATE = """
+import bpy, sys
+scene = bpy.context.scene
+scene["gate"] = 1.0
+driver = scene.driver_add('["gate"]').driver
+driver.type = "SCRIPTED"
+driver.expression = (
+    "next((1.0 for _ in range(1200) if __import__('os').path.exists(%r) "
+    "or __import__('time').sleep(0.05)), 1.0) if frame in (2, 8) else 1.0" % sys.argv[-2])
+bpy.ops.wm.save_as_mainfile(filepath=sys.argv[-1])
+"""
+
+
+@pytest.fixture(scope="module")
+def gated(anim: tuple[Path, list[Path]], tmp_path_factory: pytest.TempPathFactory
+          ) -> tuple[Path, Path]:
+    """The scene with the gate above (it renders only with scripts allowed), and the
+    file that opens it."""
+    root = tmp_path_factory.mktemp("gate")
+    blend, go = root / "gate.blend", root / "go"
+    script = root / "gate.py"
+    script.write_text(GATE)
+    run_blender([str(anim[0]), "--python", str(script), "--", str(go), str(blend)])
+    assert blend.is_file()
+    return blend, go
+
+
 def _assign(server: FakeServer, blend: Path, task_id: str, frames: list[int],
             **fields: Any) -> bytes:
     sha = server.blob(blend.read_bytes())
@@ -220,11 +251,13 @@ class Script:
 
 @needs_blender[0]
 async def test_two_cpu_slots_render_two_tasks_at_once_and_each_frame_equals_blenders(
-        tmp_path: Path, anim: tuple[Path, list[Path]]) -> None:
-    blend, direct = anim
+        tmp_path: Path, anim: tuple[Path, list[Path]], gated: tuple[Path, Path]) -> None:
+    direct = anim[1]
+    blend, go = gated
+    go.unlink(missing_ok=True)
     script = Script()
     async with FakeServer(script) as server:
-        node = _start(server, tmp_path, "--cpu-slots", "2")
+        node = _start(server, tmp_path, "--cpu-slots", "2", "--allow-scripts")
         try:
             await until(lambda: script.conn, 60, "the node's hello")
             hello = server.hellos[0]
@@ -232,13 +265,20 @@ async def test_two_cpu_slots_render_two_tasks_at_once_and_each_frame_equals_blen
             # each slot warms a spare of its own: both tasks start without a Blender start
             await until(lambda: len(blender_pids(tmp_path / "work", spares=True)) == 2, 60,
                         "a warm spare in each slot")
-            await script.send(_assign(server, blend, "t1", list(range(1, 7)), slot="cpu"))
-            await script.send(_assign(server, blend, "t2", list(range(7, 13)), slot="cpu1"))
+            await script.send(_assign(server, blend, "t1", list(range(1, 7)), slot="cpu",
+                                      allow_scripts=True))
+            await script.send(_assign(server, blend, "t2", list(range(7, 13)), slot="cpu1",
+                                      allow_scripts=True))
+            # each holds its second frame until both have started
+            await until(lambda: {"t1", "t2"} <= set(script.started) or script.ended, 90,
+                        "both tasks to start")
+            go.touch()
             await until(lambda: len(script.ended) == 2, 120, "both tasks to end")
         finally:
             node.stop()
     assert set(_by_task(server, m.TaskDone)) == {"t1", "t2"}, node.text()[-3000:]
-    # both rendering at once: each started before the other ended
+    # both rendering at once: each started before the other ended (one slot would have
+    # held t2 until t1, waiting at its gate, gave up after 60 s)
     assert script.started["t2"] < script.ended["t1"] and \
         script.started["t1"] < script.ended["t2"], (script.started, script.ended)
     for task in ("t1", "t2"):
@@ -435,25 +475,31 @@ def _server_schedules_slots() -> bool:
 @pytest.mark.skipif(not _server_schedules_slots(),
                     reason="needs a bf-server that dispatches per slot (Task.slot)")
 def test_a_real_server_keeps_both_cpu_slots_busy_and_the_frames_equal_blenders(
-        farm_procs, tmp_path: Path, anim: tuple[Path, list[Path]]) -> None:
+        farm_procs, tmp_path: Path, anim: tuple[Path, list[Path]],
+        gated: tuple[Path, Path]) -> None:
     from procs import get_json, wait_for
     from test_e2e import bf, submit, wait_job
-    blend, direct = anim
+    direct = anim[1]
+    blend, go = gated
+    go.unlink(missing_ok=True)
     server = farm_procs.server()
-    farm_procs.node("two", ["--cpu-slots", "2"])
+    farm_procs.node("two", ["--cpu-slots", "2", "--allow-scripts"])
     farm_procs.wait_nodes(1)
-    job_id, _ = submit(server.url, blend, "--frames", "1-6", "--chunk", "3")
+    # two tasks, 1-6 and 7-12: each holds its second frame until the test lets it go
+    job_id, _ = submit(server.url, blend, "--frames", "1-12", "--chunk", "6",
+                       "--allow-scripts")
 
     def both_running() -> bool:
         tasks = get_json(f"{server.url}/api/jobs/{job_id}/tasks")["tasks"]
         return sum(t["status"] == "running" for t in tasks) == 2
-    wait_for(both_running, 60, "both tasks of the job running at once", interval=0.05)
+    wait_for(both_running, 90, "both tasks of the job running at once")
+    go.touch()
     assert wait_job(server.url, job_id)["status"] == "completed"
     out = tmp_path / "frames"
     assert bf(server.url, "download", job_id, str(out), "--flat").returncode == 0
     got = sorted(out.glob("*.png"))
-    assert len(got) == 6
-    for path, ref in zip(got, direct[:6], strict=True):
+    assert len(got) == 12
+    for path, ref in zip(got, direct, strict=True):
         assert np.array_equal(read_rgba(path), read_rgba(ref)), path.name
 
 
