@@ -129,6 +129,15 @@ def blender_pids(work_dir: Path, *, spares: bool = False) -> list[int]:
     return pids
 
 
+def is_running(pid: int) -> bool:
+    """True while pid exists and is not a zombie (init reaps orphans, maybe not at once)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def free_port() -> int:
     import socket
 

@@ -36,7 +36,7 @@ from blenderfarm.node.blender import (
 )
 from blenderfarm.node.outputs import check_image
 from blenderfarm.node.runner_proc import Runner, RunnerError
-from procs import get_json, wait_for
+from procs import get_json, is_running, wait_for
 from scenes import MAKE_SCENE, make_scene, needs_blender, read_rgba
 from test_e2e import bf, submit, wait_job
 
@@ -608,22 +608,13 @@ def test_the_bpy_python_dies_with_an_agent_killed_by_sigkill(bpy50_python: str,
         child = int(agent.stdout.readline())
         agent.kill()
         agent.wait(10)
-        wait_for(lambda: not _running(child), 10, "the bpy Python to die with its agent",
+        wait_for(lambda: not is_running(child), 10, "the bpy Python to die with its agent",
                  interval=0.05)
     finally:
         agent.kill()
         agent.wait(10)
-        if child and _running(child):  # the feature failed: still leave no orphan
+        if child and is_running(child):  # the feature failed: still leave no orphan
             os.killpg(child, signal.SIGKILL)
-
-
-def _running(pid: int) -> bool:
-    """True while pid exists and is not a zombie (init reaps orphans, maybe not at once)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # --- a real farm: a 3.4 executable node and a 5.0 module node ------------------------------

@@ -23,6 +23,7 @@ from PIL import Image
 from blenderfarm.node.blender import BlenderNotFound, find_blender, probe_blender, probe_opengl
 from blenderfarm.node.outputs import check_image, frame_file_name
 from blenderfarm.node.runner_proc import Runner, RunnerError
+from procs import is_running
 
 BLENDER = shutil.which("blender") or os.environ.get("BLENDER")
 pytestmark = [
@@ -295,23 +296,14 @@ def test_blender_dies_with_an_agent_killed_by_sigkill(scenes: Path, tmp_path: Pa
         agent.kill()
         agent.wait(10)
         deadline = time.monotonic() + 10
-        while _running(blender_pid) and time.monotonic() < deadline:
+        while is_running(blender_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _running(blender_pid), "Blender outlived its agent"
+        assert not is_running(blender_pid), "Blender outlived its agent"
     finally:
         agent.kill()
         agent.wait(10)
-        if blender_pid and _running(blender_pid):  # the feature failed: still leave no orphan
+        if blender_pid and is_running(blender_pid):  # the feature failed: still leave no orphan
             os.killpg(blender_pid, signal.SIGKILL)
-
-
-def _running(pid: int) -> bool:
-    """True while pid exists and is not a zombie (init reaps orphans, maybe not at once)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # Runs in Blender: formats.blend, one scene per case (linked copies of one Cycles scene,
