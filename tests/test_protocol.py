@@ -129,7 +129,7 @@ def test_negative_frames_are_blender_frames_too() -> None:
     assert parse_frames("-4-4x4, 10") == [-4, 0, 4, 10]
     assert parse_frames(f"{-MAX_FRAME}") == [-MAX_FRAME]
     assert format_frames([-5, -4, -3, 0, 2, 3]) == "-5--3,0,2-3"
-    assert validate_spec(_spec(frames="-5--1")).frame_list == [-5, -4, -3, -2, -1]
+    assert parse_frames(validate_spec(_spec(frames="-5--1")).frames) == [-5, -4, -3, -2, -1]
 
 
 @given(st.lists(st.integers(-5000, 5000), min_size=1, max_size=200))

@@ -16,6 +16,7 @@ from .blender_version import normal_pin, normal_saved
 from .frames import FrameRangeError, parse_frames
 from .hashing import is_sha256
 from .paths import PathError, is_utf8, normalize_relpath
+from .tiles import MAX_TILES
 
 #: the formats ``overrides.format`` (``bf submit --format``, the add-on's Format) offers;
 #: only the format changes, the scene's colour mode, depth and codecs stay where the
@@ -134,10 +135,14 @@ class JobSpec:
     blender_saved: str | None = None
     #: a pin that replaces that rule: ">=4.5" (4.5 or newer) or "4.5" (4.5.x only)
     blender: str | None = None
-
-    @property
-    def frame_list(self) -> list[int]:
-        return parse_frames(self.frames)
+    #: split each frame into this many tiles, merged by one task per frame (1 or None:
+    #: whole frames); ``"auto"`` is resolved by the server at submit (protocol.tiles)
+    tiles: int | str | None = None
+    #: also make a video of the frames (an encode task after every render)
+    video: bool = False
+    #: the scene's resolution as the submitter read it (after its percentage), for
+    #: ``tiles: "auto"``; None: unknown
+    resolution: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -251,7 +256,7 @@ def validate_spec(data: Any) -> JobSpec:
     name = _str(data, "name", "") or blend.rsplit("/", 1)[-1][: -len(".blend")]
     if any(ord(c) < 32 for c in name):
         raise SpecError("name", "control character in name")
-    for flag in ("paused", "scripts"):
+    for flag in ("paused", "scripts", "video"):
         if not isinstance(data.get(flag, False), bool):
             raise SpecError(flag, "must be true or false")
     chunk = _int(data, "chunk", "", 1, 10_000, 1)
@@ -276,7 +281,32 @@ def validate_spec(data: Any) -> JobSpec:
         scene_format=_str(data, "scene_format", "", STILL_FORMATS + MOVIE_FORMATS),
         blender_saved=_version(data, "blender_saved", normal_saved),
         blender=_version(data, "blender", normal_pin),
+        tiles=_tiles(data.get("tiles"), count),
+        video=data.get("video", False),
+        resolution=_resolution(data.get("resolution")),
     )
+
+
+def _tiles(value: Any, frames: int) -> int | str | None:
+    """``tiles``: None, ``"auto"`` or 1..MAX_TILES, frames x tiles within MAX_TASKS."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TILES:
+        raise SpecError("tiles", f"must be \"auto\" or an integer from 1 to {MAX_TILES}")
+    if frames * (value + (value > 1)) > MAX_TASKS:
+        raise SpecError("tiles", f"{frames} frames in {value} tiles make more than "
+                        f"{MAX_TASKS} tasks; tile fewer frames per job")
+    return value
+
+
+def _resolution(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or \
+            any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65536
+                for v in value):
+        raise SpecError("resolution", "must be [width, height] in pixels")
+    return list(value)
 
 
 def _version(data: dict[str, Any], key: str, normal: Callable[[str], str]) -> str | None:

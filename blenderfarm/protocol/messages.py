@@ -27,6 +27,7 @@ import msgpack
 
 from .jobspec import MAX_TAGS, TAG_MAX
 from .paths import is_utf8
+from .tiles import MAX_TILES
 
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes; bigger frames are refused by both ends
 #: The server leaves a job's manifest out of an assign when it sent it on the same
@@ -117,6 +118,33 @@ class BlenderCaps:
 #: what a slot renders with: the CPU, or the GPUs it names
 SLOT_DEVICES = ("CPU", "GPU")
 
+#: what a task does (``Assign.kind``): render frames, or one tile of one frame; merge
+#: the tiles of a frame into the frame; encode a job's frames into its video
+RENDER, MERGE, ENCODE = "render", "merge", "encode"
+TASK_KINDS = (RENDER, MERGE, ENCODE)
+
+
+@dataclass
+class Tile:
+    """One tile of a frame: cell ``index`` of a grid ``cols`` x ``rows`` (see
+    ``protocol.tiles``: counted from the bottom left, row by row)."""
+
+    index: Annotated[int, Limit(0, MAX_TILES - 1)]
+    cols: Annotated[int, Limit(1, MAX_TILES)]
+    rows: Annotated[int, Limit(1, MAX_TILES)]
+
+
+@dataclass
+class InputRef:
+    """A file an earlier task of the job made that this task reads (a tile to merge, a
+    frame to encode): a blob the node downloads like the job's files."""
+
+    sha256: Name
+    size: Size
+    frame: Frame
+    name: Name  # the file's name as its task reported it
+    tile: Tile | None = None  # the tile it is (merge inputs)
+
 
 @dataclass
 class SlotCaps:
@@ -169,6 +197,8 @@ class Hello(Message):
     #: the slot each task of ``running`` is in (task id -> slot id); a task not named
     #: here is in the first slot
     holding: Annotated[dict[Id, Id], Limit(10_000)] = field(default_factory=dict)
+    #: the version of FFmpeg on the node's host ("" none): it can run ``encode`` tasks
+    ffmpeg: Name = ""
 
 
 @dataclass
@@ -201,6 +231,9 @@ class TaskDone(Message):
     task_id: Id
     outputs: Annotated[list[OutputRef], Limit(100_000)]
     seconds: Annotated[float, Limit(0, 10**9)] = 0.0
+    #: what a render learned of the scene that later tasks need (its frame rate and
+    #: movie settings, for the job's video: ``protocol.video.SceneVideo``'s fields)
+    info: dict[Name, Json] = field(default_factory=dict)
 
 
 @dataclass
@@ -233,7 +266,10 @@ class Welcome(Message):
 
 @dataclass
 class Assign(Message):
-    """Render these frames of this job. ``manifest`` maps job paths to blob hashes; it
+    """Run this task of this job: render its frames (``kind`` render, one ``tile`` of
+    its one frame where given), merge the tiles in ``inputs`` into its frame (merge), or
+    encode the frames in ``inputs`` into the job's video (encode, as ``video`` says).
+    ``manifest`` maps job paths to blob hashes; it
     is empty when this connection carried the job's manifest already (within the last
     :data:`MANIFESTS_REMEMBERED` jobs assigned on it): the node uses that one. A job of
     a studio's size has thousands of files, and a node gets many tasks of one job."""
@@ -256,6 +292,14 @@ class Assign(Message):
     slot: Id = "0"
     #: which of the hello's ``blenders`` runs it (an index into that list)
     blender: Annotated[int, Limit(0, 15)] = 0
+    #: one of TASK_KINDS; a node refuses a kind it does not know
+    kind: Name = RENDER
+    #: render: the tile of its one frame it renders (None: whole frames)
+    tile: Tile | None = None
+    #: merge and encode: the files they read, made by the tasks they depend on
+    inputs: Annotated[list[InputRef], Limit(100_000)] = field(default_factory=list)
+    #: encode: how to encode (``protocol.video.VideoSettings``' fields)
+    video: dict[Name, Json] = field(default_factory=dict)
 
 
 @dataclass
@@ -274,12 +318,6 @@ class Ack(Message):
 
 
 @dataclass
-class Drain(Message):
-    T: ClassVar[str] = "drain"
-    enabled: bool = True
-
-
-@dataclass
 class Error(Message):
     T: ClassVar[str] = "error"
     code: Name
@@ -288,7 +326,7 @@ class Error(Message):
 
 
 NODE_MESSAGES: tuple[type[Message], ...] = (Hello, Progress, FrameDone, TaskDone, TaskFailed, Log)
-SERVER_MESSAGES: tuple[type[Message], ...] = (Welcome, Assign, Cancel, Ack, Drain, Error)
+SERVER_MESSAGES: tuple[type[Message], ...] = (Welcome, Assign, Cancel, Ack, Error)
 REGISTRY: dict[str, type[Message]] = {cls.T: cls for cls in NODE_MESSAGES + SERVER_MESSAGES}
 
 
