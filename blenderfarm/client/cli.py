@@ -43,6 +43,7 @@ from .pack import (
     pack_project,
     scene_frame_range,
     scene_output,
+    scene_resolution,
     upload_missing,
 )
 from .wait_cli import wait_for
@@ -188,6 +189,14 @@ def _submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blender", metavar="VERSION",
                    help="render only on this Blender: 4.5 (4.5.x) or >=4.5 (4.5 or newer); "
                    "default: the Blender that saved the .blend, or newer")
+    p.add_argument("--tiles", type=_tiles_arg, metavar="N|auto",
+                   help="split each frame into N tiles that nodes render side by side, "
+                   "then merge into the frame (auto: enough for every online node to take "
+                   "several, none under 64 px); for stills and heavy frames")
+    p.add_argument("--video", action="store_true",
+                   help="also make a video of the frames when they are done (H.264 MP4 at "
+                   "the scene's frame rate; the scene's own movie settings where its "
+                   "output is a movie)")
     p.add_argument("--name", help="job name (default: the .blend's name)")
     p.add_argument("--scene", help="scene to render (default: the file's active scene)")
     p.add_argument("--project-root", help="folder the project's paths are relative to "
@@ -318,7 +327,10 @@ def cmd_submit(args: argparse.Namespace, ctx: Ctx) -> int:
                           priority=args.priority, overrides=overrides, scene=args.scene,
                           paused=args.paused, scripts=args.allow_scripts, user=args.user,
                           tags=args.tags, output_pattern=safe_pattern(out_path),
-                          scene_format=scene_format, blender=args.blender)
+                          scene_format=scene_format, blender=args.blender,
+                          tiles=args.tiles, video=args.video,
+                          resolution=scene_resolution(blend, args.scene,
+                                                      args.resolution_percent))
         stats = upload_missing(ctx.client, packed, on_progress=_upload_meter(ctx))
     ctx.say(f"Uploaded {stats.files_sent} file(s), {fmt.format_bytes(stats.bytes_sent)}; "
             f"skipped {stats.files_skipped} already on the server "
@@ -372,7 +384,18 @@ def _prevalidate(args: argparse.Namespace, frames: str, overrides: dict[str, Any
         "chunk": args.chunk, "priority": args.priority, "name": args.name,
         "scene": args.scene, "paused": args.paused, "user": args.user, "tags": args.tags,
         "blender": args.blender, "overrides": {k: v for k, v in overrides.items() if v is not None},
+        "tiles": args.tiles, "video": args.video,
     })
+
+
+def _tiles_arg(value: str) -> int | str:
+    """``--tiles``: a count or ``auto`` (the schema checks the bounds)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of tiles or 'auto'") from None
 
 
 def _check_server(ctx: Ctx) -> None:

@@ -440,6 +440,24 @@ def scene_output(
                                  else int(imtype))
 
 
+def scene_resolution(
+    blend_path: str | os.PathLike[str], scene: str | None = None,
+    percent: int | None = None
+) -> list[int] | None:
+    """The render size in pixels of ``scene`` or the file's active scene (its resolution
+    times its percentage, or ``percent`` where given, as Blender computes it); None
+    where this reader cannot tell."""
+    try:
+        with _scene_block(blend_path, scene) as block:
+            x, y = int(block.get((b"r", b"xsch"))), int(block.get((b"r", b"ysch")))
+            size = int(block.get((b"r", b"size")))
+    except (PackError, KeyError, TypeError, ValueError):
+        return None
+    size = percent or size
+    w, h = x * size // 100, y * size // 100
+    return [w, h] if w > 0 and h > 0 else None
+
+
 def _find_scene(bfile: blendfile.BlendFile, name: str | None) -> Any:
     scenes = bfile.find_blocks_from_code(b"SC")
     if name is not None:
@@ -475,6 +493,9 @@ def build_spec(
     scene_format: str | None = None,
     blender_saved: str | None = None,
     blender: str | None = None,
+    tiles: int | str | None = None,
+    video: bool = False,
+    resolution: list[int] | None = None,
 ) -> dict[str, Any]:
     """The job spec for a packed project, validated; raises protocol's SpecError.
 
@@ -513,6 +534,12 @@ def build_spec(
     data["blender_saved"] = blender_saved or saved_blender(pack_result.path_of(pack_result.blend))
     if blender:
         data["blender"] = blender
+    if tiles is not None:  # per frame, merged by the farm
+        data["tiles"] = tiles
+    if video:
+        data["video"] = True
+    if resolution is not None:  # for tiles "auto"
+        data["resolution"] = list(resolution)
     return validate_spec(data).to_dict()
 
 

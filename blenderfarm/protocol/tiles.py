@@ -72,3 +72,9 @@ def auto_tiles(slots: int, width: int | None = None, height: int | None = None) 
                 break
             want -= 1
     return want
+
+
+def tile_name(stem: str, frame: int, index: int) -> str:
+    """The file a tile render writes and reports (a lossless float EXR): a part of its
+    frame, an input of the frame's merge, never an output of the job."""
+    return f"{stem}.tile{index:03d}.{frame}.exr"

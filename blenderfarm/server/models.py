@@ -14,6 +14,7 @@ from typing import Any
 
 from ..protocol import messages as m
 from ..protocol.blender_version import node_version
+from ..protocol.frames import parse_frames
 from ..protocol.jobspec import JobSpec, Overrides
 from ..protocol.naming import pattern_of
 
@@ -49,19 +50,29 @@ class Task:
 
     __slots__ = ("id", "job_id", "index", "frames", "kind", "depends_on", "_status",
                  "attempts", "failures", "node", "assigned", "failed_nodes", "progress",
-                 "started", "finished", "error", "log_tail", "assignees", "slot", "_counts")
+                 "started", "finished", "error", "log_tail", "assignees", "slot", "_counts",
+                 "tile", "parts", "pending")
 
     def __init__(self, id: str, job_id: str, index: int, frames: list[int],
-                 kind: str = "render", depends_on: list[str] | None = None,
+                 kind: str = m.RENDER, depends_on: list[str] | None = None,
                  status: str = "queued", attempts: int = 0, failures: int = 0,
                  node: str | None = None, assigned: float | None = None,
                  failed_nodes: dict[str, str] | None = None, progress: float = 0.0,
                  started: float | None = None, finished: float | None = None,
                  error: str | None = None, log_tail: str = "",
-                 assignees: list[str] | None = None) -> None:
+                 assignees: list[str] | None = None, tile: int | None = None,
+                 parts: list[dict[str, Any]] | None = None) -> None:
         self.id, self.job_id, self.index, self.frames = id, job_id, index, frames
-        self.kind = kind
+        self.kind = kind  # one of protocol.messages.TASK_KINDS (server/kinds.py)
+        #: the tasks whose results it needs: it is ready when they are all done
         self.depends_on = depends_on if depends_on is not None else []
+        #: a tile render: the cell of its frame it renders (the job's grid), else None
+        self.tile = tile
+        #: what it made that is no output of the job but an input of a later task (a
+        #: tile's file: OutputRef fields), kept on the task
+        self.parts = parts if parts is not None else []
+        #: how many of ``depends_on`` are not done (transient: graph.link makes it)
+        self.pending = 0
         self._status = status
         self.attempts = attempts  # times assigned
         self.failures = failures
@@ -85,10 +96,21 @@ class Task:
 
     @status.setter
     def status(self, value: str) -> None:
-        if self._counts is not None:
-            self._counts[self._status] -= 1
-            self._counts[value] += 1
+        counts = self._counts
+        if counts is not None:
+            counts[self._status] -= 1
+            counts[value] += 1
+            if self.kind != m.RENDER or self.tile is not None:  # by kind too: kind_key
+                key = self.kind_key
+                counts[key + self._status] -= 1
+                counts[key + value] += 1
         self._status = value
+
+    @property
+    def kind_key(self) -> str:
+        """Its prefix of its job's counts by kind: ``tile:``, ``merge:``, ``encode:``
+        (whole-frame renders are not counted apart: they are most tasks)."""
+        return "tile:" if self.tile is not None else self.kind + ":"
 
     def __repr__(self) -> str:
         return f"Task({self.id!r}, {self._status}, node={self.node!r})"
@@ -100,7 +122,8 @@ class Task:
                 "node": self.node, "assigned": self.assigned,
                 "failed_nodes": self.failed_nodes, "progress": self.progress,
                 "started": self.started, "finished": self.finished, "error": self.error,
-                "log_tail": self.log_tail, "assignees": self.assignees}
+                "log_tail": self.log_tail, "assignees": self.assignees,
+                "tile": self.tile, "parts": self.parts}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:
@@ -128,13 +151,30 @@ class Job:
     #: without OpenGL refuses a task)
     needs_opengl: bool = False
     frames_total: int = 0
+    #: what its first render reported of the scene for the video (TaskDone.info's
+    #: "video": protocol.video.SceneVideo's dict), None until then
+    scene_video: dict[str, Any] | None = None
     node_failures: dict[str, int] = field(default_factory=dict)  # node uid -> failed tasks
     blocklist: list[str] = field(default_factory=list)  # nodes that get no more of this job
     # Derived, rebuilt from tasks and outputs on load:
     outputs: dict[str, Output] = field(default_factory=dict)  # by file name
     task_ids: list[str] = field(default_factory=list)
+    #: task id -> the tasks that depend on it (the graph's edges, the other way round)
+    dependents: dict[str, list[str]] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)  # tasks per status
     _frames: Counter[int] = field(default_factory=Counter)  # outputs per frame
+    _counted: set[str] = field(default_factory=set)  # the outputs _frames counts
+    #: the name of its video among its outputs (its encode task's), None while none
+    video_output: str | None = None
+    _range: tuple[int, int] | None = None
+
+    @property
+    def frame_range(self) -> tuple[int, int]:
+        """Its first and last frame."""
+        if self._range is None:
+            frames = parse_frames(self.spec.frames)
+            self._range = (frames[0], frames[-1])
+        return self._range
 
     @property
     def output_pattern(self) -> str:
@@ -146,19 +186,29 @@ class Job:
         """Make ``task`` one of this job's: its status counts from now on."""
         self.task_ids.append(task.id)
         self.counts[task.status] += 1
+        if task.kind != m.RENDER or task.tile is not None:
+            self.counts[task.kind_key + task.status] += 1
         task._counts = self.counts
+        for dep in task.depends_on:
+            self.dependents.setdefault(dep, []).append(task.id)
 
-    def add_output(self, out: Output) -> None:
+    def add_output(self, out: Output, frame: bool = True) -> None:
+        """Keep ``out`` as one of the job's outputs; ``frame``: it counts as its frame
+        being done (a video does not)."""
         if out.name in self.outputs:
             self.remove_output(out.name)
         self.outputs[out.name] = out
-        self._frames[out.frame] += 1
+        if frame:
+            self._frames[out.frame] += 1
+            self._counted.add(out.name)
 
     def remove_output(self, name: str) -> None:
         out = self.outputs.pop(name)
-        self._frames[out.frame] -= 1
-        if not self._frames[out.frame]:
-            del self._frames[out.frame]
+        if name in self._counted:
+            self._counted.discard(name)
+            self._frames[out.frame] -= 1
+            if not self._frames[out.frame]:
+                del self._frames[out.frame]
 
     @property
     def frames_done(self) -> int:
@@ -168,13 +218,21 @@ class Job:
     def all_done(self) -> bool:
         return self.counts["done"] == len(self.task_ids)
 
+    def encode_state(self) -> str | None:
+        """Its video's task's status (None: it asked for no video)."""
+        if not self.spec.video:
+            return None
+        return next((s for s in ("running", "assigned", "done", "failed", "canceled")
+                     if self.counts["encode:" + s]), "queued")
+
     def to_row(self) -> dict[str, Any]:
         """The job's changing state; its spec (which never changes, and may list
         thousands of files) is stored once, apart (``Store.spec_op``)."""
         return {k: getattr(self, k) for k in ("id", "seq", "output_name", "status", "priority",
                                                "owner", "created", "updated", "started",
                                                "finished", "error", "needs_oidn",
-                                               "needs_opengl", "frames_total", "node_failures", "blocklist")}
+                                               "needs_opengl", "frames_total", "scene_video",
+                                               "node_failures", "blocklist")}
 
     @classmethod
     def from_row(cls, data: dict[str, Any], spec_data: dict[str, Any]) -> Job:
@@ -201,6 +259,11 @@ class Job:
             "blocklisted_nodes": list(self.blocklist), "scripts": spec.scripts,
             "output_pattern": self.output_pattern, "notes": spec.notes,
             "blender_saved": spec.blender_saved, "blender": spec.blender,
+            "tiles": spec.tiles, "video": spec.video, "video_output": self.video_output,
+            # the graph by kind: tiles rendered, frames merged, the video
+            "tiles_total": self.frames_total * spec.tiles if isinstance(spec.tiles, int) and
+            spec.tiles > 1 else 0, "tiles_done": counts["tile:done"],
+            "merges_done": counts["merge:done"], "encode": self.encode_state(),
         }
 
 
