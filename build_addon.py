@@ -51,6 +51,7 @@ VENDORED = (
     "protocol/jobspec.py",
     "protocol/blender_version.py",
     "protocol/paths.py",
+    "protocol/tiles.py",
     "client/__init__.py",
     "client/api.py",
     "client/events.py",

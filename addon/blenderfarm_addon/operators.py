@@ -32,6 +32,7 @@ from .submit import (
     frame_range,
     load_pack,
     panel_overrides,
+    panel_tiles,
     parse_tags,
     plan_copy,
     scene_naming,
@@ -232,7 +233,8 @@ class BLENDERFARM_OT_submit(TaskOperator, Operator):
                   "CANCEL": MISSING_CANCEL}[self.on_missing]
         fields = dict(name=s.job_name, frames=frames, chunk=s.chunk, priority=s.priority,
                       overrides=panel_overrides(s), scene=context.scene.name, on_missing=policy,
-                      tags=parse_tags(s.tags), blender=s.blender.strip() or None)
+                      tags=parse_tags(s.tags), blender=s.blender.strip() or None,
+                      tiles=panel_tiles(s), video=s.video)
         check_settings(**fields)  # before saving anything
         if s.camera is None and context.scene.camera is None:
             raise Problem(f"The scene {context.scene.name!r} has no active camera: pick a "
@@ -243,8 +245,11 @@ class BLENDERFARM_OT_submit(TaskOperator, Operator):
         # Always the state in memory: bpy.data.is_dirty misses edits made from Python.
         # This Blender saves the copy the nodes get: an older one may crash opening it.
         saved = "{}.{}".format(*bpy.app.version[:2])
+        render = context.scene.render
+        percent = s.resolution_percent if s.use_resolution else render.resolution_percentage
+        size = (render.resolution_x * percent // 100, render.resolution_y * percent // 100)
         return SubmitRequest(plan_copy(bpy.data.filepath), blender_saved=saved, **fields,
-                             **naming)
+                             **naming, resolution=size if min(size) > 0 else None)
 
     @staticmethod
     def save_copy(request: SubmitRequest) -> None:

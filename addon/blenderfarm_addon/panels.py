@@ -104,6 +104,12 @@ class BLENDERFARM_PT_render_on_farm_overrides(FarmPanel, Panel):
         layout.prop(settings, "denoise")
         layout.prop(settings, "device")
         layout.prop(settings, "persistent_data")
+        row = layout.row(align=True, heading="Tiles")
+        row.prop(settings, "tiles_mode", text="")
+        sub = row.row(align=True)
+        sub.active = settings.tiles_mode == "COUNT"
+        sub.prop(settings, "tiles", text="")
+        layout.prop(settings, "video")
 
 
 class BLENDERFARM_PT_render_on_farm_submit(FarmPanel, Panel):

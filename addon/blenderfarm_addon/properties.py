@@ -143,6 +143,19 @@ class BLENDERFARM_PG_settings(PropertyGroup):
                ("ON", "On", "Build the scene once in each node's Blender, not for every "
                 "frame: faster for heavy scenes, at the cost of memory"),
                ("OFF", "Off", "Rebuild the scene's data for every frame")])
+    tiles_mode: EnumProperty(
+        name="Tiles", description="Split each frame into tiles that nodes render side by "
+                                  "side, merged into the frame on the farm",
+        items=[("OFF", "Whole Frames", "Each node renders whole frames"),
+               ("AUTO", "Auto", "Enough tiles for every online node to take several, "
+                "none under 64 pixels"),
+               ("COUNT", "Count", "This many tiles per frame")])
+    tiles: IntProperty(name="Tile Count", default=8, min=2, max=256,
+                       description="Tiles per frame")
+    video: BoolProperty(
+        name="Video", default=False,
+        description="Also make a video of the frames when they are done (H.264 MP4 at the "
+                    "scene's frame rate, or the scene's own movie settings)")
     camera: PointerProperty(
         name="Camera", type=bpy.types.Object, poll=_is_camera,
         description="Render through this camera of the scene (empty: the scene's camera)")

@@ -147,6 +147,10 @@ class SubmitRequest:
     blender: str | None = None  # a pin of the nodes' Blender, ">=4.5" or "4.5"
     #: the Blender that saves the copy, "4.5" (bpy.app.version): no older node gets it
     blender_saved: str | None = None
+    tiles: int | str | None = None  # per frame (spec["tiles"]): a count or "auto"
+    video: bool = False  # also a video of the frames (spec["video"])
+    #: the scene's render size in pixels (for tiles "auto"), read from bpy
+    resolution: tuple[int, int] | None = None
 
 
 def parse_tags(text: str) -> tuple[str, ...]:
@@ -186,7 +190,8 @@ def scene_naming(output_path: str, file_format: str) -> dict[str, str]:
 
 def check_settings(*, name: str, frames: str, chunk: int, priority: int,
                    overrides: dict[str, Any], scene: str | None, on_missing: str,
-                   tags: tuple[str, ...] = (), blender: str | None = None) -> None:
+                   tags: tuple[str, ...] = (), blender: str | None = None,
+                   tiles: int | str | None = None, video: bool = False) -> None:
     """Check a submit's settings against the job schema before anything slow: SpecError."""
     if on_missing not in (MISSING_ASK, MISSING_CONTINUE, MISSING_CANCEL):
         raise ValueError(f"on_missing must be ask, continue or cancel, not {on_missing!r}")
@@ -200,7 +205,19 @@ def check_settings(*, name: str, frames: str, chunk: int, priority: int,
         spec["tags"] = list(tags)
     if blender:
         spec["blender"] = blender
+    if tiles is not None:
+        spec["tiles"] = tiles
+    if video:
+        spec["video"] = True
     validate_spec(spec)
+
+
+def panel_tiles(settings: Any) -> int | str | None:
+    """The spec's ``tiles`` from the panel's Tiles setting (None: whole frames)."""
+    mode = getattr(settings, "tiles_mode", "OFF")
+    if mode == "AUTO":
+        return "auto"
+    return int(settings.tiles) if mode == "COUNT" else None
 
 
 def frame_range(start: int, end: int, step: int = 1) -> str:
@@ -244,7 +261,9 @@ class SubmitTask(Task):
                 overrides=self.request.overrides, scene=self.request.scene,
                 output_pattern=self.request.output_pattern,
                 scene_format=self.request.scene_format,
-                blender_saved=self.request.blender_saved, blender=self.request.blender)
+                blender_saved=self.request.blender_saved, blender=self.request.blender,
+                tiles=self.request.tiles, video=self.request.video,
+                resolution=list(self.request.resolution) if self.request.resolution else None)
             if self.request.tags:
                 spec["tags"] = list(self.request.tags)
             stats = self.pack.upload_missing(client, packed, on_progress=client.on_bytes)
