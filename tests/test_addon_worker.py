@@ -270,7 +270,7 @@ def _runner_constant(name: str) -> str:
 
 
 def test_farm_errors_are_worded_for_the_panel_not_for_bf(addon) -> None:
-    from blenderfarm.server.farm import NO_OIDN
+    from blenderfarm.server.results import NO_OIDN
 
     wording = addon.wording
     camera = ("The scene 'Scene' has no active camera; set one in the file or submit with "

@@ -175,3 +175,22 @@ async def test_control_errors(farm, path, body, status) -> None:  # noqa: F811
     resp = await farm.post(path, json=body)
     assert resp.status == status
     assert "error" in await resp.json()
+
+
+async def test_a_returning_node_is_told_to_drop_the_tasks_of_a_job_paused_meanwhile(
+        farm) -> None:
+    """What the scheduler's old ``is_queued`` check was for: a task the node claims on
+    its return, queued but not in the scheduler because its job is paused."""
+    a = farm.node()
+    await a.connect()
+    j = await submit(farm, frames="1-2")
+    held = [x.task_id for x in await drain(a)]
+    await a.ws.close()
+    await asyncio.sleep(0.2)
+    await post(farm, f"/api/jobs/{j['id']}/pause", {"stop": True})
+    await a.connect(running=held)
+    cancels = list(await drain(a, m.Cancel))
+    assert {c.task_id for c in cancels} == set(held)
+    assert all(c.reason == "job paused" for c in cancels)
+    info = await job(farm, j["id"])
+    assert info["status"] == "paused" and info["tasks_queued"] == 2

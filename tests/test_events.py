@@ -280,7 +280,7 @@ async def test_a_node_that_only_heartbeats_is_seen(tmp_path: Path, monkeypatch, 
                                                    ) -> None:
     """Pings and pongs count as seeing a node: an idle node does not look dead; watchers
     hear of it now and then, and its row is not rewritten for every pong."""
-    from blenderfarm.server import farm as farm_mod
+    from blenderfarm.server import sessions as farm_mod
     from fakenode import FakeNode
 
     monkeypatch.setattr(farm_mod, "SEEN_NEWS", 0.3, raising=False)

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .auth import TOKEN_INFO
-from .farm import FarmError
+from .errors import FarmError
 from .models import Job
 from .tokens import TokenInfo
 

@@ -31,7 +31,7 @@ from . import control, tokens
 from .access import actor, require_admin, require_read
 from .auth import AUTH, token_name
 from .blobs import BlobError
-from .farm import FarmError
+from .errors import FarmError, error_response
 from .keys import FARM
 from .models import Job
 from .tokens import TokenInfo
@@ -43,14 +43,6 @@ routes = web.RouteTableDef()
 UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
 MAX_JSON = 64 * 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   data: Any = None) -> web.Response:
-    body: dict[str, Any] = {"code": code, "message": message, "field": field}
-    if data is not None:
-        body["data"] = data
-    return web.json_response({"error": body}, status=status)
 
 
 @web.middleware

@@ -22,13 +22,14 @@ from .api import UPLOAD_SLOTS, errors_middleware, routes
 from .auth import AUTH, Auth, auth_middleware, origin_middleware, refresh_ctx
 from .blobs import BlobStore
 from .config import ServerConfig
-from .events import setup_dashboard, setup_events
+from .events import EVENTS, setup_events
 from .farm import Farm
 from .keys import FARM
 from .metrics import setup_metrics
 from .node_ws import node_socket
 from .store import Store
 from .tokens import TokenCache
+from .web import setup_dashboard
 from .webhooks import setup_webhooks
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def make_app(config: ServerConfig) -> web.Application:
     app.on_shutdown.append(_close_sockets)
     setup_events(app)
     setup_dashboard(app)
-    setup_metrics(app, farm)
+    setup_metrics(app, farm, lambda: len(app[EVENTS].clients), farm.metrics)
     setup_webhooks(app, farm)
     return app
 

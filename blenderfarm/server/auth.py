@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
+from .errors import error_response
 from .tokens import TokenCache, TokenInfo
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,7 @@ def _kinds_for(request: web.Request) -> tuple[str, ...]:
 
 
 def _refuse(status: int, code: str, message: str) -> web.Response:
-    from .api import error_response  # one error shape for the whole API
-
-    return error_response(status, code, message)
+    return error_response(status, code, message)  # one error shape for the whole API
 
 
 @web.middleware

@@ -36,7 +36,6 @@ class BlobStore:
         self.root = root
         self.tmp = root / "tmp"
         self.max_size = max_size
-        self.bytes_received = 0
 
     def prepare(self) -> None:
         """Create the folders and drop temporary files a crash left behind."""
@@ -98,7 +97,6 @@ class BlobStore:
             if digest != sha256:
                 raise BlobError(f"content hashes to {digest}, not {sha256}", sha256, "hash_mismatch")
             await asyncio.to_thread(_place, Path(tmp_name), final)
-            self.bytes_received += size
             return size
         finally:
             if pending is not None:  # failed midway: let the thread finish with the file first

@@ -17,7 +17,8 @@ from asyncio import Future
 from ..protocol import messages as m
 from . import slots
 from .access import Actor, require_admin, require_control
-from .farm import Farm, FarmError
+from .errors import FarmError
+from .farm import Farm
 from .models import JOB_FINAL, TASK_HELD, Job, NodeRecord, Task
 from .store import Store
 
@@ -162,10 +163,10 @@ def enable(farm: Farm, uid: str, who: Actor) -> NodeDone:
 
 def _take_back(farm: Farm, task_ids: list[str], reason: str) -> list[Task]:
     """Cancel these tasks on their node and put them back in the queue."""
-    tasks = [farm.tasks[t] for t in list(task_ids)]  # a copy: _requeue edits the node's list
+    tasks = [farm.tasks[t] for t in list(task_ids)]  # a copy: requeue_task edits the node's list
     for task in tasks:
         _cancel_on_node(farm, task, reason)
-        farm._requeue(task)
+        farm.requeue_task(task)
     return tasks
 
 

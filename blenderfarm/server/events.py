@@ -1,5 +1,5 @@
-"""``/ws/events``: live farm events (JSON) for the dashboard and the add-on; also serves
-the dashboard itself (``/`` and ``/static/``).
+"""``/ws/events``: live farm events (JSON) for the dashboard and the add-on (the
+dashboard's own files are served by :mod:`.web`).
 
 The farm calls :meth:`EventHub.publish` synchronously for every change; the hub
 only files the event into each browser's bounded buffer and wakes that browser's
@@ -17,19 +17,19 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Hashable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
 from .auth import AUTH, Refusal, same_origin, user_allowed
-from .farm import Farm
 from .keys import FARM
 from .models import JOB_FINAL
 
+if TYPE_CHECKING:
+    from .farm import Farm
+
 log = logging.getLogger(__name__)
 
-DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 #: events waiting for one browser; past this, progress is dropped and others force a resync
 MAX_PENDING = 256
 #: a browser's sender waits this long after a wake-up before it writes, so a burst of
@@ -337,35 +337,3 @@ def setup_events(app: web.Application) -> None:
     app.router.add_get("/ws/events", events_socket)
     app.cleanup_ctx.append(_events_ctx)
     app.on_shutdown.append(_close_events)
-
-
-# --- the dashboard's files ---------------------------------------------------------------------
-SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'self'; img-src 'self' blob: data:; "
-                                "connect-src 'self' ws: wss:; style-src 'self'; "
-                                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",  # revalidate (ETag), so an upgrade shows at once
-}
-
-
-async def dashboard_index(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(DASHBOARD_DIR / "index.html", headers=SECURITY_HEADERS)
-
-
-async def dashboard_file(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
-    # Only the few flat files we ship: no folders, no dotfiles, no Python.
-    if "/" in name or name.startswith(".") or not name.endswith((".js", ".css", ".svg")):
-        raise web.HTTPNotFound()
-    path = DASHBOARD_DIR / name
-    if not await asyncio.to_thread(path.is_file):
-        raise web.HTTPNotFound()
-    return web.FileResponse(path, headers=SECURITY_HEADERS)
-
-
-def setup_dashboard(app: web.Application) -> None:
-    """Serve the dashboard at ``/`` (files from ``dashboard/``, no build step)."""
-    app.router.add_get("/", dashboard_index)
-    app.router.add_get("/static/{name}", dashboard_file)

@@ -1,7 +1,16 @@
-"""Typed keys for what the aiohttp application holds."""
+"""Typed keys for what the aiohttp application holds.
+
+Imports nothing of the server's at run time (the farm's type is for the checker only),
+so any module that serves a request may import it without a circle.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .farm import Farm
+if TYPE_CHECKING:
+    from .farm import Farm
 
-FARM = web.AppKey("farm", Farm)
+FARM: web.AppKey[Farm] = web.AppKey("farm")

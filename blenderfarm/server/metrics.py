@@ -5,15 +5,17 @@ read from the farm at scrape time by :class:`FarmCollector`, so they can never
 drift from the truth. What the farm's state does not keep (render seconds, bytes
 uploaded, dispatch latency) it feeds through the small ``FarmMetrics`` methods.
 Each app has its own ``CollectorRegistry``: tests build many apps in one process,
-and the global registry would refuse the second. ``farm.py`` may import this module
-(for ``FarmMetrics``), so it imports nothing of the server's at run time but models.
+and the global registry would refuse the second. The farm imports this module (for
+``FarmMetrics``), so this one reads the farm only through :class:`FarmView` and is
+told the number of event sockets by a callable: it imports neither the farm nor the
+event hub.
 """
 
 from __future__ import annotations
 
 from collections import Counter as Tally  # prometheus_client has a Counter too
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -22,10 +24,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from . import slots
-from .models import JOB_STATES, TASK_STATES
-
-if TYPE_CHECKING:
-    from .farm import Farm
+from .models import JOB_STATES, TASK_STATES, Job, NodeRecord, Task
 
 NODE_STATES = ("idle", "rendering", "drained", "disabled", "offline")
 #: a dispatch decision is in-memory work: microseconds, a slow one milliseconds
@@ -61,13 +60,36 @@ class FarmMetrics:
             self.uploaded_bytes.inc(size)
 
 
+class Queue(Protocol):
+    @property
+    def queued(self) -> int: ...
+
+
+class FarmView(Protocol):
+    """What the collector reads of the farm (a :class:`~.farm.Farm` is one)."""
+
+    @property
+    def jobs(self) -> Mapping[str, Job]: ...
+
+    @property
+    def tasks(self) -> Mapping[str, Task]: ...
+
+    @property
+    def nodes(self) -> Mapping[str, NodeRecord]: ...
+
+    @property
+    def sched(self) -> Queue: ...
+
+    def online(self) -> list[NodeRecord]: ...
+
+
 class FarmCollector(Collector):
     """Reads the farm at scrape time; O(jobs + nodes) (tasks are counted by their jobs),
-    no I/O."""
+    no I/O. ``event_sockets`` says how many browsers and add-ons watch events."""
 
-    def __init__(self, farm: Farm, app: web.Application) -> None:
+    def __init__(self, farm: FarmView, event_sockets: Callable[[], int]) -> None:
         self.farm = farm
-        self.app = app
+        self.event_sockets = event_sockets
 
     def collect(self) -> Iterator[Metric]:
         farm = self.farm
@@ -81,7 +103,7 @@ class FarmCollector(Collector):
                                      "Frames rendered by all nodes (kept across restarts).")
         frames.add_metric([], sum(n.frames_rendered for n in farm.nodes.values()))
         yield frames
-        online = [s.record for s in farm.sessions.values()]
+        online = farm.online()
         busy = sum(slots.busy(rec, farm.tasks) for rec in online)
         yield _by_state("blenderfarm_slots", "Slots of online nodes: busy (holding a task) "
                         "or idle.", ("busy", "idle"),
@@ -92,8 +114,8 @@ class FarmCollector(Collector):
         yield queued
         sockets = GaugeMetricFamily("blenderfarm_open_websockets", "Open websockets by kind.",
                                     labels=["kind"])
-        sockets.add_metric(["node"], len(farm.sessions))
-        sockets.add_metric(["events"], _event_clients(self.app))
+        sockets.add_metric(["node"], len(online))
+        sockets.add_metric(["events"], self.event_sockets())
         yield sockets
 
 
@@ -107,13 +129,6 @@ def _by_state(name: str, doc: str, states: tuple[str, ...], counted: Mapping[str
     return family
 
 
-def _event_clients(app: web.Application) -> int:
-    from .events import EVENTS  # not at the top: events imports farm, which imports us
-
-    hub = app.get(EVENTS)
-    return len(hub.clients) if hub is not None else 0
-
-
 METRICS = web.AppKey("metrics", FarmMetrics)
 
 
@@ -122,12 +137,11 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def setup_metrics(app: web.Application, farm: Farm) -> FarmMetrics:
-    """Add ``/metrics``; use the farm's ``metrics`` (``FarmMetrics``) when it has one."""
-    metrics = getattr(farm, "metrics", None)
-    if not isinstance(metrics, FarmMetrics):
-        metrics = FarmMetrics()
-    metrics.registry.register(FarmCollector(farm, app))
+def setup_metrics(app: web.Application, farm: FarmView, event_sockets: Callable[[], int],
+                  metrics: FarmMetrics | None = None) -> FarmMetrics:
+    """Add ``/metrics``, fed by ``metrics`` (the farm's own ``FarmMetrics``) when given."""
+    metrics = metrics if metrics is not None else FarmMetrics()
+    metrics.registry.register(FarmCollector(farm, event_sockets))
     app[METRICS] = metrics
     app.router.add_get("/metrics", metrics_handler)
     return metrics

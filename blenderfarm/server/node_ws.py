@@ -19,9 +19,11 @@ from ..protocol import PROTOCOL_VERSION
 from ..protocol import messages as m
 from ..protocol.version import __version__
 from .auth import AUTH, Auth, Refusal
-from .farm import Farm, FarmError, NodeSession
+from .errors import FarmError
+from .farm import Farm
 from .keys import FARM
 from .models import TASK_FINAL, NodeRecord
+from .sessions import NodeSession
 from .slots import hello_blenders, hello_slots_error
 from .store import StoreError
 from .tokens import TokenInfo

@@ -131,9 +131,6 @@ class Scheduler:
         self._live_at[q.priority] -= 1
         return True
 
-    def is_queued(self, task_id: str) -> bool:
-        return task_id in self._queued
-
     @property
     def queued(self) -> int:
         return len(self._queued)

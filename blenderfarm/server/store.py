@@ -241,7 +241,8 @@ class Store:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
-        self.last_error: str | None = None
+        #: the failure last logged: a journal retrying a full disk logs it once, not per try
+        self._logged_error: str | None = None
 
     # --- lifecycle --------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -320,7 +321,7 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             return self._refused(db, exc)
         self.commits += 1
-        self.last_error = None
+        self._logged_error = None
         return None
 
     def _run(self, db: sqlite3.Connection, ops: list[_Op], careful: bool) -> None:
@@ -345,10 +346,10 @@ class Store:
     def _refused(self, db: sqlite3.Connection, exc: BaseException) -> StoreError:
         full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc) or \
             getattr(exc, "errno", None) == 28
-        if self.last_error != str(exc):  # once per kind of failure, not once per retry
+        if self._logged_error != str(exc):  # once per kind of failure, not once per retry
             log.error("database write failed: %s; the farm keeps its state in memory and "
                       "tries again", exc)
-        self.last_error = str(exc)
+        self._logged_error = str(exc)
         with contextlib.suppress(Exception):
             db.execute("ROLLBACK")
         return StoreError(f"database write failed: {exc}", full=full)
