@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps venv blender chromium xvfb addon test lint typecheck pytest demo bench clean
+.PHONY: all deps venv blender ffmpeg chromium xvfb addon test lint typecheck pytest demo bench clean
 
 all: test
 
@@ -24,7 +24,14 @@ blender:
 	else echo "installing Debian's blender"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q blender; fi
 
-deps: venv blender
+# Debian's FFmpeg (with libx264) for the jobs' videos when none is on PATH.
+ffmpeg:
+	@if command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1; then \
+	  echo "using $$(command -v ffmpeg)"; \
+	else echo "installing Debian's ffmpeg"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q ffmpeg; fi
+
+deps: venv blender ffmpeg
 
 # Debian's Chromium for the dashboard's browser tests (Playwright drives it; never `playwright install`).
 chromium:
