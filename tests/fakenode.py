@@ -17,6 +17,7 @@ import aiohttp
 from blenderfarm.protocol import PROTOCOL_VERSION
 from blenderfarm.protocol import messages as m
 from blenderfarm.protocol.naming import frame_name, pattern_of
+from blenderfarm.protocol.tiles import tile_name
 
 
 class FakeNode:
@@ -24,8 +25,9 @@ class FakeNode:
                  uid: str | None = None, token: str | None = None, opengl: bool = False,
                  tags: list[str] | None = None, blender: str = "3.4.1",
                  blenders: list[m.BlenderCaps] | None = None,
-                 slots: list[m.SlotCaps] | None = None) -> None:
+                 slots: list[m.SlotCaps] | None = None, ffmpeg: str = "") -> None:
         self.token = token
+        self.ffmpeg = ffmpeg  # its hello's FFmpeg version ("" none: no encodes)
         self.base = base_url.rstrip("/")
         self.name = name
         self.uid = uid or uuid.uuid4().hex[:12]
@@ -52,7 +54,8 @@ class FakeNode:
         await self.send(m.Hello(protocol=protocol, name=self.name, uid=self.uid,
                                 blender=first, blenders=self.blenders or [],
                                 slots=self.slots or [], token=self.token, tags=self.tags,
-                                running=running or [], holding=holding or {}))
+                                running=running or [], holding=holding or {},
+                                ffmpeg=self.ffmpeg))
         first = await self.ws.receive(timeout=5)
         msg = m.decode(first.data)
         self._reader = asyncio.create_task(self._read())
@@ -93,14 +96,23 @@ class FakeNode:
             assert resp.status in (200, 201), await resp.text()
         return sha
 
-    async def finish(self, a: m.Assign) -> m.Ack:
+    async def finish(self, a: m.Assign, info: dict[str, Any] | None = None) -> m.Ack:
+        """Report ``a`` done with a small blob per file its kind makes: a frame per
+        frame, a tile's part, a merged frame, or the video (named as its settings say)."""
         outputs = []
-        for f in a.frames:
-            data = b"frame %d of %s" % (f, a.task_id.encode())
+        if a.kind == m.ENCODE:
+            data = b"video of " + b",".join(i.sha256.encode() for i in a.inputs)
             sha = await self.upload(data)
-            outputs.append(m.OutputRef(frame=f, sha256=sha, size=len(data),
-                                       name=frame_name(pattern_of(a.output_pattern, a.output_name), f, "PNG")))
-        await self.send(m.TaskDone(task_id=a.task_id, outputs=outputs))
+            outputs.append(m.OutputRef(frame=a.inputs[0].frame, sha256=sha, size=len(data),
+                                       name=str(a.video["output"])))
+        for f in a.frames if a.kind != m.ENCODE else ():
+            data = b"frame %d of %s" % (f, a.task_id.encode())
+            name = frame_name(pattern_of(a.output_pattern, a.output_name), f, "PNG")
+            if a.tile is not None:
+                name = tile_name(a.output_name, f, a.tile.index)
+            sha = await self.upload(data)
+            outputs.append(m.OutputRef(frame=f, sha256=sha, size=len(data), name=name))
+        await self.send(m.TaskDone(task_id=a.task_id, outputs=outputs, info=info or {}))
         ack: m.Ack = await self.expect(m.Ack)
         return ack
 

@@ -178,7 +178,7 @@ async def test_control_errors(farm, path, body, status) -> None:  # noqa: F811
 
 
 async def test_a_returning_node_is_told_to_drop_the_tasks_of_a_job_paused_meanwhile(
-        farm) -> None:
+        farm) -> None:  # noqa: F811 - the fixture
     """What the scheduler's old ``is_queued`` check was for: a task the node claims on
     its return, queued but not in the scheduler because its job is paused."""
     a = farm.node()

@@ -9,8 +9,14 @@ from hypothesis import strategies as st
 from blenderfarm.protocol import messages as m
 from blenderfarm.protocol.frames import parse_frames
 from blenderfarm.protocol.jobspec import MAX_TASKS, SpecError, validate_spec
-from blenderfarm.protocol.tiles import (MAX_TILES, MIN_TILE, auto_tiles, tile_grid,
-                                        tile_name, tile_rect)
+from blenderfarm.protocol.tiles import (
+    MAX_TILES,
+    MIN_TILE,
+    auto_tiles,
+    tile_grid,
+    tile_name,
+    tile_rect,
+)
 from blenderfarm.server import graph
 from blenderfarm.server.compiler import compile_job, resolve_tiles
 from blenderfarm.server.models import Job, Task

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -38,10 +39,12 @@ from ..protocol import PROTOCOL_VERSION
 from ..protocol import messages as m
 from ..protocol.hashing import sha256_file
 from ..protocol.version import __version__
+from ..protocol.video import VideoSettings
 from .blender import BlenderInfo
 from .cache import BlobCache, CacheError
 from .config import NodeConfig
 from .devices import cards, cpu_threads, slot_layout
+from .encode import EncodeError, encode
 from .outputs import BadOutput, check_image
 from .runner_proc import Runner, RunnerError
 from .safe import BadAssign, check_assign, inside
@@ -75,10 +78,6 @@ class Refused(ConnectionError):
         self.code = code
 
 
-class Canceled(Exception):
-    pass
-
-
 @dataclass
 class Held:
     """A task this node holds: waiting, downloading, or rendering."""
@@ -87,6 +86,8 @@ class Held:
     prepare: asyncio.Task[None] | None = None
     canceled: bool = False
     started: bool = False
+    #: an encode running (FFmpeg, not the slot's Blender): what a cancel stops
+    encoding: asyncio.Future[m.OutputRef] | None = None
 
 
 @dataclass
@@ -98,10 +99,12 @@ class _Rendering:
 
 class Agent:
     def __init__(self, config: NodeConfig, blenders: list[BlenderInfo],
-                 slots: list[m.SlotCaps] | None = None) -> None:
-        """``slots``: the node's slots (None: as ``config`` lays them out)."""
+                 slots: list[m.SlotCaps] | None = None, ffmpeg: str = "") -> None:
+        """``slots``: the node's slots (None: as ``config`` lays them out); ``ffmpeg``:
+        the version of the host's FFmpeg ("" none: it takes no encode tasks)."""
         self.config = config
         self.blenders = blenders
+        self.ffmpeg = ffmpeg
         self.uid = config.node_uid()
         self.cache = BlobCache(config.work_dir / "blobs")
         self.held: dict[str, Held] = {}  # by task id, in every slot
@@ -257,7 +260,7 @@ class Agent:
                        tags=self.config.tags, cached_blobs=0,
                        running=list(self.held) + [t for t in self.reports if t not in self.held],
                        holding={t: h.assign.slot for t, h in self.held.items()},
-                       agent_version=__version__)
+                       agent_version=__version__, ffmpeg=self.ffmpeg)
 
     def _gpu_names(self) -> list[str]:
         """Each card of the node once, by the name Cycles gives it (its key if none)."""
@@ -320,7 +323,19 @@ class Agent:
             # where it would write: refused now, not after a download
             self.job_dir(a.job_id)
             self.out_dir(a.task_id)
+            self.in_dir(a.task_id)
             self.log_path(a.job_id, self.slots[a.slot])
+            for ref in a.inputs:
+                inside(self.in_dir(a.task_id), ref.name)
+            if a.kind == m.ENCODE:
+                if not self.ffmpeg:
+                    raise BadAssign("the server sent an encode task, and this node has no "
+                                    "FFmpeg")
+                try:
+                    VideoSettings.from_dict(a.video)
+                except ValueError as exc:
+                    raise BadAssign(f"the server sent video settings this node will not "
+                                    f"use: {exc}") from None
         except BadAssign as exc:
             self.reports[a.task_id] = report = _bad_assign(a.task_id, exc)
             self.send(report)
@@ -366,7 +381,9 @@ class Agent:
             return
         log.info("task %s canceled: %s", task_id, reason)
         held.canceled = True
-        if held.started:
+        if held.encoding is not None:
+            held.encoding.cancel()
+        elif held.started:
             runner = self.slots[held.assign.slot].runner
             if runner is not None:
                 runner.kill()  # the slot's worker sees the error and drops the task
@@ -379,7 +396,13 @@ class Agent:
     async def _prepare(self, a: m.Assign) -> None:
         """Download what the cache lacks and lay out the job folder, once per manifest:
         the next tasks of the job find it laid out (one check of its .blend, not one
-        per file of a project that may have thousands)."""
+        per file of a project that may have thousands). A task's inputs (the tiles a
+        merge reads, the frames of a video) go to its own input folder; an encode
+        needs nothing else."""
+        if a.inputs:
+            await self._fetch_inputs(a)
+        if a.kind == m.ENCODE:
+            return
         lock = self._job_locks.setdefault(a.job_id, asyncio.Lock())
         async with lock:  # prefetched tasks of one job lay out the same folder
             main = inside(self.job_dir(a.job_id), a.blend)
@@ -394,6 +417,16 @@ class Agent:
             self._laid_out[a.job_id] = a.manifest
         if missing:  # the cache grew: back within its bound
             await self._trim_cache()
+
+    async def _fetch_inputs(self, a: m.Assign) -> None:
+        shas = list(dict.fromkeys(ref.sha256 for ref in a.inputs))
+        missing = await asyncio.to_thread(lambda: [s for s in shas if not self.cache.has(s)])
+        for sha in missing:
+            await self._download(sha)
+        in_dir = self.in_dir(a.task_id)
+        await asyncio.to_thread(_fresh_dir, in_dir)
+        await asyncio.to_thread(self._lay_out, {ref.name: ref.sha256 for ref in a.inputs},
+                                in_dir, shas)
 
     def _lay_out(self, manifest: dict[str, str], job_dir: Path, shas: list[str]) -> None:
         self.cache.materialise(manifest, job_dir)
@@ -410,6 +443,7 @@ class Agent:
         job or of the job the persistent Blender has open."""
         async with self._trimming:
             pinned = {sha for h in self.held.values() for sha in h.assign.manifest.values()}
+            pinned |= {ref.sha256 for h in self.held.values() for ref in h.assign.inputs}
             in_use = {h.assign.job_id for h in self.held.values()}
             in_use |= {s.runner_job for s in self.slots.values() if s.runner_job is not None}
             try:
@@ -460,6 +494,10 @@ class Agent:
 
     def out_dir(self, task_id: str) -> Path:
         return inside(self.config.work_dir, "out", task_id)
+
+    def in_dir(self, task_id: str) -> Path:
+        """Where a task's inputs are laid out (named as their tasks reported them)."""
+        return inside(self.config.work_dir, "in", task_id)
 
     def log_path(self, job_id: str, slot: Slot) -> Path:
         """The job's Blender log of that slot: slots write whole lines only to their own
@@ -515,18 +553,25 @@ class Agent:
         state = _Rendering(held)
         lines: list[str] = []
         forward = asyncio.create_task(self._forward_log(a.task_id, lines))
+        info: dict[str, Any] = {}
         try:
-            runner = await self._runner_for(a, slot)
-            runner.on_log = lines.append
-            await runner.render(a.task_id, a.frames, scene=a.scene,
-                                overrides=self._overrides(a, slot),
-                                output_dir=str(out_dir), output_name=a.output_name,
-                                output_pattern=a.output_pattern,
-                                on_event=self._on_event(state), watchdog=self.config.watchdog,
-                                opengl=self.blenders[a.blender].opengl,
-                                devices=slot.devices(a.blender))
-            outputs = [ref for refs in await asyncio.gather(*state.uploads) for ref in refs]
-        except RunnerError as exc:
+            if a.kind == m.ENCODE:
+                held.encoding = asyncio.ensure_future(self._encode(a, out_dir))
+                try:
+                    outputs = [await held.encoding]
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if held.canceled and not (task and task.cancelling()):
+                        return None  # canceled by the server (or the node stopping)
+                    held.encoding.cancel()
+                    raise
+            else:
+                runner = await self._runner_for(a, slot)
+                runner.on_log = lines.append
+                await self._run_in_blender(a, slot, runner, state, str(out_dir))
+                info = dict(runner.last_info) if a.kind == m.RENDER else {}
+                outputs = [ref for refs in await asyncio.gather(*state.uploads) for ref in refs]
+        except (RunnerError, EncodeError) as exc:
             for up in state.uploads:
                 up.cancel()
             if exc.reason in ("crash", "watchdog", "bad_blend", "startup_failed", "startup_timeout",
@@ -546,9 +591,47 @@ class Agent:
                 slot.runner.on_log = None
             if not self.config.persistent:
                 await slot.drop_runner()
-        self.frames_rendered += len({ref.frame for ref in outputs})  # not its extra outputs
+        if a.kind != m.ENCODE:
+            self.frames_rendered += len({ref.frame for ref in outputs})  # not its extra outputs
         await asyncio.to_thread(shutil.rmtree, out_dir, True)
-        return m.TaskDone(task_id=a.task_id, outputs=outputs, seconds=time.monotonic() - t0)
+        await asyncio.to_thread(shutil.rmtree, self.in_dir(a.task_id), True)
+        return m.TaskDone(task_id=a.task_id, outputs=outputs, seconds=time.monotonic() - t0,
+                          info=info)
+
+    async def _run_in_blender(self, a: m.Assign, slot: Slot, runner: Runner,
+                              state: _Rendering, out_dir: str) -> None:
+        """A render (whole frames, or one tile) or a merge, in the slot's Blender."""
+        common: dict[str, Any] = dict(
+            scene=a.scene, overrides=self._overrides(a, slot), output_dir=out_dir,
+            output_name=a.output_name, output_pattern=a.output_pattern,
+            on_event=self._on_event(state), watchdog=self.config.watchdog)
+        if a.kind == m.MERGE:
+            in_dir = self.in_dir(a.task_id)
+            tiles = [{"path": str(inside(in_dir, ref.name)), "index": ref.tile.index,
+                      "cols": ref.tile.cols, "rows": ref.tile.rows}
+                     for ref in a.inputs if ref.tile is not None]
+            await runner.merge(a.task_id, a.frames[0], tiles, **common)
+            return
+        await runner.render(a.task_id, a.frames, **common,
+                            opengl=self.blenders[a.blender].opengl,
+                            devices=slot.devices(a.blender),
+                            tile=None if a.tile is None else dataclasses.asdict(a.tile))
+
+    async def _encode(self, a: m.Assign, out_dir: Path) -> m.OutputRef:
+        """Encode the task's frames (its inputs, in frame order) into the job's video."""
+        settings = VideoSettings.from_dict(a.video)
+        in_dir = self.in_dir(a.task_id)
+        frames = [str(inside(in_dir, ref.name)) for ref in a.inputs]
+        if not frames:
+            raise EncodeError("The video has no frames to encode.", "bad_input", False)
+        out = str(inside(out_dir, settings.output))
+
+        def progress(fraction: float) -> None:
+            self.send(m.Progress(task_id=a.task_id, fraction=max(0.0, min(1.0, fraction))))
+
+        await encode(settings, frames, out, on_progress=progress,
+                     watchdog=self.config.watchdog)
+        return await self._deliver_file(a, a.inputs[0].frame, out, image=False)
 
     async def _forward_log(self, task_id: str, lines: list[str]) -> None:
         """Ship what Blender printed about once a second: the dashboard's live log."""
@@ -566,6 +649,8 @@ class Agent:
         self._stopping = True
         for task_id, held in list(self.held.items()):
             held.canceled = True
+            if held.encoding is not None:
+                held.encoding.cancel()
             self.send(m.TaskFailed(task_id=task_id, error="the node is shutting down",
                                    reason="node_stopping", retryable=True))
         for slot in self.slots.values():
@@ -624,10 +709,13 @@ class Agent:
         the frame first, so a frame never counts as done on the server by a pass alone."""
         return [await self._deliver_file(a, frame, p) for p in (path, *extras)]
 
-    async def _deliver_file(self, a: m.Assign, frame: int, path: str) -> m.OutputRef:
-        """Check a written file, upload it (retrying through outages), announce it."""
+    async def _deliver_file(self, a: m.Assign, frame: int, path: str,
+                            image: bool = True) -> m.OutputRef:
+        """Check a written file (an image, unless ``image`` is False: a video, which its
+        encoder checked), upload it (retrying through outages), announce it."""
         await asyncio.to_thread(_regular_file, path)
-        await asyncio.to_thread(check_image, path)
+        if image:
+            await asyncio.to_thread(check_image, path)
         sha = await asyncio.to_thread(sha256_file, path)
         size = await asyncio.to_thread(os.path.getsize, path)
         await self._upload(sha, path, size)

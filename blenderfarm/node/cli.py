@@ -29,6 +29,7 @@ from .blender import (
 )
 from .config import NodeConfig, parse_size
 from .devices import SLOT_MODES, SlotError, cards, check_slots, slot_layout
+from .encode import probe_ffmpeg
 from .workdir import WorkDirBusy, lock_work_dir
 
 log = logging.getLogger("blenderfarm.node")
@@ -183,7 +184,9 @@ async def _main(cfg: NodeConfig) -> int:
           f"{', '.join(_slot_text(s) for s in slots)}; server {cfg.server}", flush=True)
     for n, (info, why_not) in enumerate(probed):
         _say(n, info, why_not)
-    agent = Agent(cfg, infos, slots)
+    ffmpeg = probe_ffmpeg()
+    print(f"  FFmpeg: {ffmpeg or 'none (this node takes no video encodes)'}", flush=True)
+    agent = Agent(cfg, infos, slots, ffmpeg=ffmpeg)
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

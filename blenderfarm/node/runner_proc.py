@@ -64,7 +64,8 @@ class RunnerError(Exception):
     """A task or a runner that failed; ``reason`` is machine-readable.
 
     Reasons: needs_denoise, needs_opengl, render_failed, no_output, bad_scene, bad_camera,
-    bad_command, no_device (from the runner); bad_blend, startup_failed, startup_timeout,
+    bad_command, no_device, bad_input, tiles_engine, tiles_compositor, tiles_border,
+    tiles_sequencer (from the runner); bad_blend, startup_failed, startup_timeout,
     crash, watchdog, not_running (from this side).
     """
 
@@ -169,6 +170,8 @@ class Runner:
         self._last_progress = 0.0
         self._frame: int | None = None  # the frame being rendered, for progress
         self.hello: dict[str, Any] = {}
+        #: the ``info`` of the last task's task_done ({} where it had none)
+        self.last_info: dict[str, Any] = {}
         #: called with each line Blender prints (the agent forwards them as live logs)
         self.on_log: Callable[[str], None] | None = None
 
@@ -394,6 +397,7 @@ class Runner:
                      on_event: EventCallback, watchdog: float | None = None,
                      opengl: bool = True, output_pattern: str | None = None,
                      devices: tuple[str, list[str]] | None = None,
+                     tile: dict[str, int] | None = None,
                      ) -> list[tuple[int, str]]:
         """Render ``frames`` and return ``[(frame, path)]``, or raise RunnerError.
 
@@ -401,31 +405,66 @@ class Runner:
         task does not end cleanly (a crash, the watchdog, cancellation, an exception
         in ``on_event``) Blender is killed: its state is unknown. ``devices`` is the
         slot's ``(compute_device_type, Cycles ids)``: the runner enables exactly those
-        (None: it leaves Blender's device preferences as they are).
+        (None: it leaves Blender's device preferences as they are). ``tile``
+        (``{"index", "cols", "rows"}``, ``frames`` then one frame) renders only that
+        cell of the frame, as ``<output_name>.tile<index:03d>.<frame>.exr``: a float
+        EXR of the cell plus the margin the scene's adaptive sampling needs.
+        The task_done's ``info`` is kept as :attr:`last_info`.
         """
+        return await self._run({"cmd": "render", "task_id": task_id, "frames": list(frames),
+                                "scene": scene, "overrides": overrides,
+                                "output_dir": os.path.abspath(output_dir),
+                                "output_name": output_name, "output_pattern": output_pattern,
+                                # False: the runner refuses Eevee and Workbench (needs_opengl)
+                                "opengl": opengl,
+                                "devices": None if devices is None else
+                                {"type": devices[0], "ids": list(devices[1])},
+                                "tile": None if tile is None else
+                                {k: int(tile[k]) for k in ("index", "cols", "rows")}},
+                               on_event, watchdog)
+
+    async def merge(self, task_id: str, frame: int, tiles: list[dict[str, Any]], *,
+                    scene: str | None, overrides: dict[str, Any], output_dir: str,
+                    output_name: str, output_pattern: str | None = None,
+                    on_event: EventCallback, watchdog: float | None = None,
+                    ) -> list[tuple[int, str]]:
+        """Assemble ``frame`` from its tile EXRs (``[{"path", "index", "cols", "rows"}]``,
+        as :meth:`render` with a tile wrote them) and save it as a render of the frame
+        would be, under the same name; return ``[(frame, path)]`` or raise RunnerError
+        (a missing or wrong-sized tile: reason ``bad_input``). Events and killing as
+        :meth:`render`."""
+        return await self._run({"cmd": "merge", "task_id": task_id, "frame": int(frame),
+                                "scene": scene, "overrides": overrides,
+                                "output_dir": os.path.abspath(output_dir),
+                                "output_name": output_name, "output_pattern": output_pattern,
+                                "tiles": [{"path": os.path.abspath(str(t["path"])),
+                                           **{k: int(t[k]) for k in ("index", "cols", "rows")}}
+                                          for t in tiles]},
+                               on_event, watchdog)
+
+    async def _run(self, command: dict[str, Any], on_event: EventCallback,
+                   watchdog: float | None) -> list[tuple[int, str]]:
+        """Send one task's command and follow its events to its end."""
         if not self.alive:
             raise RunnerError("The Blender runner is not running.", "not_running", True,
                               self.log_tail())
+        task_id = command["task_id"]
         self._drain()
         self._frame = None
+        self.last_info = {}
         self._touch()  # the watchdog counts from now, not from the last task
         finished = False
         self._busy = True
         try:
-            await self._send({"cmd": "render", "task_id": task_id, "frames": list(frames),
-                              "scene": scene, "overrides": overrides,
-                              "output_dir": os.path.abspath(output_dir),
-                              "output_name": output_name, "output_pattern": output_pattern,
-                              # False: the runner refuses Eevee and Workbench (needs_opengl)
-                              "opengl": opengl,
-                              "devices": None if devices is None else
-                              {"type": devices[0], "ids": list(devices[1])}})
+            await self._send(command)
             done: list[tuple[int, str]] = []
             while True:
                 event = await self._next_event(watchdog)
                 kind = event["ev"]
                 if kind == "task_done" and event.get("task_id") == task_id:
                     finished = True
+                    info = event.get("info")
+                    self.last_info = dict(info) if isinstance(info, dict) else {}
                     return done
                 if kind == "error":
                     finished = True

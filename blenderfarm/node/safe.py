@@ -92,6 +92,24 @@ def check_assign(a: m.Assign) -> None:
                             f"{_show(sha)}")
         manifest[rel] = sha
     a.manifest = manifest
+    if a.kind not in m.TASK_KINDS:
+        raise BadAssign(f"the server sent a task of kind {_show(a.kind)}, which this node "
+                        f"does not know (it runs {', '.join(m.TASK_KINDS)})")
+    for ref in a.inputs:
+        safe_file_name(ref.name, "an input")
+        if not is_sha256(ref.sha256):
+            raise BadAssign(f"the server sent an input whose hash is not a SHA-256: "
+                            f"{_show(ref.sha256)}")
+
+
+def safe_file_name(value: object, what: str = "a file") -> str:
+    """``value`` if it is a plain file name (no folder, not hidden, not special)."""
+    if not isinstance(value, str) or not value or value.startswith(".") or \
+            len(value.encode("utf-8", "replace")) > MAX_NAME_BYTES or \
+            not all(c.isalnum() or c in "_-." for c in value):
+        raise BadAssign(f"the server sent {what} name that is not a safe file name: "
+                        f"{_show(value)}")
+    return value
 
 
 def inside(root: Path, *parts: str) -> Path:

@@ -109,6 +109,20 @@ class BlobStore:
         fd, name = tempfile.mkstemp(dir=self.tmp, prefix=sha256[:12] + ".")
         return os.fdopen(fd, "wb"), name
 
+    def adopt(self, path: Path) -> tuple[str, int]:
+        """Take a file the server made itself (a video it encoded) into the store: it is
+        hashed, synced and moved in (``path`` is gone after); its sha256 and size.
+        ``path`` must be on the store's file system (the data dir). Blocks: a thread."""
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+            os.fsync(f.fileno())
+        sha = h.hexdigest()
+        size = path.stat().st_size
+        _place(path, self.path(sha))
+        return sha, size
+
     def link_to(self, sha256: str, dest: Path) -> None:
         """Make ``dest`` a copy of the blob (hard link where the file system allows)."""
         link_or_copy(self.path(sha256), dest)

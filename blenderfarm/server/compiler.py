@@ -55,8 +55,8 @@ def resolve_tiles(spec: JobSpec, slots: int) -> JobSpec:
     (protocol.tiles.auto_tiles), and a count of 1 made None: what is stored and compiled."""
     tiles = spec.tiles
     if tiles == "auto":
-        res = spec.resolution or [None, None]
-        tiles = auto_tiles(slots, res[0], res[1])
+        res = spec.resolution
+        tiles = auto_tiles(slots, *(res if res else (None, None)))
     if tiles == 1:
         tiles = None
     return dataclasses.replace(spec, tiles=tiles) if tiles != spec.tiles else spec

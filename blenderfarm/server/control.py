@@ -15,7 +15,7 @@ import time
 from asyncio import Future
 
 from ..protocol import messages as m
-from . import slots
+from . import graph, slots
 from .access import Actor, require_admin, require_control
 from .errors import FarmError
 from .farm import Farm
@@ -67,13 +67,25 @@ def requeue(farm: Farm, job_id: str, who: Actor, which: str = "failed") -> Done:
     farm.check_writable()
     states = ("failed", "canceled") if which == "failed" else ("failed", "canceled", "done")
     again = [farm.tasks[t] for t in job.task_ids if farm.tasks[t].status in states]
+    # what depends on them runs again after them: a tile's merge, a frame's video
+    after = [t for t in graph.downstream(job, [t.id for t in again], farm.tasks)
+             if t.status not in states]
+    for task in after:
+        if task.status in TASK_HELD:
+            _cancel_on_node(farm, task, "what it depends on is rendered again")
+            farm._release(task)
+    again = sorted({t.id: t for t in again + after}.values(), key=lambda t: t.index)
     ops = []
     for task in again:
         task.status, task.node, task.progress = "queued", None, 0.0
         task.failures, task.failed_nodes, task.error = 0, {}, None
+        task.parts = []
         for name in [n for n, o in job.outputs.items() if o.task_id == task.id]:
             job.remove_output(name)  # it will be rendered again; the file stays until then
+            if name == job.video_output:
+                job.video_output = None
             ops.append(("DELETE FROM outputs WHERE job_id=? AND name=?", (job.id, name)))
+    graph.link(job, farm.tasks)
     if again or job.status in ("failed", "canceled"):
         job.node_failures, job.blocklist, job.error, job.finished = {}, [], None, None
         if job.status != "paused":
@@ -188,6 +200,5 @@ def _schedule(farm: Farm, job: Job) -> None:
     started = job.counts["queued"] != len(job.task_ids)
     job.status = "active" if started else "queued"
     farm.sched.add_job(job.id, job.priority, job.seq, job.owner)
-    for tid in job.task_ids:
-        if farm.tasks[tid].status == "queued":
-            farm.sched.push(job.id, tid)
+    farm.ready_tasks(job, [farm.tasks[t] for t in job.task_ids
+                           if farm.tasks[t].status == "queued" and graph.ready(farm.tasks[t])])

@@ -15,8 +15,9 @@ import logging
 import time
 
 from ..protocol import messages as m
-from . import slots
+from . import graph, slots
 from .constraints import lacks, match
+from .kinds import kind_of
 from .models import TASK_HELD, Job, NodeRecord, Task
 from .sessions import NodeSession
 from .state import FarmState
@@ -69,7 +70,7 @@ class DispatchMixin(FarmState):
         """The best queued task for one slot of ``rec``, taken off the queue, or None."""
         slot = rec.slot(slot_id)
         tid = self.sched.pick(lambda j: match(self.jobs[j], rec, slot) is not None,
-                              lambda t: self._may_retry(rec, t))
+                              lambda t: self._may_take(rec, t))
         return None if tid is None else self.tasks[tid]
 
     def make_room(self, job: Job) -> None:
@@ -113,6 +114,14 @@ class DispatchMixin(FarmState):
     def capable_nodes(self, job: Job) -> list[NodeRecord]:
         return [rec for rec in self.online() if self._may_run(rec, job.id)]
 
+    def _may_take(self, rec: NodeRecord, task_id: str) -> bool:
+        """Whether ``rec`` may take this task of a job it may run: its kind's needs (an
+        encode: FFmpeg), then the retry rule."""
+        task = self.tasks[task_id]
+        if task.kind != m.RENDER and kind_of(task).lacks(rec) is not None:
+            return False
+        return self._may_retry(rec, task_id)
+
     def _may_retry(self, rec: NodeRecord, task_id: str) -> bool:
         """A node that failed a task gets it again only when every capable node has."""
         task = self.tasks[task_id]
@@ -141,13 +150,15 @@ class DispatchMixin(FarmState):
             self.emit("job", job=self.job_json(job))
         spec = job.spec
         manifest = {} if session.has_manifest(job.id) else spec.manifest
+        what = {} if task.kind == m.RENDER and task.tile is None else \
+            kind_of(task).fields(job, task, self.tasks)
         sent = session.send(m.Assign(task_id=task.id, job_id=job.id, frames=task.frames,
                                      blend=spec.blend, manifest=manifest,
                                      output_name=job.output_name, scene=spec.scene,
                                      overrides=spec.overrides.to_dict(),
                                      attempt=task.attempts, allow_scripts=spec.scripts,
                                      output_pattern=job.output_pattern, slot=slot_id,
-                                     blender=blender or 0))
+                                     blender=blender or 0, **what))
         if not sent:  # the spec's validation lets no such job in; never loop on one
             asyncio.get_running_loop().call_soon(self._unsendable, rec, task)
         return task
@@ -179,5 +190,15 @@ class DispatchMixin(FarmState):
         paused job's tasks wait outside it), off the node that held it."""
         self._release(task)
         task.status, task.node, task.progress = "queued", None, 0.0
-        if self.sched.has_job(task.job_id):
+        if self.sched.has_job(task.job_id) and graph.ready(task):
             self.sched.push(task.job_id, task.id, front=True)
+
+    def ready_tasks(self, job: Job, tasks: list[Task]) -> None:
+        """These tasks of ``job`` became ready (what they depend on is done): into the
+        queue, or, an encode no online node can run, to the server's own FFmpeg."""
+        for task in tasks:
+            if task.kind == m.ENCODE and not any(
+                    kind_of(task).lacks(r) is None for r in self.online()):
+                self.encode_here(job, task)
+            elif self.sched.has_job(job.id):
+                self.sched.push(job.id, task.id)

@@ -24,11 +24,13 @@ from typing import Any
 
 from ..protocol import messages as m
 from ..protocol.jobspec import OPENGL_ENGINES, JobSpec, output_stem
-from .compiler import compile_job
+from . import graph
+from .compiler import compile_job, resolve_tiles, tiles_of
 from .constraints import can_run, may_wait, waiting_reason
 from .dispatch import DispatchMixin
 from .errors import FarmError, store_refusal
 from .eta import estimate_eta, job_progress
+from .kinds import kind_of
 from .models import JOB_FINAL, TASK_FINAL, TASK_HELD, Job, NodeRecord, Task
 from .results import ResultsMixin
 from .sessions import NodeSession, SessionsMixin
@@ -64,8 +66,15 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
                 self.tasks[task.id] = task
                 job.add_task(task)
         for out in loaded.outputs:
-            if out.job_id in self.jobs:
-                self.jobs[out.job_id].add_output(out)
+            owner = self.jobs.get(out.job_id)
+            if owner is None:
+                continue
+            made_by = self.tasks.get(out.task_id)
+            owner.add_output(out, frame=made_by is None or kind_of(made_by).frames)
+            if made_by is not None and made_by.kind == m.ENCODE:
+                owner.video_output = out.name
+        for job in self.jobs.values():
+            graph.link(job, self.tasks)
         for rec in loaded.nodes:
             self.nodes[rec.uid] = rec
         self._recover()
@@ -83,8 +92,8 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
             for tid in job.task_ids:
                 task = self.tasks[tid]
                 if task.status == "queued":
-                    if not paused:
-                        self.sched.push(job.id, tid)
+                    if not paused and graph.ready(task):
+                        self.ready_tasks(job, [task])
                 elif task.status in TASK_HELD and task.node in self.nodes:
                     self.nodes[task.node].tasks.append(tid)
                     self.sched.hold(job.owner)
@@ -98,6 +107,8 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
             self.journal.add(tasks=requeued)
 
     async def stop(self) -> None:
+        for encoding in list(self._encoding.values()):
+            encoding.cancel()
         for timer in self._timers.values():
             timer.cancel()
         self.news.close()
@@ -164,6 +175,8 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
                             "upload them first (bf submit does this)", "missing_blobs",
                             field="manifest", data={"missing": missing[:1000]})
         self.check_writable()
+        if spec.tiles is not None:  # "auto" made a count for the farm as it is now
+            spec = resolve_tiles(spec, sum(len(r.slots) for r in self.online()))
         self._seq += 1
         job_id = secrets.token_hex(6)
         job = Job(id=job_id, seq=self._seq, spec=spec, output_name=output_stem(spec.name),
@@ -174,7 +187,8 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
         # In a thread: a 100,000-frame job takes a few tenths of a second to compile,
         # and the nodes' messages go on being answered meanwhile.
         tasks = await asyncio.to_thread(compile_job, job_id, spec)
-        job.frames_total = sum(len(t.frames) for t in tasks)
+        job.frames_total = sum(len(t.frames) for t in tasks
+                               if kind_of(t).frames and not kind_of(t).parts(t))
         for t in tasks:
             job.add_task(t)
         # The job's row and its spec are enough: tasks get rows once they change. They
@@ -186,10 +200,10 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
             raise store_refusal(exc, "the job was not submitted") from exc
         self.jobs[job_id] = job
         self.tasks.update((t.id, t) for t in tasks)
+        graph.link(job, self.tasks)
         if not spec.paused:
             self.sched.add_job(job_id, job.priority, job.seq, job.owner)
-            for t in tasks:
-                self.sched.push(job_id, t.id)
+            self.ready_tasks(job, [t for t in tasks if graph.ready(t)])
         log.info("job %s submitted: %r, %d frames in %d tasks", job_id, spec.name,
                  job.frames_total, len(tasks))
         self.emit("job", job=self.job_json(job))
@@ -232,6 +246,9 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
             in_frame = parts.total()
             if not parts.parts:
                 del self.in_frame[job.id]
+        if job.spec.tiles and job.status not in JOB_FINAL:  # tiles of frames not merged yet
+            in_frame += max(0.0, job.counts["tile:done"] / tiles_of(job.spec)
+                            - job.counts["merge:done"])
         eta = None
         if job.status == "completed":
             eta = 0.0
@@ -270,6 +287,9 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
                 session = self.sessions.get(task.node or "")
                 if session:
                     session.send(m.Cancel(task_id=tid, reason=status))
+            encoding = self._encoding.pop(tid, None)  # the server's own encode of it
+            if encoding is not None:
+                encoding.cancel()
             task.status, task.node = "canceled", None
             changed.append(task)
         return self.commit(job, changed)

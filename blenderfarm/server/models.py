@@ -382,6 +382,7 @@ class NodeRecord:
                        "busy": busy.get(s.id)} for s in self._slots],
             "threads": self.info.get("threads"), "gpus": self.info.get("gpus", []),
             "tags": self.info.get("tags", []), "frames_rendered": self.frames_rendered,
+            "ffmpeg": self.info.get("ffmpeg") or None,
         }
 
 

@@ -60,7 +60,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
     rec.set_info({"blender": blenders[0], "blenders": blenders,
                   "slots": [dataclasses.asdict(s) for s in hello.slots],
                   "threads": hello.threads, "ram": hello.ram, "gpus": hello.gpus,
-                  "tags": hello.tags, "agent_version": hello.agent_version,
+                  "tags": hello.tags, "agent_version": hello.agent_version, "ffmpeg": hello.ffmpeg,
                   "peer": request.remote})
     session = NodeSession(rec)
     sender = asyncio.create_task(_sender(ws, session))
@@ -274,7 +274,7 @@ async def _task_done(farm: Farm, session: NodeSession, msg: m.TaskDone) -> None:
             task_id=task.id, error=f"no output for frame(s) {sorted(missing)}", reason="bad_output"))
         session.send(m.Ack(task_id=msg.task_id))
         return
-    await _durable(farm, farm.complete_task(rec, task, outputs, msg.seconds))
+    await _durable(farm, farm.complete_task(rec, task, outputs, msg.seconds, msg.info))
     session.send(m.Ack(task_id=msg.task_id))
 
 

@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol import messages as m
+from ..protocol.video import EncodeError, SceneVideo
+from . import graph
+from .compiler import tiles_of
 from .constraints import match
+from .encode import encode_on_server
 from .errors import FarmError
 from .eta import InFrame
-from .models import TASK_HELD, Job, NodeRecord, Output, Task
-from .outputs import BadOutputs, check_outputs
+from .kinds import encode_inputs, kind_of, video_settings
+from .models import JOB_FINAL, TASK_HELD, Job, NodeRecord, Output, Task
+from .outputs import BadOutputs
 from .state import FarmState
 from .store import Store
 
@@ -57,8 +62,12 @@ class ResultsMixin(FarmState):
         if msg.frame is not None:
             rec.frames[task.id] = msg.frame
         job = self.jobs[task.job_id]
-        self.in_frame.setdefault(job.id, InFrame()).report(task.id, task.progress,
-                                                          len(task.frames), msg.frames_done)
+        if task.tile is not None:  # a tile is its share of its frame
+            self.in_frame.setdefault(job.id, InFrame()).report(
+                task.id, task.progress / tiles_of(job.spec), 1, 0)
+        elif task.kind != m.ENCODE:
+            self.in_frame.setdefault(job.id, InFrame()).report(
+                task.id, task.progress, len(task.frames), msg.frames_done)
         # The job's pace rides along: a watcher's ETA moves inside a long frame too.
         pace = self.job_pace(job)
         self.emit("progress", task_id=task.id, job_id=task.job_id, node=rec.uid,
@@ -70,56 +79,85 @@ class ResultsMixin(FarmState):
         """Check and link outputs (safe name, frame of this task, blob exists): one trip
         to a thread for all the file work of a task."""
         job = self.jobs[task.job_id]
+        kind = kind_of(task)
         try:
-            checked = check_outputs(job, task, outputs)
+            checked = kind.check(job, task, outputs)
         except BadOutputs as exc:
             raise FarmError(str(exc)) from exc
-        await asyncio.to_thread(self._link_outputs, job.id, checked)
+        await asyncio.to_thread(self._link_outputs, job.id, checked, kind.parts(task))
         return checked
 
-    def _link_outputs(self, job_id: str, outputs: list[Output]) -> None:
+    def _link_outputs(self, job_id: str, outputs: list[Output], parts: bool = False) -> None:
+        """Check every output's blob is stored, then link each into the job's folder
+        (parts, a tile's file, stay blobs only: no output of the job)."""
         for out in outputs:  # all checked before any is linked
             if not self.blobs.exists(out.sha256):
                 raise FarmError(f"output {out.name} was not uploaded", "missing_blobs")
-        for out in outputs:
+        for out in outputs if not parts else ():
             self.blobs.link_to(out.sha256, self.output_path(job_id, out.name))
 
     def output_path(self, job_id: str, name: str) -> Path:
         return self.jobs_dir / job_id / name
 
     def add_outputs(self, task: Task, outputs: list[Output]) -> list[Any]:
+        """Make checked outputs the job's (a tile's are its task's parts instead: inputs
+        of the merge, no outputs of the job); the rows to write."""
         job = self.jobs[task.job_id]
+        kind = kind_of(task)
+        if kind.parts(task):
+            task.parts = [{"sha256": o.sha256, "size": o.size, "frame": o.frame,
+                           "name": o.name} for o in outputs]
+            for out in outputs:
+                self.emit("tile", job_id=job.id, task_id=task.id, frame=out.frame,
+                          tile=task.tile, name=out.name)
+            return []
         ops = []
         for out in outputs:
             known = job.outputs.get(out.name)
             if known is not None and known.sha256 == out.sha256:
                 continue
-            job.add_output(out)
+            job.add_output(out, frame=kind.frames)
+            if task.kind == m.ENCODE:
+                job.video_output = out.name
             ops.append(Store.output_op(out))
             self.emit("frame", job_id=job.id, task_id=task.id, frame=out.frame, name=out.name)
         return ops
 
-    def complete_task(self, rec: NodeRecord, task: Task, outputs: list[Output],
-                      seconds: float) -> asyncio.Future[None]:
+    def complete_task(self, rec: NodeRecord | None, task: Task, outputs: list[Output],
+                      seconds: float, info: dict[str, Any] | None = None
+                      ) -> asyncio.Future[None]:
+        """``task`` is done with these outputs, by ``rec`` (None: the server itself, an
+        encode no node could run); ``info`` is what its render learned of the scene."""
         job = self.jobs[task.job_id]
         ops = self.add_outputs(task, outputs)
-        if task.node and task.node != rec.uid:  # someone else still renders it: stop them
+        if task.node and (rec is None or task.node != rec.uid):  # someone else still has it
             other = self.sessions.get(task.node)
             if other:
                 other.send(m.Cancel(task_id=task.id, reason="done elsewhere"))
         self.sched.discard(task.id)
         self._release(task)
-        task.status, task.node, task.progress = "done", rec.uid, 1.0
+        task.status, task.node, task.progress = "done", rec.uid if rec else None, 1.0
         task.finished = time.time()
-        rec.frames_rendered += len(task.frames)
+        if rec is not None and task.kind == m.RENDER and task.tile is None:
+            rec.frames_rendered += len(task.frames)
         self.metrics.add_render_seconds(seconds)
+        if info and job.scene_video is None and isinstance(info.get("video"), dict):
+            try:  # what a node says of the scene is checked like any of its reports
+                job.scene_video = SceneVideo.from_dict(info["video"]).to_dict()
+            except ValueError as exc:
+                log.warning("task %s reported scene video settings that do not hold: %s",
+                            task.id, exc)
+        self.ready_tasks(job, graph.finished(job, task, self.tasks))
         if job.all_done:
             job.status, job.finished = "completed", time.time()
             self.sched.remove_job(job.id)
             log.info("job %s completed: %d frames", job.id, job.frames_done)
-        session = self.sessions.get(rec.uid)
-        # only this node's room changed
-        return self.commit(job, [task], [rec], ops, offer=[session] if session else False)
+        session = self.sessions.get(rec.uid) if rec is not None else None
+        # only this node's room changed, unless the task readied others
+        offer: bool | list[Any] = [session] if session else False
+        if job.dependents.get(task.id):
+            offer = True
+        return self.commit(job, [task], [rec] if rec else [], ops, offer=offer)
 
     def fail_task(self, rec: NodeRecord, task: Task, msg: m.TaskFailed) -> asyncio.Future[None]:
         job = self.jobs[task.job_id]
@@ -153,11 +191,9 @@ class ResultsMixin(FarmState):
                 changed += self._take_back_unable(job)
         elif not msg.retryable or task.failures >= self.config.max_attempts:
             task.status, task.node = "failed", rec.uid  # the node that failed it last
-            frames = f"frame {task.frames[0]}" if len(task.frames) == 1 else \
-                f"frames {task.frames[0]}-{task.frames[-1]}"
             tries = "" if not msg.retryable else f" after {task.failures} attempts"
-            return self._stop_job(job, "failed", f"{frames} failed{tries}: {msg.error[:2000]}",
-                                  settled=[task])
+            return self._stop_job(job, "failed", f"{kind_of(task).what(task)} failed{tries}: "
+                                  f"{msg.error[:2000]}", settled=[task])
         else:
             self.requeue_task(task)
             if not self.capable_nodes(job):
@@ -165,6 +201,54 @@ class ResultsMixin(FarmState):
                 return self._stop_job(job, "failed", self._no_capable_node(job),
                                       settled=[task])
         return self.commit(job, changed)
+
+    def encode_here(self, job: Job, task: Task) -> None:
+        """No online node has FFmpeg: the server encodes the video itself (FFmpeg in its
+        own process, off the event loop), holding the task as a node would (running,
+        on no node). A restart requeues it like any held task; a cancel stops it."""
+        if task.id in self._encoding or task.status != "queued":
+            return
+        self.sched.discard(task.id)
+        task.status, task.node, task.started, task.progress = "running", None, time.time(), 0.0
+        task.attempts += 1
+        self.journal.add(tasks=(task,))
+        log.info("job %s: no online node has FFmpeg; the server encodes its video", job.id)
+        self._encoding[task.id] = asyncio.get_running_loop().create_task(
+            self._encode_here(job, task))
+
+    async def _encode_here(self, job: Job, task: Task) -> None:
+        t0 = time.monotonic()
+        try:
+            settings = video_settings(job)
+            inputs = encode_inputs(job, task)
+            if not inputs:
+                raise EncodeError("The video has no frames to encode.", "bad_input", False)
+            out_dir = self.config.data_dir / "encode"
+            await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+
+            def progress(fraction: float) -> None:
+                task.progress = max(0.0, min(1.0, fraction))
+                self.emit("progress", task_id=task.id, job_id=job.id, node=None, frame=None,
+                          fraction=task.progress, job_progress=None, eta=None)
+
+            path = await encode_on_server(settings, [self.blobs.path(i.sha256) for i in inputs],
+                                          out_dir, on_progress=progress)
+            sha, size = await asyncio.to_thread(self.blobs.adopt, path)
+            out = Output(job.id, task.id, inputs[0].frame, settings.output, sha, size)
+            await asyncio.to_thread(self._link_outputs, job.id, [out])
+        except (EncodeError, OSError, ValueError) as exc:
+            message = exc.message if isinstance(exc, EncodeError) else str(exc)
+            log.error("job %s: the server could not encode its video: %s", job.id, message)
+            if task.status == "running" and task.node is None and job.status not in JOB_FINAL:
+                task.status, task.error = "failed", message[:2000]
+                task.failures += 1
+                self._stop_job(job, "failed", f"the video failed: {message[:2000]}",
+                               settled=[task])
+            return
+        finally:
+            self._encoding.pop(task.id, None)
+        if task.status == "running" and task.node is None:  # not canceled meanwhile
+            self.complete_task(None, task, [out], time.monotonic() - t0)
 
     def _count_node_failure(self, job: Job, rec: NodeRecord) -> list[Task]:
         """Count a failure of ``rec`` on ``job``; return the tasks taken back from it when

@@ -53,6 +53,8 @@ class FarmState(abc.ABC):
         self.in_frame: dict[str, InFrame] = {}
         self._seq = 0
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        #: encodes the server runs itself (no online node has FFmpeg), by task id
+        self._encoding: dict[str, asyncio.Task[None]] = {}
         #: every change of a node reaches watchers through here, a few times a second at most
         self.news = NodeNews(self._announce)
         self.started = time.time()
@@ -107,7 +109,13 @@ class FarmState(abc.ABC):
     @abc.abstractmethod
     def _release(self, task: Task) -> None: ...
 
+    @abc.abstractmethod
+    def ready_tasks(self, job: Job, tasks: list[Task]) -> None: ...
+
     # --- results (results.py) ------------------------------------------------------------------
     @abc.abstractmethod
     def fail_task(self, rec: NodeRecord, task: Task,
                   msg: m.TaskFailed) -> asyncio.Future[None]: ...
+
+    @abc.abstractmethod
+    def encode_here(self, job: Job, task: Task) -> None: ...

@@ -18,14 +18,18 @@ spare: it says hello with no file and waits for ``{"cmd": "open", "blend": PATH,
 "cwd": JOB_DIR, "scripts": BOOL}``, answered by ``opened`` (or an ``error`` with reason
 ``bad_blend``); a spare opens one file in its life.
 
-Agent -> runner: ``open``, ``{"cmd": "render", ...}`` and ``{"cmd": "quit"}``.
+Agent -> runner: ``open``, ``{"cmd": "render", ...}``, ``{"cmd": "merge", ...}`` and
+``{"cmd": "quit"}``. A render command with a ``tile`` (``{"index", "cols", "rows"}``)
+renders that cell of its one frame as a float EXR, and a merge command assembles a
+frame's tiles into the frame's file (see ``tiles.py``).
 Runner -> agent: ``hello``, ``opened``, ``frame_start``, ``progress``, ``frame_done``,
 ``task_done`` and ``error`` events (see ``blenderfarm/node/runner_proc.py``);
 ``frame_done`` carries the frame's ``path`` and the ``extras`` its compositor's File
 Output nodes wrote, all in the task's output dir (see "File Output nodes" below).
 
-It must import only the standard library and ``bpy``: Blender runs it as a plain
-file with its own Python, where neither blenderfarm nor its dependencies exist. It
+It must import only the standard library, ``bpy`` and the modules beside it
+(``tiles``): Blender runs it as a plain file with its own Python, where neither
+blenderfarm nor its dependencies exist. It
 must work in Blender 3.4 to 5.x, so every newer or older API is reached through
 ``getattr``/``hasattr``. It reports and never decides: retries, restarts and
 timeouts are the agent's business.
@@ -47,6 +51,14 @@ import time
 import traceback
 
 import bpy
+
+# Blender runs this file as a plain script: its folder holds the runner's own modules
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import tiles  # noqa: E402  (after the path it is found on)
+from scene_video import scene_video  # noqa: E402
 
 PROGRESS_INTERVAL = 0.1  # seconds; at most ~10 progress messages a second
 #: Twins of protocol.jobspec's (this script can import nothing of blenderfarm): a movie
@@ -578,9 +590,24 @@ def render_frame(channel: Channel, scene, frame: int, output_dir: str, output_na
     scene.frame_set(frame)
     fileout = os.path.join(output_dir, FILEOUT_DIR)
     has_file_outputs = confine_file_outputs(scene, fileout)
+    path = frame_path(scene, frame, output_dir, output_name, output_pattern)
+    seconds = render_to(channel, scene, frame, path)
+    extras = collect_file_outputs(fileout, output_dir, output_name, frame) \
+        if has_file_outputs else []
+    return {"ev": "frame_done", "frame": frame, "path": path, "extras": extras,
+            "seconds": round(seconds, 3)}
+
+
+def frame_path(scene, frame: int, output_dir: str, output_name: str,
+               output_pattern: str | None) -> str:
+    """The file Blender names frame ``frame`` from ``output_pattern`` in ``output_dir``."""
     pattern = output_name + "_####" if output_pattern is None else output_pattern
     scene.render.filepath = os.path.join(output_dir, "") + pattern
-    path = os.path.abspath(bpy.path.abspath(scene.render.frame_path(frame=frame)))
+    return os.path.abspath(bpy.path.abspath(scene.render.frame_path(frame=frame)))
+
+
+def render_to(channel: Channel, scene, frame: int, path: str) -> float:
+    """Render ``frame`` (already set) of ``scene`` to exactly ``path``; its seconds."""
     # A still render does not expand '#', so name the exact file; and remove an old
     # copy so a file left by an earlier attempt can never pass for this render's.
     scene.render.filepath = path
@@ -605,9 +632,82 @@ def render_frame(channel: Channel, scene, frame: int, output_dir: str, output_na
         # Composite node) apart from "saved, then gone or empty" (disk full)
         why = "the saved file is missing or empty" if STATE.written else "it saved no file"
         raise TaskError("no_output", f"Blender rendered frame {frame} but {why} ({path}).", True)
-    extras = collect_file_outputs(fileout, output_dir, output_name, frame) \
-        if has_file_outputs else []
-    return {"ev": "frame_done", "frame": frame, "path": path, "extras": extras,
+    return seconds
+
+
+def _task_paths(cmd: dict) -> tuple[str, str, str | None]:
+    """A render or merge command's output dir, output name and pattern, checked."""
+    output_dir, output_name = cmd.get("output_dir"), cmd.get("output_name")
+    pattern = cmd.get("output_pattern")
+    if not isinstance(output_dir, str) or not isinstance(output_name, str) or not output_name \
+            or not os.path.isabs(output_dir) \
+            or not (pattern is None or isinstance(pattern, str) and "/" not in pattern):
+        raise TaskError("bad_command", f"A {cmd.get('cmd')} command needs an absolute "
+                        "output_dir, an output_name and no folder in its output_pattern.",
+                        False)
+    return output_dir, output_name, pattern
+
+
+def _tile_of(cmd: dict, frames: list[int]) -> dict | None:
+    """A render command's tile (None: whole frames), checked; a tile is of one frame."""
+    tile = cmd.get("tile")
+    if tile is None:
+        return None
+    if not isinstance(tile, dict) or len(frames) != 1 \
+            or not all(isinstance(tile.get(k), int) for k in ("index", "cols", "rows")) \
+            or not (tile["cols"] >= 1 and tile["rows"] >= 1
+                    and 0 <= tile["index"] < tile["cols"] * tile["rows"]):
+        raise TaskError("bad_command", "A tile render needs one frame and a tile "
+                        "{index, cols, rows} that is a cell of its grid.", False)
+    return tile
+
+
+def prepare_scene(cmd: dict, info: dict | None = None):
+    """The command's scene with the task's overrides applied (everything earlier undone);
+    ``info`` gets what the job's video needs of the scene (``scene_video``), read before
+    the overrides change it (a movie scene renders as PNG stills)."""
+    SETTINGS.restore()
+    scene = select_scene(cmd.get("scene"))
+    if info is not None:
+        try:
+            info["video"] = scene_video(scene)
+        except Exception:  # a scene read that fails must never fail the render
+            traceback.print_exc()
+    try:
+        apply_overrides(scene, cmd.get("overrides") or {})
+    except (TypeError, ValueError, AttributeError) as exc:  # bpy's "enum not found" etc.
+        raise TaskError("bad_scene", f"This Blender cannot apply the overrides: {exc}", False) from exc
+    return scene
+
+
+def _check_tileable(scene) -> None:
+    try:
+        tiles.check_tileable(scene)
+    except tiles.TileError as exc:
+        raise TaskError(exc.reason, exc.message, exc.retryable) from None
+
+
+def render_tile(channel: Channel, scene, frame: int, tile: dict, output_dir: str,
+                output_name: str) -> dict:
+    """Render one cell of ``frame`` (plus the margin adaptive sampling needs) as a float
+    EXR named ``tiles.tile_file_name`` and return its ``frame_done`` event."""
+    scene.frame_set(frame)
+    width, height = tiles.render_size(scene)
+    cell = tiles.tile_rect(tile["index"], tile["cols"], tile["rows"], width, height)
+    if cell[2] <= cell[0] or cell[3] <= cell[1]:
+        raise TaskError("bad_command", f"A {tile['cols']}x{tile['rows']} grid has cells "
+                        f"without pixels in a {width}x{height} frame.", False)
+    rect = tiles.padded_rect(cell, tiles.adaptive_margin(scene), width, height)
+    tiles.set_border(SETTINGS, scene, rect)
+    path = os.path.join(output_dir, tiles.tile_file_name(output_name, tile["index"], frame))
+    seconds = render_to(channel, scene, frame, path)
+    size = tiles.image_size(path)
+    want = (rect[2] - rect[0], rect[3] - rect[1])
+    if size != want:  # Blender's border rounding is not what tiles.set_border expects
+        raise TaskError("render_failed", f"Blender rendered tile {tile['index']} of frame "
+                        f"{frame} as {size[0]}x{size[1]} pixels, not {want[0]}x{want[1]}.",
+                        False)
+    return {"ev": "frame_done", "frame": frame, "path": path, "extras": [],
             "seconds": round(seconds, 3)}
 
 
@@ -615,24 +715,19 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
     task_id = cmd.get("task_id")
     try:
         frames = [int(f) for f in cmd.get("frames") or []]
-        output_dir, output_name = cmd.get("output_dir"), cmd.get("output_name")
-        pattern = cmd.get("output_pattern")
-        if not frames or not output_dir or not output_name or not os.path.isabs(output_dir) \
-                or not (pattern is None or isinstance(pattern, str) and "/" not in pattern):
-            raise TaskError("bad_command", "A render command needs frames, an absolute "
-                            "output_dir, an output_name and no folder in its output_pattern.",
-                            False)
-        SETTINGS.restore()
-        scene = select_scene(cmd.get("scene"))
-        try:
-            apply_overrides(scene, cmd.get("overrides") or {})
-        except (TypeError, ValueError, AttributeError) as exc:  # bpy's "enum not found" etc.
-            raise TaskError("bad_scene", f"This Blender cannot apply the overrides: {exc}", False) from exc
+        if not frames:
+            raise TaskError("bad_command", "A render command needs frames.", False)
+        output_dir, output_name, pattern = _task_paths(cmd)
+        tile = _tile_of(cmd, frames)
+        info: dict = {}
+        scene = prepare_scene(cmd, info)
         set_devices(scene, cmd.get("devices"), (cmd.get("overrides") or {}).get("device"))
         if scene.camera is None:
             raise TaskError("bad_camera", f"The scene {scene.name!r} has no active camera; set one "
                             "in the file or submit with a camera (bf submit --camera NAME, or "
                             "the add-on's Camera field).", False)
+        if tile is not None:  # before the OpenGL check: no node can tile an Eevee scene
+            _check_tileable(scene)
         engine = scene.render.engine
         if engine in OPENGL_ENGINES and not cmd.get("opengl", True):
             # Blender would abort (SIGABRT) on the first frame: say why, before trying
@@ -642,8 +737,84 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
             raise TaskError("needs_denoise", DENOISE_MESSAGE, False)
         os.makedirs(output_dir, exist_ok=True)
         scene.render.use_file_extension = True  # File Output nodes follow it too
-        for frame in frames:
-            channel.send(render_frame(channel, scene, frame, output_dir, output_name, pattern))
+        if tile is not None:
+            _set_format(scene, "OPEN_EXR")
+            tiles.set_tile_output(SETTINGS, scene)
+            channel.send(render_tile(channel, scene, frames[0], tile, output_dir, output_name))
+        else:
+            for frame in frames:
+                channel.send(render_frame(channel, scene, frame, output_dir, output_name,
+                                          pattern))
+        channel.send({"ev": "task_done", "task_id": task_id, "info": info})
+    except TaskError as exc:
+        channel.send(_error_event(task_id, exc))
+    except Exception as exc:  # whatever else: report it, keep serving
+        traceback.print_exc()
+        channel.send(_error_event(task_id, TaskError(
+            "render_failed", f"The runner failed: {type(exc).__name__}: {exc}", True)))
+    finally:
+        STATE.frame = None
+
+
+def _merge_tiles(cmd: dict) -> list[dict]:
+    """A merge command's tiles, checked: each an absolute path and a cell of a grid."""
+    given = cmd.get("tiles")
+    if not isinstance(given, list) or not given:
+        raise TaskError("bad_command", "A merge command needs its tiles.", False)
+    for tile in given:
+        if not isinstance(tile, dict) or not isinstance(tile.get("path"), str) \
+                or not os.path.isabs(tile["path"]) \
+                or not all(isinstance(tile.get(k), int) for k in ("index", "cols", "rows")) \
+                or not (tile["cols"] >= 1 and tile["rows"] >= 1):
+            raise TaskError("bad_command", "Each tile of a merge needs an absolute path and "
+                            "its index, cols and rows.", False)
+    return given
+
+
+def merge_frame(channel: Channel, scene, frame: int, given: list[dict], output_dir: str,
+                output_name: str, output_pattern: str | None) -> dict:
+    """Assemble ``frame`` from its tiles and save it as a render of it would be saved,
+    under the name render_frame gives it; return its ``frame_done`` event."""
+    scene.frame_set(frame)  # animated colour management, cameras bound to markers
+    path = frame_path(scene, frame, output_dir, output_name, output_pattern)
+    if os.path.lexists(path):
+        os.remove(path)
+    STATE.frame, STATE.written, STATE.cancelled = frame, False, False
+    channel.send({"ev": "frame_start", "frame": frame})
+    started = time.monotonic()
+    try:
+        pixels = tiles.assemble(scene, given)
+        result = tiles.write_frame(scene, frame, pixels, path)
+    except tiles.TileError as exc:
+        raise TaskError(exc.reason, exc.message, exc.retryable) from None
+    except RuntimeError as exc:  # the render operator's ERROR report
+        traceback.print_exc()
+        message = " ".join(str(exc).strip().replace("Error: ", "").splitlines())
+        raise TaskError("render_failed", f"Blender failed to save merged frame {frame}: "
+                        f"{message}", True) from exc
+    if STATE.cancelled or "FINISHED" not in result:
+        raise TaskError("render_failed", f"Blender cancelled the merge of frame {frame}.", True)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise TaskError("no_output", f"Blender merged frame {frame} but saved no file ({path}).",
+                        True)
+    return {"ev": "frame_done", "frame": frame, "path": path, "extras": [],
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def run_merge(channel: Channel, cmd: dict) -> None:
+    """A merge command: one frame from its tiles, events as for a render of one frame."""
+    task_id = cmd.get("task_id")
+    try:
+        frame = cmd.get("frame")
+        if not isinstance(frame, int) or isinstance(frame, bool):
+            raise TaskError("bad_command", "A merge command needs its frame.", False)
+        output_dir, output_name, pattern = _task_paths(cmd)
+        given = _merge_tiles(cmd)
+        scene = prepare_scene(cmd)
+        _check_tileable(scene)  # the tiles were refused too; no merge can make this frame
+        os.makedirs(output_dir, exist_ok=True)
+        scene.render.use_file_extension = True
+        channel.send(merge_frame(channel, scene, frame, given, output_dir, output_name, pattern))
         channel.send({"ev": "task_done", "task_id": task_id})
     except TaskError as exc:
         channel.send(_error_event(task_id, exc))
@@ -790,6 +961,8 @@ def serve(channel: Channel, opened: bool, oidn: bool) -> None:
             install_handlers()  # after the load, which drops handlers that are not @persistent
         elif kind == "render" and opened:
             run_task(channel, cmd, oidn)
+        elif kind == "merge" and opened:
+            run_merge(channel, cmd)
         else:
             channel.send(_error_event(cmd.get("task_id"), TaskError(
                 "bad_command", f"The runner cannot do {kind!r} now.", False)))

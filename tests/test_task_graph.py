@@ -1,0 +1,281 @@
+"""The task graph on a real server: tiles before their merge, the video after every
+frame, and what requeue, cancel, failures and a restart do to the graph.
+
+Nodes are scripted (tests/fakenode.py) over the real protocol: these tests are about
+the server's decisions. The renders themselves are tested against Blender's own in
+tests/test_tiles.py, tests/test_video.py and tests/test_tiles_farm.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from blenderfarm.protocol import messages as m
+from blenderfarm.protocol.tiles import tile_name
+from blenderfarm.server.app import make_app
+from blenderfarm.server.config import ServerConfig
+from fakenode import FakeNode
+
+BLEND = b"BLENDER-v300 pretend .blend for graph tests"
+SHA = hashlib.sha256(BLEND).hexdigest()
+VIDEO_INFO = {"video": {"fps": 25, "fps_base": 1.0, "width": 64, "height": 48}}
+
+
+@pytest.fixture
+async def farm(tmp_path: Path):
+    cfg = ServerConfig(data_dir=tmp_path / "data", grace_period=0.3, prefetch=3)
+    server = TestServer(make_app(cfg), host="127.0.0.1")
+    client = TestClient(server)
+    await client.start_server()
+    nodes: list[FakeNode] = []
+
+    def node(**kw) -> FakeNode:
+        n = FakeNode(str(server.make_url("")), **kw)
+        nodes.append(n)
+        return n
+
+    client.node = node  # type: ignore[attr-defined]
+    yield client
+    for n in nodes:
+        await n.close()
+    await client.close()
+
+
+async def submit(client, frames="1", **kw) -> dict:
+    resp = await client.put(f"/api/blobs/{SHA}", data=BLEND)
+    assert resp.status in (200, 201)
+    spec = {"blend": "shot.blend", "manifest": {"shot.blend": SHA}, "frames": frames, **kw}
+    resp = await client.post("/api/jobs", json=spec)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["job"]
+
+
+async def job(client, job_id: str) -> dict:
+    return (await (await client.get(f"/api/jobs/{job_id}")).json())["job"]
+
+
+async def outputs(client, job_id: str) -> list[str]:
+    body = await (await client.get(f"/api/jobs/{job_id}/outputs")).json()
+    return sorted(o["name"] for o in body["outputs"])
+
+
+async def nothing_more(node: FakeNode, cls: type[m.Message] = m.Assign) -> None:
+    with pytest.raises(TimeoutError):
+        await node.expect(cls, timeout=0.3)
+
+
+async def test_a_frame_in_tiles_is_merged_once_every_tile_is_done(farm) -> None:
+    node = farm.node()
+    await node.connect()
+    j = await submit(farm, tiles=4)
+    assert j["tasks_total"] == 5 and j["frames_total"] == 1 and j["tiles_total"] == 4
+    tiles = [await node.expect(m.Assign) for _ in range(4)]
+    assert [(a.kind, a.tile.index, a.tile.cols, a.tile.rows) for a in tiles] == \
+        [(m.RENDER, i, 2, 2) for i in range(4)]
+    for a in tiles[:3]:
+        await node.finish(a)
+    await nothing_more(node)  # the merge waits for the last tile
+    assert (await job(farm, j["id"]))["tiles_done"] == 3
+    await node.finish(tiles[3])
+    merge = await node.expect(m.Assign)
+    assert merge.kind == m.MERGE and merge.frames == [1]
+    assert [(i.name, i.tile.index if i.tile else None) for i in merge.inputs] == \
+        [(tile_name("shot", 1, k), k) for k in range(4)]
+    await node.finish(merge)
+    done = await job(farm, j["id"])
+    assert done["status"] == "completed" and done["frames_done"] == 1
+    # the tiles are parts of the merge, not outputs of the job
+    assert await outputs(farm, j["id"]) == ["shot_0001.png"]
+
+
+async def test_the_video_is_encoded_after_every_frame_with_what_the_renders_reported(
+        farm) -> None:
+    node = farm.node(ffmpeg="5.1.6")
+    await node.connect()
+    j = await submit(farm, frames="1-3", video=True)
+    renders = [await node.expect(m.Assign) for _ in range(3)]
+    for a in renders[:2]:
+        await node.finish(a, info=VIDEO_INFO)
+    await nothing_more(node)
+    await node.finish(renders[2], info=VIDEO_INFO)
+    encode = await node.expect(m.Assign)
+    assert encode.kind == m.ENCODE and [i.frame for i in encode.inputs] == [1, 2, 3]
+    assert [i.name for i in encode.inputs] == [f"shot_{f:04d}.png" for f in (1, 2, 3)]
+    assert encode.video["output"] == "shot.0001-0003.mp4"
+    await node.finish(encode)
+    done = await job(farm, j["id"])
+    assert done["status"] == "completed" and done["frames_done"] == 3
+    assert done["video_output"] == "shot.0001-0003.mp4" and done["encode"] == "done"
+    assert "shot.0001-0003.mp4" in await outputs(farm, j["id"])
+
+
+async def test_a_node_without_ffmpeg_gets_no_encode(farm) -> None:
+    plain = farm.node(name="plain")
+    await plain.connect()
+    await submit(farm, frames="1", video=True)
+    render = await plain.expect(m.Assign)
+    # a node with FFmpeg online: the encode is its to take, not the plain one's
+    video = farm.node(name="video", ffmpeg="5.1.6")
+    await video.connect()
+    await plain.finish(render, info=VIDEO_INFO)
+    encode = await video.expect(m.Assign)
+    assert encode.kind == m.ENCODE
+    await nothing_more(plain)
+
+
+async def test_requeue_all_runs_the_tiles_again_then_the_merge_after_them(farm) -> None:
+    node = farm.node()
+    await node.connect()
+    j = await submit(farm, tiles=2)
+    for _ in range(2):
+        await node.finish(await node.expect(m.Assign))
+    await node.finish(await node.expect(m.Assign))  # the merge
+    assert (await job(farm, j["id"]))["status"] == "completed"
+    resp = await farm.post(f"/api/jobs/{j['id']}/requeue", json={"which": "all"})
+    assert resp.status == 200, await resp.text()
+    again = [await node.expect(m.Assign) for _ in range(2)]
+    assert [a.kind for a in again] == [m.RENDER, m.RENDER]  # tiles first, not the merge
+    for a in again:
+        await node.finish(a)
+    merge = await node.expect(m.Assign)
+    assert merge.kind == m.MERGE
+    await node.finish(merge)
+    assert (await job(farm, j["id"]))["status"] == "completed"
+
+
+async def test_a_failed_tile_fails_the_job_and_requeue_failed_runs_it_and_its_merge(
+        tmp_path: Path) -> None:
+    cfg = ServerConfig(data_dir=tmp_path / "d", prefetch=3, max_attempts=1)
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        node = FakeNode(str(client.make_url("")))
+        await node.connect()
+        try:
+            j = await submit(client, tiles=2)
+            first, second = await node.expect(m.Assign), await node.expect(m.Assign)
+            await node.finish(first)
+            await node.send(m.TaskFailed(task_id=second.task_id, error="out of memory",
+                                         retryable=False))
+            await node.expect(m.Ack)
+            failed = await job(client, j["id"])
+            assert failed["status"] == "failed" and "tile 1 of frame 1" in failed["error"]
+            await client.post(f"/api/jobs/{j['id']}/requeue", json={"which": "failed"})
+            again = await node.expect(m.Assign)
+            assert again.task_id == second.task_id  # the done tile stays done
+            await node.finish(again)
+            merge = await node.expect(m.Assign)
+            assert merge.kind == m.MERGE and len(merge.inputs) == 2
+            await node.finish(merge)
+            assert (await job(client, j["id"]))["status"] == "completed"
+        finally:
+            await node.close()
+
+
+async def test_a_restart_keeps_the_graph_the_merge_comes_after_the_tiles_done_before(
+        tmp_path: Path) -> None:
+    cfg = ServerConfig(data_dir=tmp_path / "d", grace_period=0.3, prefetch=3)
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        node = FakeNode(str(client.make_url("")))
+        await node.connect()
+        j = await submit(client, frames="1-2", tiles=2, video=True)
+        for _ in range(2):  # both tiles of frame 1
+            await node.finish(await node.expect(m.Assign))
+        await node.close()
+        await asyncio.sleep(0.1)
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        node = FakeNode(str(client.make_url("")), ffmpeg="5.1.6")
+        await node.connect()
+        try:
+            seen = []
+            for _ in range(4):  # frame 1's merge, frame 2's tiles, frame 2's merge
+                a = await node.expect(m.Assign)
+                seen.append((a.kind, a.frames, a.tile.index if a.tile else None))
+                await node.finish(a, info=VIDEO_INFO)
+            assert seen[0][:2] == (m.MERGE, [1]) or (m.MERGE, [1], None) in seen
+            assert seen.index((m.RENDER, [2], 0)) < seen.index((m.MERGE, [2], None))
+            encode = await node.expect(m.Assign)
+            assert encode.kind == m.ENCODE and len(encode.inputs) == 2
+            await node.finish(encode)
+            done = await job(client, j["id"])
+            assert done["status"] == "completed" and done["tiles_done"] == 4
+        finally:
+            await node.close()
+
+
+async def test_cancel_stops_a_graph_half_done_and_nothing_more_is_assigned(farm) -> None:
+    node = farm.node()
+    await node.connect()
+    j = await submit(farm, frames="1-2", tiles=2)
+    held = [await node.expect(m.Assign) for _ in range(4)]  # its four tiles (prefetch 3)
+    assert all(a.kind == m.RENDER and a.tile is not None for a in held)
+    await farm.post(f"/api/jobs/{j['id']}/cancel")
+    for _ in held:
+        await node.expect(m.Cancel)
+    await node.finish(held[0])  # a late result changes nothing
+    await nothing_more(node)
+    canceled = await job(farm, j["id"])
+    assert canceled["status"] == "canceled" and canceled["tasks_queued"] == 0
+
+
+async def test_a_tile_report_must_be_its_tile(farm) -> None:
+    node = farm.node()
+    await node.connect()
+    await submit(farm, tiles=2)
+    a = await node.expect(m.Assign)
+    sha = await node.upload(b"not the tile")
+    await node.send(m.TaskDone(task_id=a.task_id, outputs=[
+        m.OutputRef(frame=1, sha256=sha, size=12, name="shot_0001.png")]))
+    err = await node.expect(m.Error)
+    assert err.code == "bad_output" and tile_name("shot", 1, a.tile.index) in err.message
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (63, 47), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs FFmpeg on the server")
+async def test_with_no_node_that_has_ffmpeg_the_server_encodes_the_video_itself(
+        farm, tmp_path: Path) -> None:
+    node = farm.node()  # no FFmpeg
+    await node.connect()
+    j = await submit(farm, frames="1-3", video=True)
+    for n in range(3):
+        a = await node.expect(m.Assign)
+        data = _png((80 * n, 40, 200 - 60 * n))
+        sha = await node.upload(data)
+        name = f"shot_{a.frames[0]:04d}.png"
+        await node.send(m.TaskDone(task_id=a.task_id, info=VIDEO_INFO, outputs=[
+            m.OutputRef(frame=a.frames[0], sha256=sha, size=len(data), name=name)]))
+        await node.expect(m.Ack)
+    for _ in range(300):
+        done = await job(farm, j["id"])
+        if done["status"] != "active":
+            break
+        await asyncio.sleep(0.05)
+    assert done["status"] == "completed", done.get("error")
+    assert done["video_output"] == "shot.0001-0003.mp4"
+    await nothing_more(node)  # the node was never asked to encode
+    resp = await farm.get(f"/api/jobs/{j['id']}/outputs/shot.0001-0003.mp4")
+    assert resp.status == 200
+    video = tmp_path / "v.mp4"
+    video.write_bytes(await resp.read())
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames",
+                            "-show_entries", "stream=codec_name,width,height,pix_fmt,"
+                            "nb_read_frames,r_frame_rate", "-of", "json", str(video)],
+                           capture_output=True, text=True, check=True)
+    stream = json.loads(probe.stdout)["streams"][0]
+    assert (stream["codec_name"], stream["width"], stream["height"], stream["pix_fmt"],
+            stream["nb_read_frames"], stream["r_frame_rate"]) == \
+        ("h264", 64, 48, "yuv420p", "3", "25/1")
