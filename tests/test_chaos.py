@@ -25,8 +25,10 @@ def _assert_every_frame_once(report: Report, frames: int) -> None:
 
 @pytest.mark.timeout(600)
 def test_chaos_loses_no_frame(tmp_path) -> None:
-    # frames long enough (24 samples) that six faults land before the job ends
-    report = run_chaos(tmp_path, seed=_seed(), frames=40, nodes=3, kills=6, samples=24)
+    # frames long enough (128 px, 64 samples) that six faults land before the job ends,
+    # also on a fast machine (24 samples at 64 px ended the job after two)
+    report = run_chaos(tmp_path, seed=_seed(), frames=40, nodes=3, kills=6, res=128,
+                       samples=64)
     print(report.summary())
     _assert_every_frame_once(report, 40)
     kills = [a for a in report.actions if "killed" in a]

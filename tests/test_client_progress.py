@@ -111,6 +111,13 @@ def test_progress_text() -> None:
     assert "0/0 frames" in fmt.progress_text({"status": "queued"}, None)
 
 
+def test_progress_counts_tiles_and_says_where_the_video_is() -> None:
+    tiled = {**JOB, "frames_total": 1, "frames_done": 0, "tiles_total": 6, "tiles_done": 4,
+             "video": True, "encode": "queued"}
+    assert fmt.progress_text(tiled, None).startswith("0/1 frames  4/6 tiles  video queued")
+    assert "video ready" in fmt.progress_text({**tiled, "encode": "done"}, None)
+
+
 @given(st.integers(0, 300))
 def test_progress_bar_line_fits(width: int) -> None:
     assert len(fmt.progress_bar_line(JOB, 3.2, width)) <= max(width, 0)
@@ -269,6 +276,7 @@ def test_bf_nodes_rows_say_what_each_node_does() -> None:
     assert "LAST SEEN" in lines[0]
     # a server from before slots: one slot, busy while it renders; its one Blender
     assert " 1/1 " in lines[1] and " 0/1 " in lines[2] and " 3.4.1 " in lines[1]
+    assert fmt.node_devices({"ffmpeg": "5.1.6"}) == "CPU, FFmpeg"  # it takes video encodes
     states = [fmt.node_state(n) for n in nodes]
     assert states == ["rendering shot010 frame 12", "idle", "draining (shot020)", "drained",
                       "disabled", "offline", "rendering"]

@@ -340,25 +340,28 @@ async def test_cancel_in_one_slot_leaves_the_other_slots_render_alone(
 
 @needs_blender[0]
 async def test_a_node_that_reconnects_says_which_slot_holds_each_task(
-        tmp_path: Path, anim: tuple[Path, list[Path]]) -> None:
-    blend, _ = anim
+        tmp_path: Path, gated: tuple[Path, Path]) -> None:
+    blend, go = gated
+    go.unlink(missing_ok=True)  # the task holds its frame 2 until the test lets it go
     script = Script()
     async with FakeServer(script) as server:
-        node = _start(server, tmp_path, "--cpu-slots", "2")
+        node = _start(server, tmp_path, "--cpu-slots", "2", "--allow-scripts")
         try:
             await until(lambda: script.conn, 60, "the node's hello")
             assert server.hellos[0].holding == {}
-            await script.send(_assign(server, blend, "t1", list(range(1, 25)), slot="cpu1"))
+            await script.send(_assign(server, blend, "t1", list(range(1, 13)), slot="cpu1",
+                                      allow_scripts=True))
             await until(lambda: "t1" in script.started, 60, "the task to start")
             assert script.conn is not None
             await script.conn.ws.close()
             await until(lambda: len(server.hellos) >= 2, 30, "the node to come back")
+            go.touch()
             await until(lambda: "t1" in script.ended, 120, "the task to end")
         finally:
             node.stop()
     again = server.hellos[1]
     assert (again.running, again.holding) == (["t1"], {"t1": "cpu1"}), node.text()[-3000:]
-    assert len(_by_task(server, m.TaskDone)["t1"][0].outputs) == 24
+    assert len(_by_task(server, m.TaskDone)["t1"][0].outputs) == 12
 
 
 def _runner_blenders(work: Path) -> list[str]:

@@ -279,3 +279,15 @@ async def test_with_no_node_that_has_ffmpeg_the_server_encodes_the_video_itself(
     assert (stream["codec_name"], stream["width"], stream["height"], stream["pix_fmt"],
             stream["nb_read_frames"], stream["r_frame_rate"]) == \
         ("h264", 64, 48, "yuv420p", "3", "25/1")
+
+
+async def test_a_video_of_exr_frames_is_refused_at_submit_with_what_to_do(farm) -> None:
+    resp = await farm.put(f"/api/blobs/{SHA}", data=BLEND)
+    assert resp.status in (200, 201)
+    resp = await farm.post("/api/jobs", json={
+        "blend": "shot.blend", "manifest": {"shot.blend": SHA}, "frames": "1-2",
+        "video": True, "overrides": {"format": "OPEN_EXR"}})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["field"] == "video"
+    assert "--format PNG" in body["error"]["message"]
+    assert (await (await farm.get("/api/jobs")).json())["jobs"] == []  # nothing half-made

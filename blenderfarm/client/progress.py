@@ -127,7 +127,12 @@ def progress_text(job: Mapping[str, Any], rate_per_min: float | None) -> str:
     status = str(job.get("status", "?"))
     failed = int(job.get("tasks_failed") or 0)
     extra = f"  {failed} task(s) failed" if failed else ""
-    return f"{done}/{total} frames  {pct:5.1f}%  {rate} frames/min  ETA {eta}  {status}{extra}"
+    tiles = int(job.get("tiles_total") or 0)
+    parts = f"  {int(job.get('tiles_done') or 0)}/{tiles} tiles" if tiles else ""
+    if job.get("video"):  # its encode's state: queued (waits for the frames), running...
+        parts += "  video " + ("ready" if job.get("encode") == "done" else str(job.get("encode")))
+    return (f"{done}/{total} frames{parts}  {pct:5.1f}%  {rate} frames/min  ETA {eta}  "
+            f"{status}{extra}")
 
 
 def progress_bar_line(job: Mapping[str, Any], rate_per_min: float | None, width: int) -> str:
@@ -262,9 +267,12 @@ def node_blenders(node: Mapping[str, Any]) -> str:
 
 
 def node_devices(node: Mapping[str, Any]) -> str:
-    """``CPU, CUDA, OPTIX``: what its Blenders render with, each backend once."""
+    """``CPU, CUDA, OPTIX, FFmpeg``: what its Blenders render with, each backend once,
+    and FFmpeg where its host has one (it encodes videos)."""
     kinds = dict.fromkeys(["CPU"] + [str(d.get("type")) for b in node.get("blenders") or ()
                                      for d in b.get("devices") or ()])
+    if node.get("ffmpeg"):
+        kinds["FFmpeg"] = None
     return ", ".join(kinds)
 
 

@@ -127,8 +127,10 @@ class JobSpec:
     def notes(self) -> list[str]:
         """What the job's view should say about how the farm renders it."""
         if self.scene_format in MOVIE_FORMATS and self.overrides.format is None:
+            then = ("and encodes the movie from them when they are done" if self.video else
+                    "(submit with --video, or tick Video, for the movie made from them)")
             return [f"The scene's output is a movie ({self.scene_format}): the farm renders "
-                    "its frames as lossless PNG stills; encoding the movie is not built yet."]
+                    f"its frames as lossless PNG stills {then}."]
         return []
     #: the Blender that saved the main .blend, "MAJOR.MINOR": nodes with an older one do
     #: not get it (None: a spec from before, any node); see protocol/blender_version.py

@@ -279,9 +279,14 @@ async def job_tasks(request: web.Request) -> web.Response:
     offset = _query_int(request, "offset", 0, 0, len(job.task_ids))
     limit = _query_int(request, "limit", TASK_PAGE, 1, MAX_TASK_PAGE)
     page = job.task_ids[offset:offset + limit]
-    tasks = [farm.tasks[t].to_json() for t in page]
-    for t in tasks:
-        t.pop("log_tail", None)
+    tasks = []
+    for tid in page:
+        task = farm.tasks[tid]
+        view = task.to_json()
+        view.pop("log_tail", None)
+        view.pop("parts", None)  # blobs of a tile: the merge's business
+        view["waiting"] = task.pending > 0  # queued until what it depends on is done
+        tasks.append(view)
     end = offset + len(page)
     return web.json_response({"tasks": tasks, "offset": offset, "total": len(job.task_ids),
                               "next": end if end < len(job.task_ids) else None})

@@ -24,13 +24,14 @@ from typing import Any
 
 from ..protocol import messages as m
 from ..protocol.jobspec import OPENGL_ENGINES, JobSpec, output_stem
+from ..protocol.video import refuse_video
 from . import graph
 from .compiler import compile_job, resolve_tiles, tiles_of
 from .constraints import can_run, may_wait, waiting_reason
 from .dispatch import DispatchMixin
 from .errors import FarmError, store_refusal
 from .eta import estimate_eta, job_progress
-from .kinds import kind_of
+from .kinds import kind_of, video_settings
 from .models import JOB_FINAL, TASK_FINAL, TASK_HELD, Job, NodeRecord, Task
 from .results import ResultsMixin
 from .sessions import NodeSession, SessionsMixin
@@ -174,6 +175,10 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
             raise FarmError(f"{len(missing)} file(s) of the manifest were never uploaded; "
                             "upload them first (bf submit does this)", "missing_blobs",
                             field="manifest", data={"missing": missing[:1000]})
+        if spec.video:
+            why = refuse_video(spec.overrides.format or spec.scene_format)
+            if why is not None:
+                raise FarmError(why, field="video")
         self.check_writable()
         if spec.tiles is not None:  # "auto" made a count for the farm as it is now
             spec = resolve_tiles(spec, sum(len(r.slots) for r in self.online()))
@@ -223,6 +228,10 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
         (the job's own page), else only while it waits (a busy job's events, one per
         finished task, would each cost a look at every node)."""
         data = {**job.to_json(), **self.job_pace(job)}
+        if job.spec.video and job.scene_video is not None:
+            note = video_settings(job).note  # what differs from the movie Blender writes
+            if note:
+                data["notes"] = [*data["notes"], note]
         # only a job with nothing on a node can wait: a busy farm's jobs cost nothing here
         waits = may_wait(job)
         data["waiting"] = None

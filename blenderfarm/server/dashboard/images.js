@@ -20,6 +20,13 @@ export function frameImage(jobId, output, alt) {
     draggable: "false" });
 }
 
+/** A <video> for the job's video output (fetched with the token where signed in). */
+export function frameVideo(jobId, output) {
+  const url = `${frameUrl(jobId, output.name)}?v=${output.sha256.slice(0, 12)}`;
+  return h("video", { src: getToken() ? viaBlob(url) : url, controls: true, loop: true,
+    preload: "metadata", "data-role": "video", "aria-label": `Video ${output.name}` });
+}
+
 function viaBlob(url) {
   if (blobs.has(url)) {
     const src = blobs.get(url);

@@ -3,7 +3,7 @@
 
 import { api, apiBlob, enc, getToken } from "./api.js";
 import { badge, clock, duration, eta, h, progressBar, toast } from "./dom.js";
-import { frameImage } from "./images.js";
+import { frameImage, frameVideo } from "./images.js";
 import { invalidate, mayControl, nodeName, state } from "./state.js";
 import { frameGrid, logPanel, taskTable } from "./tasks.js";
 
@@ -21,6 +21,7 @@ export function jobView() {
     h("div", { class: "job-columns" },
       previewPanel(job, page),
       detailsPanel(job)),
+    videoPanel(job, page),
     stripPanel(job, page),
     frameGrid(job, page),
     h("div", { class: "job-columns bottom" }, taskTable(job, page), logPanel(page)));
@@ -160,6 +161,8 @@ function summary(job, tasks, now) {
       h("strong", { class: "frames-count" }, `${job.frames_done} / ${job.frames_total} frames`),
       ` · ${count(tasks, "running")} rendering · ${count(tasks, "assigned")} assigned`,
       ` · ${job.tasks_queued} queued · ${job.tasks_failed} failed`,
+      job.tiles_total ? ` · ${job.tiles_done} / ${job.tiles_total} tiles` : "",
+      job.video ? ` · video ${job.encode === "done" ? "ready" : job.encode}` : "",
       left === null ? "" : ` · ETA ${duration(left)}`),
     job.error ? h("p", { class: "job-error", role: "alert" }, job.error) : null);
 }
@@ -172,9 +175,30 @@ function latest(outputs) {
   return best;
 }
 
+/** The job's frames among its outputs (not its video). */
+function frames(job, page) {
+  return job.video_output ? page.outputs.filter((o) => o.name !== job.video_output)
+    : page.outputs;
+}
+
+/** The video of the finished shot, played on the page (a job that asked for one). */
+function videoPanel(job, page) {
+  if (!job.video) return null;
+  const out = job.video_output && page.outputs.find((o) => o.name === job.video_output);
+  return h("section", { class: "panel video-panel", "aria-label": "Video" },
+    h("div", { class: "panel-head" }, h("h2", null, "Video"),
+      out ? h("a", { class: "muted", href: `/api/jobs/${enc(job.id)}/outputs/${enc(out.name)}`,
+        download: out.name }, out.name) : null),
+    out ? frameVideo(job.id, out)
+      : h("p", { class: "muted", "data-role": "video-state" },
+        job.encode === "running" ? "Encoding…" : job.encode === "failed"
+          ? "The video failed (see the job's error)." : "Made once every frame is done."));
+}
+
 function previewPanel(job, page) {
-  const pinned = page.preview && page.outputs.find((o) => o.name === page.preview);
-  const out = pinned || latest(page.outputs);
+  const outputs = frames(job, page);
+  const pinned = page.preview && outputs.find((o) => o.name === page.preview);
+  const out = pinned || latest(outputs);
   return h("section", { class: "panel preview", "aria-label": "Preview" },
     h("div", { class: "panel-head" },
       h("h2", null, pinned ? `Frame ${out.frame}` : "Latest frame"),
@@ -193,7 +217,9 @@ function detailsPanel(job) {
     .map(([k, v]) => `${k}=${v}`).join(", ") || "none";
   const blocked = (job.blocklisted_nodes || []).map((id) => nodeName(id));
   const rows = [
-    ["Frames", `${job.frames} (chunk ${job.chunk})`], ["File", job.blend],
+    ["Frames", job.tiles_total ? `${job.frames} in ${job.tiles} tiles each: ` +
+      `${job.tiles_done} of ${job.tiles_total} tiles rendered, ${job.merges_done} ` +
+      "frames merged" : `${job.frames} (chunk ${job.chunk})`], ["File", job.blend],
     ["Scene", job.scene || "(the file's)"], ["Overrides", overrides],
     // the file part of the scene's output path, its frames named as Blender names them
     ["Output", job.output_pattern || "(none: Blender's 0001, 0002, ...)"],
@@ -222,7 +248,7 @@ function canRunOn(nodes) {
 }
 
 function stripPanel(job, page) {
-  const outs = [...page.outputs].sort((a, b) => a.frame - b.frame || (a.name < b.name ? -1 : 1));
+  const outs = [...frames(job, page)].sort((a, b) => a.frame - b.frame || (a.name < b.name ? -1 : 1));
   const shown = outs.slice(-STRIP_MAX);
   const current = page.preview;
   return h("section", { class: "panel strip-panel", "aria-label": "Finished frames" },

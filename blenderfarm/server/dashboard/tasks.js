@@ -47,6 +47,16 @@ function taskTime(task, now) {
   return duration((task.finished || now) - task.started);
 }
 
+/** What a task does: frames, one tile of a frame, a frame's merge, the video. */
+function taskWhat(task) {
+  if (task.kind === "encode") return "video";
+  if (task.kind === "merge") return `merge ${frameRanges(task.frames)}`;
+  if (task.tile !== null && task.tile !== undefined) {
+    return `${frameRanges(task.frames)} · tile ${task.tile + 1}`;
+  }
+  return frameRanges(task.frames);
+}
+
 function taskRow(task, page, now) {
   const p = state.progress.get(task.id);
   const running = HELD.includes(task.status);
@@ -54,8 +64,10 @@ function taskRow(task, page, now) {
   return h("tr", { class: `s-${task.status}${page.selected === task.id ? " sel" : ""}`,
     "data-task-id": task.id, "data-key": `task-${task.id}` },
   h("td", { class: "num" }, String(task.index + 1)),
-  h("td", null, frameRanges(task.frames)),
-  h("td", null, h("span", { class: `badge s-${task.status}` }, task.status)),
+  h("td", null, taskWhat(task)),
+  h("td", null, task.waiting && task.status === "queued"
+    ? h("span", { class: "badge s-queued", title: "waits for the tasks it depends on" }, "waiting")
+    : h("span", { class: `badge s-${task.status}` }, task.status)),
   h("td", null, nodeName(task.node)),
   h("td", { class: "time" }, running
     ? h("div", { class: "progress-cell" }, progressBar(fraction, `task ${task.index + 1}`, "slim"),
