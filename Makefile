@@ -73,7 +73,8 @@ bench: deps
 	$(BIN)/python bench/render_bench.py --write docs/benchmarks.md || exit 1; \
 	$(BIN)/python bench/e2e_bench.py --write docs/benchmarks.md || status=1; \
 	$(BIN)/python bench/persistent_bench.py --write docs/benchmarks.md || status=1; \
-	$(BIN)/python bench/node_kinds_bench.py --write docs/benchmarks.md || status=1; exit $$status
+	$(BIN)/python bench/node_kinds_bench.py --write docs/benchmarks.md || status=1; \
+	$(BIN)/python bench/tiles_bench.py --write docs/benchmarks.md || status=1; exit $$status
 
 clean:
 	rm -rf $(VENV) demo-data build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -88,11 +89,16 @@ def make_scene(path: Path, width: int, height: int, samples: int, frames: int) -
 
 
 def direct_seconds(blend: Path, out: Path) -> float:
-    """Blender's own render of frame 1 with one thread (the time its render took)."""
-    t0 = time.perf_counter()
-    subprocess.run([blender(), "-b", str(blend), "-t", "1", "-o", str(out / "direct_####"),
-                    "-f", "1"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    return time.perf_counter() - t0
+    """Blender's own render of frame 1 with one thread: the render's time as Blender
+    prints it (``Time: 01:02.34``), not its start or the file's load."""
+    proc = subprocess.run([blender(), "-b", str(blend), "-t", "1", "-o",
+                           str(out / "direct_####"), "-f", "1"], check=True, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    found = re.search(r"\bTime: (?:(\d+):)?(\d+):(\d+(?:\.\d+)?)", proc.stdout)
+    if found is None:
+        sys.exit("bench: Blender printed no render time")
+    hours, minutes, seconds = found.groups()
+    return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 @contextlib.contextmanager

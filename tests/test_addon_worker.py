@@ -608,3 +608,38 @@ def _drained(addon, q) -> list:
     out: list = []
     addon.worker.drain(q, out.append, budget=10.0)
     return out
+
+
+def test_the_panels_tiles_and_video_become_the_specs(addon) -> None:
+    s = addon.submit
+    panel = SimpleNamespace(tiles_mode="OFF", tiles=8)
+    assert s.panel_tiles(panel) is None
+    panel.tiles_mode = "AUTO"
+    assert s.panel_tiles(panel) == "auto"
+    panel.tiles_mode = "COUNT"
+    assert s.panel_tiles(panel) == 8
+    s.check_settings(name="x", frames="1", chunk=1, priority=50, overrides={}, scene=None,
+                     on_missing="ask", tiles=8, video=True)
+    with pytest.raises(ValueError, match="tiles"):  # the schema's SpecError
+        s.check_settings(name="x", frames="1", chunk=1, priority=50, overrides={},
+                         scene=None, on_missing="ask", tiles=0)
+
+
+@with_blender
+def test_a_submit_with_tiles_and_a_video_makes_a_tiled_job_with_its_encode(
+        addon, farm_procs, textured, tmp_path) -> None:
+    w, s = addon.worker, addon.submit
+    server = farm_procs.server()
+    blend = project_copy(textured, tmp_path / "project")
+    fields = {"name": "shot", "frames": "1-2", "chunk": 1, "priority": 50, "overrides": {},
+              "scene": None, "on_missing": s.MISSING_ASK, "tiles": "auto", "video": True}
+    s.check_settings(**fields)
+    request_ = s.SubmitRequest(s.as_saved(str(blend)), **fields, resolution=(640, 360))
+    task = s.SubmitTask(w.Server(server.url), request_, s.load_pack())
+    task.start()
+    seen, _ticks = run_ui_loop(addon, task)
+    assert isinstance(seen[-1], w.Done), seen[-1]
+    job = get_json(f"{server.url}/api/jobs/{seen[-1].result['id']}")["job"]
+    # no node online: "auto" is whole frames; the video waits for them
+    assert (job["tiles"], job["video"], job["encode"], job["tasks_total"]) == \
+        (None, True, "queued", 3)

@@ -199,8 +199,8 @@ def cell(value: Any) -> Any:
 
 
 
-TASK_COLUMNS = ("id", "kind", "status", "frames", "node_name", "node", "node_id", "attempts",
-                "attempt", "progress", "seconds", "updated", "error")
+TASK_COLUMNS = ("id", "kind", "status", "frames", "tile", "waiting", "node_name", "node",
+                "node_id", "attempts", "attempt", "progress", "seconds", "updated", "error")
 TIME_KEYS = frozenset({"created", "updated", "last_seen", "started", "finished", "connected"})
 
 
