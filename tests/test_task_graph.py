@@ -291,3 +291,16 @@ async def test_a_video_of_exr_frames_is_refused_at_submit_with_what_to_do(farm) 
     assert resp.status == 400 and body["error"]["field"] == "video"
     assert "--format PNG" in body["error"]["message"]
     assert (await (await farm.get("/api/jobs")).json())["jobs"] == []  # nothing half-made
+
+
+async def test_scene_facts_a_node_makes_up_are_refused_and_the_video_keeps_24_fps(
+        farm) -> None:
+    node = farm.node(ffmpeg="5.1.6")
+    await node.connect()
+    j = await submit(farm, frames="1", video=True)
+    render = await node.expect(m.Assign)
+    await node.finish(render, info={"video": {"fps": -3, "fps_base": "nan", "width": 1e300}})
+    encode = await node.expect(m.Assign)
+    assert encode.kind == m.ENCODE
+    assert (encode.video["fps_num"], encode.video["fps_den"]) == (24, 1)
+    assert (await job(farm, j["id"]))["status"] == "active"
