@@ -5,6 +5,8 @@ One .blend made by Blender itself holds a scene per case (64x48 so that 3 and 5 
 split unevenly, a few Cycles samples, denoising off). Each test drives ``Runner``
 directly: a direct render of the scene, its tiles, the merge, then an exact
 comparison of the decoded pixels (PNG scanlines, EXR pixel blocks), never "close".
+A second .blend (comp.blend) holds scenes whose compositor the merge runs once on the
+tiles' merged passes.
 """
 
 from __future__ import annotations
@@ -88,8 +90,129 @@ MAKE_SCENES = textwrap.dedent("""
     movie.render.image_settings.file_format = "FFMPEG"
     movie.render.ffmpeg.format = "MPEG4"
     variant("eevee").render.engine = "BLENDER_EEVEE"
-    variant("compositor").use_nodes = True
     bpy.ops.wm.save_as_mainfile(filepath=out + "/tiles.blend")
+""")
+
+# Runs in Blender: comp.blend, a scene per compositor case, each a copy of "base" (Filmic,
+# dithered 8-bit PNG, Depth, Normal and Mist passes) with its own tree; every Render
+# Layers node names its scene (a copy's would name the scene it was copied from).
+MAKE_COMPOSITOR_SCENES = textwrap.dedent("""
+    import sys, bpy
+    folder = sys.argv[sys.argv.index("--") + 1]
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    base = bpy.context.scene
+    base.name = "base"
+    base.render.engine = "CYCLES"
+    base.cycles.samples = 8
+    base.cycles.use_denoising = False
+    base.cycles.use_adaptive_sampling = False
+    base.render.resolution_x, base.render.resolution_y = 64, 48
+    base.render.resolution_percentage = 100
+    base.render.image_settings.file_format = "PNG"
+    base.render.image_settings.color_mode = "RGBA"
+    base.render.image_settings.color_depth = "8"
+    base.view_settings.view_transform = "Filmic"
+    bpy.ops.mesh.primitive_uv_sphere_add(radius=1.2, location=(-0.5, 0, 0))
+    bpy.ops.mesh.primitive_cube_add(size=1.5, location=(1.5, 0.5, 0.3), rotation=(0.3, 0.5, 0.2))
+    bpy.context.object.name = "Cube"
+    bpy.ops.object.camera_add(location=(0, -8, 0), rotation=(1.5708, 0, 0))
+    base.camera = bpy.context.object
+    bpy.ops.object.light_add(type="POINT", location=(0, -3, 3))
+    bpy.context.object.data.energy = 1000
+    base.world = bpy.data.worlds.new("sky")
+    base.world.color = (0.2, 0.25, 0.3)
+    base.world.mist_settings.start, base.world.mist_settings.depth = 5, 6
+    layer = base.view_layers[0]
+    layer.use_pass_z = layer.use_pass_normal = layer.use_pass_mist = True
+
+    def variant(name):
+        scene = base.copy()
+        scene.name = name
+        scene.use_fake_user = True
+        scene.use_nodes = True
+        tree = scene.node_tree
+        tree.nodes.clear()
+        layers = tree.nodes.new("CompositorNodeRLayers")
+        layers.scene = scene
+        return scene, tree, layers, tree.nodes.new("CompositorNodeComposite")
+
+    def glare_blur_normal(tree, layers, out):
+        glare = tree.nodes.new("CompositorNodeGlare")
+        glare.glare_type, glare.quality, glare.threshold = "FOG_GLOW", "HIGH", 0.3
+        blur = tree.nodes.new("CompositorNodeBlur")
+        blur.use_bokeh, blur.filter_type, blur.size_x, blur.size_y = False, "GAUSS", 6, 4
+        mix = tree.nodes.new("CompositorNodeMixRGB")
+        mix.blend_type = "ADD"
+        mix.inputs[0].default_value = 0.3
+        tree.links.new(layers.outputs["Image"], glare.inputs[0])
+        tree.links.new(glare.outputs[0], blur.inputs[0])
+        tree.links.new(blur.outputs[0], mix.inputs[1])
+        tree.links.new(layers.outputs["Normal"], mix.inputs[2])
+        tree.links.new(mix.outputs[0], out.inputs["Image"])
+
+    scene, tree, layers, out = variant("glare")
+    glare_blur_normal(tree, layers, out)
+    scene, tree, layers, out = variant("adaptive")
+    glare_blur_normal(tree, layers, out)
+    scene.cycles.use_adaptive_sampling = True
+    scene.cycles.samples = 64
+    scene.cycles.adaptive_threshold = 0.05
+    scene.cycles.adaptive_min_samples = 4
+
+    scene, tree, layers, out = variant("alphaover")
+    scene.render.film_transparent = True
+    over = tree.nodes.new("CompositorNodeAlphaOver")
+    over.inputs[1].default_value = (0.8, 0.3, 0.1, 1.0)
+    tree.links.new(layers.outputs["Image"], over.inputs[2])
+    tree.links.new(over.outputs[0], out.inputs["Image"])
+
+    scene, tree, layers, out = variant("depth")
+    normalize = tree.nodes.new("CompositorNodeNormalize")
+    tree.links.new(layers.outputs["Depth"], normalize.inputs[0])
+    tree.links.new(normalize.outputs[0], out.inputs["Image"])
+
+    scene, tree, layers, out = variant("fileout")
+    tree.links.new(layers.outputs["Image"], out.inputs["Image"])
+    files = tree.nodes.new("CompositorNodeOutputFile")
+    files.name = "Passes"
+    files.base_path = "//elsewhere/"
+    files.file_slots[0].path = "beauty"
+    files.file_slots.new("mist")
+    tree.links.new(layers.outputs["Image"], files.inputs[0])
+    tree.links.new(layers.outputs["Mist"], files.inputs[1])
+
+    scene, tree, layers, out = variant("cryptomatte")
+    layer = scene.view_layers[0]
+    layer.use_pass_cryptomatte_object = True
+    matte = tree.nodes.new("CompositorNodeCryptomatteV2")
+    matte.scene = scene
+    matte.matte_id = "Cube"
+    tree.links.new(layers.outputs["Image"], matte.inputs["Image"])
+    tree.links.new(matte.outputs["Image"], out.inputs["Image"])
+
+    clip_image = bpy.data.images.new("stripes", 64, 48)
+    clip_image.pixels[:] = [(i // 4 % 7) / 7 for i in range(64 * 48 * 4)]
+    clip_image.filepath_raw = folder + "/stripes.png"
+    clip_image.file_format = "PNG"
+    clip_image.save()
+    scene, tree, layers, out = variant("movieclip")
+    node = tree.nodes.new("CompositorNodeMovieClip")
+    node.clip = bpy.data.movieclips.load(folder + "/stripes.png")
+    mix = tree.nodes.new("CompositorNodeMixRGB")
+    mix.inputs[0].default_value = 0.5
+    tree.links.new(layers.outputs["Image"], mix.inputs[1])
+    tree.links.new(node.outputs["Image"], mix.inputs[2])
+    tree.links.new(mix.outputs[0], out.inputs["Image"])
+
+    scene, tree, layers, out = variant("otherscene")
+    layers.scene = base  # Blender renders "base" too, whole, for this node
+    tree.links.new(layers.outputs["Image"], out.inputs["Image"])
+
+    scene, tree, layers, out = variant("denoise")
+    denoise = tree.nodes.new("CompositorNodeDenoise")
+    tree.links.new(layers.outputs["Image"], denoise.inputs["Image"])
+    tree.links.new(denoise.outputs[0], out.inputs["Image"])
+    bpy.ops.wm.save_as_mainfile(filepath=folder + "/comp.blend")
 """)
 
 
@@ -101,6 +224,16 @@ def blend(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     "--python-expr", MAKE_SCENES, "--", str(out)],
                    check=True, capture_output=True, timeout=120)
     return out / "tiles.blend"
+
+
+@pytest.fixture(scope="module")
+def comp_blend(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("compscenes")
+    assert BLENDER is not None
+    subprocess.run([BLENDER, "-b", "--factory-startup", "--python-exit-code", "1",
+                    "--python-expr", MAKE_COMPOSITOR_SCENES, "--", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    return out / "comp.blend"
 
 
 @pytest.fixture
@@ -249,9 +382,11 @@ def _load_runner_tiles() -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     saved = sys.modules.get("bpy")
     sys.modules["bpy"] = types.ModuleType("bpy")
+    sys.path.insert(0, str(TILES_PY.parent))  # as runner.py does: exr.py lies beside it
     try:
         spec.loader.exec_module(module)
     finally:
+        sys.path.remove(str(TILES_PY.parent))
         if saved is None:
             del sys.modules["bpy"]
         else:
@@ -260,6 +395,7 @@ def _load_runner_tiles() -> types.ModuleType:
 
 
 RUNNER_TILES = _load_runner_tiles()
+RUNNER_EXR = sys.modules["exr"]  # runner/exr.py, as tiles.py imported it
 
 
 @settings(max_examples=300, deadline=None)
@@ -296,6 +432,47 @@ def test_the_merge_finds_a_tiles_cell_from_its_size_whatever_the_margin(
     # the whole frame is no tile of a cell that does not span it
     if (cell[2] - cell[0], cell[3] - cell[1]) != (width, height):
         assert RUNNER_TILES.cell_offset(cell, (width + 1, height), width, height) is None
+
+
+def _openexr_zip(plain: bytes) -> bytes:
+    """OpenEXR's ZIP block encoder (ImfZip.cpp), byte by byte: the reference the
+    runner's decoder must undo."""
+    half = (len(plain) + 1) // 2
+    interleaved = bytearray(len(plain))
+    interleaved[:half], interleaved[half:] = plain[0::2], plain[1::2]
+    deltas = bytearray(interleaved)
+    for i in range(len(deltas) - 1, 0, -1):
+        deltas[i] = (interleaved[i] - interleaved[i - 1] + 128 + 256) & 0xFF
+    return zlib.compress(bytes(deltas))
+
+
+@settings(max_examples=200, deadline=None)
+@given(plain=st.binary(min_size=1, max_size=3000))
+def test_the_merges_zip_decoder_undoes_openexrs_zip(plain: bytes) -> None:
+    assert RUNNER_EXR._unzip(_openexr_zip(plain), len(plain)) == plain
+
+
+@settings(max_examples=50, deadline=None)
+@given(width=st.integers(1, 9), height=st.integers(1, 9),
+       names=st.lists(st.sampled_from(["ViewLayer.Combined.A", "ViewLayer.Depth.Z",
+                                       "A long view layer name of forty chars.Mist.Z"]),
+                      min_size=1, unique=True),
+       data=st.data())
+def test_the_merges_exr_writer_writes_what_its_reader_reads(
+        tmp_path_factory: pytest.TempPathFactory, width: int, height: int, names: list[str],
+        data: st.DataObject) -> None:
+    channels = sorted((name, 2) for name in names)
+    planes = {name: bytearray(data.draw(st.binary(min_size=4 * width * height,
+                                                  max_size=4 * width * height)))
+              for name, _ in channels}
+    exr = RUNNER_EXR.Exr(width, height, channels,
+                           {"note": ("string", b"kept")}, planes)
+    path = str(tmp_path_factory.mktemp("exr") / "x.exr")
+    RUNNER_EXR.write_exr(path, exr)
+    back = RUNNER_EXR.read_exr(path)
+    assert (back.width, back.height, back.channels) == (width, height, channels)
+    assert back.planes == planes and back.attrs["note"] == ("string", b"kept")
+    assert exr_info(path) == ((width, height), channels, 0)  # the tests' own reader agrees
 
 
 @pytest.mark.parametrize("scene, cols, rows", [
@@ -402,7 +579,7 @@ async def test_a_missing_or_foreign_tile_fails_the_merge_clearly(blend: Path, tm
 
 @pytest.mark.blender
 @needs_blender
-async def test_tiles_of_eevee_or_compositor_scenes_are_refused(blend: Path, tmp_path: Path,
+async def test_tiles_of_eevee_scenes_are_refused(blend: Path, tmp_path: Path,
                                                                start_runner) -> None:
     runner = await start_runner(blend)
     common: dict[str, Any] = {"overrides": {}, "output_dir": str(tmp_path),
@@ -413,10 +590,6 @@ async def test_tiles_of_eevee_or_compositor_scenes_are_refused(blend: Path, tmp_
     assert (err.value.reason, err.value.retryable) == ("tiles_engine", False)
     assert err.value.message == ("Tiled renders need Cycles; this scene renders with Eevee: "
                                  "submit it without --tiles.")
-    with pytest.raises(RunnerError) as err:
-        await runner.render("c", [1], scene="compositor", **common)
-    assert (err.value.reason, err.value.retryable) == ("tiles_compositor", False)
-    assert "without --tiles" in err.value.message
     with pytest.raises(RunnerError) as err:
         await runner.render("two", [1, 2], scene="png8", **common)
     assert err.value.reason == "bad_command"
@@ -437,3 +610,94 @@ async def test_tiles_keep_persistent_data_across_a_merge(blend: Path, tmp_path: 
     again = await render_tiles(runner, "exr", 2, 1, tmp_path / "again", overrides=keep)
     assert [exr_pixels(t["path"]) for t in again] == [exr_pixels(t["path"]) for t in tiles]
     assert_same_pixels(await merge(runner, "exr", again, tmp_path / "merged2"), direct)
+
+
+# --- the compositor, run once by the merge ------------------------------------------------
+
+
+@pytest.mark.parametrize("scene, cols, rows", [
+    pytest.param("glare", 3, 1, id="fog-glow-blur-normal-mix-3-uneven"),
+    pytest.param("alphaover", 2, 1, id="alpha-over-a-colour-transparent-film"),
+    pytest.param("depth", 1, 3, id="depth-normalize-3"),
+    pytest.param("adaptive", 2, 2, id="adaptive-sampling-fog-glow-2x2"),
+    pytest.param("cryptomatte", 2, 1, id="cryptomatte-of-the-render"),
+    pytest.param("movieclip", 2, 1, id="movie-clip-mixed-in"),
+])
+@pytest.mark.blender
+@needs_blender
+async def test_the_merge_runs_the_compositor_once_and_equals_the_direct_render(
+        comp_blend: Path, tmp_path: Path, start_runner, scene: str, cols: int,
+        rows: int) -> None:
+    runner = await start_runner(comp_blend)
+    merged = await tiled_equals_direct(runner, scene, cols, rows, tmp_path)
+    # the compositor did change the frame: the same scene without it differs
+    plain = await render_direct(runner, "base", tmp_path / "plain")
+    assert png_pixels(merged) != png_pixels(plain)
+
+
+@pytest.mark.blender
+@needs_blender
+async def test_a_compositor_scenes_tile_is_a_float_multilayer_exr_of_every_pass(
+        comp_blend: Path, tmp_path: Path, start_runner) -> None:
+    runner = await start_runner(comp_blend)
+    [tile] = await render_tiles(runner, "glare", 1, 1, tmp_path / "out")
+    size, channels, compression = exr_info(tile["path"])
+    assert size == (W, H) and compression in (0, 2, 3)
+    names = {name for name, _ in channels}
+    for pass_ in ("Combined.R", "Combined.A", "Depth.Z", "Normal.X", "Mist.Z"):
+        assert f"ViewLayer.{pass_}" in names
+    assert {kind for _, kind in channels} == {2}  # every pass 32-bit float
+    assert os.listdir(tmp_path / "out") == ["shot.tile000.1.exr"]  # no frame, no extras
+
+
+@pytest.mark.blender
+@needs_blender
+async def test_file_output_nodes_write_at_the_merge_what_they_write_in_a_direct_render(
+        comp_blend: Path, tmp_path: Path, start_runner) -> None:
+    runner = await start_runner(comp_blend)
+    events: list[dict[str, Any]] = []
+    [_] = await runner.render("d", [1], scene="fileout", overrides={},
+                              output_dir=str(tmp_path / "direct"), output_name="shot",
+                              on_event=events.append)
+    [direct] = [e["extras"] for e in events if e["ev"] == "frame_done"]
+    tile_events: list[dict[str, Any]] = []
+    tiles = []
+    for index in range(2):
+        tile = {"index": index, "cols": 2, "rows": 1}
+        [(_, path)] = await runner.render(f"t{index}", [1], scene="fileout", overrides={},
+                                          output_dir=str(tmp_path / "tiles"),
+                                          output_name="shot", on_event=tile_events.append,
+                                          tile=tile)
+        tiles.append({**tile, "path": path})
+    assert all(e["extras"] == [] for e in tile_events if e["ev"] == "frame_done")
+    events.clear()
+    await merge(runner, "fileout", tiles, tmp_path / "merged", events=events)
+    [merged] = [e["extras"] for e in events if e["ev"] == "frame_done"]
+    assert [os.path.basename(p) for p in merged] == [os.path.basename(p) for p in direct] \
+        == ["shot.Passes.beauty0001.png", "shot.Passes.mist0001.png"]
+    for ours, blenders in zip(merged, direct, strict=True):
+        assert png_pixels(ours) == png_pixels(blenders), f"{ours} differs"
+    # confined to the task's folder: nothing beside the .blend, no work folder left
+    assert not (comp_blend.parent / "elsewhere").exists()
+    assert sorted(os.listdir(tmp_path / "merged")) == [
+        "shot.Passes.beauty0001.png", "shot.Passes.mist0001.png", "shot_0001.png"]
+
+
+@pytest.mark.blender
+@needs_blender
+async def test_tiles_of_a_denoise_node_or_another_scenes_render_are_refused(
+        comp_blend: Path, tmp_path: Path, start_runner) -> None:
+    runner = await start_runner(comp_blend)
+    common: dict[str, Any] = {"overrides": {}, "output_dir": str(tmp_path),
+                              "output_name": "shot", "on_event": lambda e: None,
+                              "tile": {"index": 0, "cols": 2, "rows": 1}}
+    with pytest.raises(RunnerError) as err:
+        await runner.render("d", [1], scene="denoise", **common)
+    assert (err.value.reason, err.value.retryable) == ("tiles_compositor", False)
+    assert err.value.message == ("This scene's compositor has a Denoise node ('Denoise'), "
+                                 "which cannot run on tiles yet: submit it without --tiles.")
+    with pytest.raises(RunnerError) as err:
+        await runner.render("o", [1], scene="otherscene", **common)
+    assert (err.value.reason, err.value.retryable) == ("tiles_compositor", False)
+    assert "another scene ('base')" in err.value.message
+    assert not list(tmp_path.glob("*.exr"))  # refused before rendering

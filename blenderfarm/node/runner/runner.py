@@ -20,8 +20,11 @@ spare: it says hello with no file and waits for ``{"cmd": "open", "blend": PATH,
 
 Agent -> runner: ``open``, ``{"cmd": "render", ...}``, ``{"cmd": "merge", ...}`` and
 ``{"cmd": "quit"}``. A render command with a ``tile`` (``{"index", "cols", "rows"}``)
-renders that cell of its one frame as a float EXR, and a merge command assembles a
-frame's tiles into the frame's file (see ``tiles.py``).
+renders that cell of its one frame as a float EXR (multilayer, with every pass, where
+the scene uses the compositor), and a merge command assembles a frame's tiles into the
+frame's file, running the scene's compositor once on the merged passes (see
+``tiles.py``); its ``frame_done`` carries the compositor's File Output files as a
+render's does.
 Runner -> agent: ``hello``, ``opened``, ``frame_start``, ``progress``, ``frame_done``,
 ``task_done`` and ``error`` events (see ``blenderfarm/node/runner_proc.py``);
 ``frame_done`` carries the frame's ``path`` and the ``extras`` its compositor's File
@@ -57,7 +60,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-import tiles  # noqa: E402  (after the path it is found on)
+import exr  # noqa: E402  (after the path it is found on)
+import tiles  # noqa: E402
 from scene_video import scene_video  # noqa: E402
 
 PROGRESS_INTERVAL = 0.1  # seconds; at most ~10 progress messages a second
@@ -701,7 +705,7 @@ def render_tile(channel: Channel, scene, frame: int, tile: dict, output_dir: str
     tiles.set_border(SETTINGS, scene, rect)
     path = os.path.join(output_dir, tiles.tile_file_name(output_name, tile["index"], frame))
     seconds = render_to(channel, scene, frame, path)
-    size = tiles.image_size(path)
+    size = exr.image_size(path)
     want = (rect[2] - rect[0], rect[3] - rect[1])
     if size != want:  # Blender's border rounding is not what tiles.set_border expects
         raise TaskError("render_failed", f"Blender rendered tile {tile['index']} of frame "
@@ -738,7 +742,7 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
         os.makedirs(output_dir, exist_ok=True)
         scene.render.use_file_extension = True  # File Output nodes follow it too
         if tile is not None:
-            _set_format(scene, "OPEN_EXR")
+            _set_format(scene, tiles.tile_format(scene))
             tiles.set_tile_output(SETTINGS, scene)
             channel.send(render_tile(channel, scene, frames[0], tile, output_dir, output_name))
         else:
@@ -774,7 +778,9 @@ def _merge_tiles(cmd: dict) -> list[dict]:
 def merge_frame(channel: Channel, scene, frame: int, given: list[dict], output_dir: str,
                 output_name: str, output_pattern: str | None) -> dict:
     """Assemble ``frame`` from its tiles and save it as a render of it would be saved,
-    under the name render_frame gives it; return its ``frame_done`` event."""
+    under the name render_frame gives it; return its ``frame_done`` event. With the
+    compositor, it runs here on the merged passes, and its File Output nodes are
+    confined and collected as render_frame does (the event's ``extras``)."""
     scene.frame_set(frame)  # animated colour management, cameras bound to markers
     path = frame_path(scene, frame, output_dir, output_name, output_pattern)
     if os.path.lexists(path):
@@ -782,9 +788,17 @@ def merge_frame(channel: Channel, scene, frame: int, given: list[dict], output_d
     STATE.frame, STATE.written, STATE.cancelled = frame, False, False
     channel.send({"ev": "frame_start", "frame": frame})
     started = time.monotonic()
+    fileout = os.path.join(output_dir, FILEOUT_DIR)
+    confined: list[bool] = []
     try:
-        pixels = tiles.assemble(scene, given)
-        result = tiles.write_frame(scene, frame, pixels, path)
+        if tiles.uses_compositor(scene):
+            # the compositor runs here, once: its File Output nodes write as in render_frame
+            passes = tiles.assemble_passes(scene, given)
+            result = tiles.composite_frame(
+                scene, frame, passes, path,
+                lambda copy: confined.append(confine_file_outputs(copy, fileout)))
+        else:
+            result = tiles.write_frame(scene, frame, tiles.assemble(scene, given), path)
     except tiles.TileError as exc:
         raise TaskError(exc.reason, exc.message, exc.retryable) from None
     except RuntimeError as exc:  # the render operator's ERROR report
@@ -797,7 +811,9 @@ def merge_frame(channel: Channel, scene, frame: int, given: list[dict], output_d
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         raise TaskError("no_output", f"Blender merged frame {frame} but saved no file ({path}).",
                         True)
-    return {"ev": "frame_done", "frame": frame, "path": path, "extras": [],
+    extras = collect_file_outputs(fileout, output_dir, output_name, frame) \
+        if any(confined) else []
+    return {"ev": "frame_done", "frame": frame, "path": path, "extras": extras,
             "seconds": round(time.monotonic() - started, 3)}
 
 

@@ -16,6 +16,17 @@ the very code a direct render's result goes through (view transform, look, expos
 gamma, dither, the scene's format, depth and colour mode): bit for bit the same file.
 ``Image.save_render`` is not: it does not dither, and 8-bit files then differ.
 
+A scene that uses the compositor tiles too: its tiles are rendered with the compositor
+off as lossless 32-bit float *multilayer* EXRs, which hold every pass of every view
+layer (so whatever its Render Layers nodes read). The merge assembles each pass of the
+frame (:func:`assemble_passes`; this file reads and writes the EXRs itself, as bpy
+cannot reach a multilayer image's passes), and runs the scene's compositor once, on
+the whole frame: the copy's tree is a copy of the scene's own in which each Render
+Layers node is an Image node of the merged passes of its view layer, on the same
+links (:func:`composite_frame`), so Glare, Blur, Normalize, File Output... see the
+whole frame as in a direct render. Refused: a Denoise node (not yet shown exact), a
+Render Layers node of another scene or of a view layer that does not render.
+
 Why a margin: Cycles seeds every pixel by its place in the frame, so a border render
 of a pixel equals the full render's, except with adaptive sampling, whose convergence
 filter lets a pixel that needs more samples make its neighbours take more too. At a
@@ -32,10 +43,14 @@ runner reports it.
 from __future__ import annotations
 
 import array
+import contextlib
 import math
 import os
+import shutil
+import tempfile
 
 import bpy
+from exr import PIXEL_BYTES, Exr, read_exr, write_exr  # beside this file (runner.py puts it on the path)
 
 #: Cycles filters adaptive sampling every this many samples (Integrator::
 #: get_adaptive_sampling, the same in Blender 3.0 to 5.x)
@@ -44,8 +59,17 @@ ADAPTIVE_STEP = 16
 MERGE_SCENE = "blenderfarm merge"
 _FLOAT = 4  # bytes of one float32
 
-COMPOSITOR_MESSAGE = ("This scene uses the compositor, which tiled renders cannot run yet; "
-                      "submit it without --tiles.")
+DENOISE_MESSAGE = ("This scene's compositor has a Denoise node ({node}), which cannot run "
+                   "on tiles yet: submit it without --tiles.")
+OTHER_SCENE_MESSAGE = ("This scene's compositor reads the render of another scene ({other}) "
+                       "in its Render Layers node {node}, which tiled renders cannot make: "
+                       "submit it without --tiles.")
+LAYER_MESSAGE = ("This scene's compositor reads view layer {layer!r} in its Render Layers node "
+                 "{node}, and that view layer does not render: turn it on or submit it "
+                 "without --tiles.")
+CRYPTOMATTE_MESSAGE = ("This scene's compositor has a Cryptomatte node ({node}) that reads "
+                       "another scene's render, which tiled renders cannot make: submit it "
+                       "without --tiles.")
 ENGINE_MESSAGE = ("Tiled renders need Cycles; this scene renders with {engine}: submit it "
                   "without --tiles.")
 BORDER_MESSAGE = ("This scene renders only a region of its frame (Render Region); tiled "
@@ -165,11 +189,19 @@ def adaptive_margin(scene) -> int:
 def uses_compositor(scene) -> bool:
     """Whether a render of ``scene`` runs its compositor (Blender 5 keeps the tree in
     ``compositing_node_group``; older ones need ``use_nodes`` and a ``node_tree``)."""
+    return compositor_tree(scene) is not None
+
+
+def compositor_tree(scene):
+    """The compositor node tree a render of ``scene`` runs, or None."""
     if not scene.render.use_compositing:
-        return False
-    if getattr(scene, "compositing_node_group", None) is not None:
-        return True
-    return bool(getattr(scene, "use_nodes", False) and getattr(scene, "node_tree", None))
+        return None
+    group = getattr(scene, "compositing_node_group", None)
+    if group is not None:
+        return group
+    if getattr(scene, "use_nodes", False):
+        return getattr(scene, "node_tree", None)
+    return None
 
 
 def uses_sequencer(scene) -> bool:
@@ -177,6 +209,43 @@ def uses_sequencer(scene) -> bool:
     strips = getattr(editor, "strips_all", None) or getattr(editor, "sequences_all", None) \
         if editor is not None else None
     return bool(scene.render.use_sequencer and strips)
+
+
+def _tree_nodes(tree, seen=None):
+    """Every node of ``tree`` and of the node groups it holds, nested groups too."""
+    seen = set() if seen is None else seen
+    if tree is None or tree.as_pointer() in seen:
+        return
+    seen.add(tree.as_pointer())
+    for node in tree.nodes:
+        yield node
+        if getattr(node, "node_tree", None) is not None:
+            yield from _tree_nodes(node.node_tree, seen)
+
+
+def check_compositor(scene, tree) -> None:
+    """Raise TileError where the merge could not run ``tree`` as the render would: every
+    Render Layers node must read a view layer of this scene that renders (its passes
+    are then in the tiles), and no node may need the render itself."""
+    rendered = {layer.name for layer in scene.view_layers if layer.use}
+    for node in _tree_nodes(tree):
+        kind, label = node.bl_idname, repr(node.name)
+        if kind == "CompositorNodeDenoise" and not node.mute:
+            raise TileError("tiles_compositor", DENOISE_MESSAGE.format(node=label), False)
+        if kind == "CompositorNodeRLayers" and not node.mute:
+            other = getattr(node, "scene", None)
+            if other is not None and other.name != scene.name:
+                # Blender renders that scene too, whole: the tiles hold none of it
+                raise TileError("tiles_compositor", OTHER_SCENE_MESSAGE.format(
+                    other=repr(other.name), node=label), False)
+            if node.layer not in rendered:
+                raise TileError("tiles_compositor", LAYER_MESSAGE.format(
+                    layer=node.layer, node=label), False)
+        if kind == "CompositorNodeCryptomatteV2" and getattr(node, "source", "") == "RENDER":
+            other = getattr(node, "scene", None)
+            if other is not None and other.name != scene.name:
+                raise TileError("tiles_compositor", CRYPTOMATTE_MESSAGE.format(node=label),
+                                False)
 
 
 def check_tileable(scene) -> None:
@@ -188,8 +257,9 @@ def check_tileable(scene) -> None:
         name = {"BLENDER_EEVEE": "Eevee", "BLENDER_EEVEE_NEXT": "Eevee",
                 "BLENDER_WORKBENCH": "Workbench"}.get(engine, engine)
         raise TileError("tiles_engine", ENGINE_MESSAGE.format(engine=name), False)
-    if uses_compositor(scene):
-        raise TileError("tiles_compositor", COMPOSITOR_MESSAGE, False)
+    tree = compositor_tree(scene)
+    if tree is not None:
+        check_compositor(scene, tree)
     if scene.render.use_border:
         raise TileError("tiles_border", BORDER_MESSAGE, False)
     if uses_sequencer(scene):
@@ -203,10 +273,17 @@ def tile_file_name(output_name: str, index: int, frame: int) -> str:
     return f"{output_name}.tile{index:03d}.{frame}.exr"
 
 
+def tile_format(scene) -> str:
+    """The format of a tile of ``scene``: with the compositor a multilayer EXR of every
+    pass of every view layer (the merge runs the compositor on them), else RGBA."""
+    return "OPEN_EXR_MULTILAYER" if uses_compositor(scene) else "OPEN_EXR"
+
+
 def set_tile_output(settings, scene) -> None:
-    """After the runner set the format to OPEN_EXR: full float RGBA, lossless, and
-    nothing else in the file or beside it; the compositor and burned-in stamp off
-    (the merge runs them once, on the whole frame)."""
+    """After the runner set the format to :func:`tile_format`: full float, lossless,
+    and nothing else in the file or beside it; the compositor and burned-in stamp off
+    (the merge runs them once, on the whole frame). A multilayer EXR holds every pass
+    the view layers enable, so it holds whatever the compositor's Render Layers read."""
     image = scene.render.image_settings
     settings.set(image, "color_mode", "RGBA")
     settings.set(image, "color_depth", "32")
@@ -216,18 +293,6 @@ def set_tile_output(settings, scene) -> None:
             settings.set(image, attr, False)
     settings.set(scene.render, "use_compositing", False)
     settings.set(scene.render, "use_stamp", False)
-
-
-def image_size(path: str) -> tuple[int, int]:
-    """The pixel size of an image file as Blender reads it ((0, 0): unreadable)."""
-    image = bpy.data.images.load(path, check_existing=False)
-    try:
-        return tuple(image.size)  # type: ignore[return-value]
-    finally:
-        bpy.data.images.remove(image)
-
-
-# --- the merge --------------------------------------------------------------------------
 
 
 def check_grid(tiles: list[dict]) -> tuple[int, int]:
@@ -246,11 +311,27 @@ def check_grid(tiles: list[dict]) -> tuple[int, int]:
     return cols, rows
 
 
-def _read_tile(path: str, index: int) -> tuple[int, int, array.array]:
-    """A tile's size and float RGBA pixels (rows from the bottom)."""
+def _tile_missing(path: str, index: int) -> None:
     if not os.path.isfile(path):
         # a download that went wrong on this node: another node may have it
         raise TileError("bad_input", f"Tile {index} of the frame is missing ({path}).", True)
+
+
+def _cell_in_tile(tile: dict, rect: tuple[int, int, int, int], size: tuple[int, int],
+                  width: int, height: int) -> tuple[int, int]:
+    offset = cell_offset(rect, size, width, height)
+    if offset is None:
+        x0, y0, x1, y1 = rect
+        raise TileError("bad_input", f"Tile {tile['index']} of the frame is {size[0]}x"
+                        f"{size[1]} pixels, which no margin around its cell ({x1 - x0}x"
+                        f"{y1 - y0} at {x0},{y0} of a {width}x{height} frame) gives: it was "
+                        "rendered at another resolution or grid.", False)
+    return offset
+
+
+def _read_tile(path: str, index: int) -> tuple[int, int, array.array]:
+    """A tile's size and float RGBA pixels (rows from the bottom)."""
+    _tile_missing(path, index)
     try:
         image = bpy.data.images.load(path, check_existing=False)
     except RuntimeError as exc:
@@ -277,13 +358,7 @@ def assemble(scene, tiles: list[dict]) -> array.array:
         rect = tile_rect(tile["index"], cols, rows, width, height)
         x0, y0, x1, y1 = rect
         tw, th, pixels = _read_tile(tile["path"], tile["index"])
-        offset = cell_offset(rect, (tw, th), width, height)
-        if offset is None:
-            raise TileError("bad_input", f"Tile {tile['index']} of the frame is {tw}x{th} "
-                            f"pixels, which no margin around its cell ({x1 - x0}x{y1 - y0} "
-                            f"at {x0},{y0} of a {width}x{height} frame) gives: it was "
-                            "rendered at another resolution or grid.", False)
-        dx, dy = offset
+        dx, dy = _cell_in_tile(tile, rect, (tw, th), width, height)
         run = 4 * (x1 - x0)
         for y in range(y0, y1):
             src = 4 * ((y - y0 + dy) * tw + dx)
@@ -292,31 +367,115 @@ def assemble(scene, tiles: list[dict]) -> array.array:
     return frame
 
 
+def _read_pass_tile(path: str, index: int) -> Exr:
+    _tile_missing(path, index)
+    try:
+        exr = read_exr(path)
+    except (OSError, ValueError) as exc:
+        raise TileError("bad_input", f"Tile {index} of the frame cannot be read as a "
+                        f"multilayer OpenEXR ({path}): {exc}.", True) from exc
+    # Blender names a multilayer EXR's channels <view layer>.<pass>.<channel>
+    if not exr.channels or not all(name.count(".") >= 2 for name, _ in exr.channels):
+        raise TileError("bad_input", f"Tile {index} of the frame is not a multilayer OpenEXR "
+                        f"of the scene's passes ({path}): was it rendered without the "
+                        "compositor?", False)
+    return exr
+
+
+def assemble_passes(scene, tiles: list[dict]) -> Exr:
+    """Every pass of the frame, each cell copied from its tile's multilayer EXR."""
+    cols, rows = check_grid(tiles)
+    width, height = render_size(scene)
+    merged: Exr | None = None
+    for tile in sorted(tiles, key=lambda t: t["index"]):
+        rect = tile_rect(tile["index"], cols, rows, width, height)
+        x0, y0, x1, y1 = rect
+        exr = _read_pass_tile(tile["path"], tile["index"])
+        dx, dy = _cell_in_tile(tile, rect, (exr.width, exr.height), width, height)
+        if merged is None:
+            merged = Exr(width, height, exr.channels, exr.attrs,
+                         {name: bytearray(PIXEL_BYTES[ptype] * width * height)
+                          for name, ptype in exr.channels})
+        elif exr.channels != merged.channels:
+            raise TileError("bad_input", f"Tile {tile['index']} of the frame holds other "
+                            "passes than tile 0: they were rendered from different "
+                            "scenes.", False)
+        for name, ptype in exr.channels:
+            size = PIXEL_BYTES[ptype]
+            src, dst, run = exr.planes[name], merged.planes[name], size * (x1 - x0)
+            for y in range(y0, y1):  # y from the bottom; an EXR's rows are from the top
+                at = size * ((exr.height - 1 - (y - y0 + dy)) * exr.width + dx)
+                to = size * ((height - 1 - y) * width + x0)
+                dst[to:to + run] = src[at:at + run]
+    assert merged is not None  # check_grid: at least one tile
+    return merged
+
+
 def write_frame(scene, frame: int, pixels: array.array, path: str) -> set[str]:
     """Save ``pixels`` (the frame's float RGBA) to ``path`` exactly as a render of
     ``scene`` would save its result, and return the render operator's result.
 
     A copy of the scene (every render, colour management and output setting as the
     task set them) gets a compositor of an Image node into a Composite node and is
-    rendered: Blender renders nothing (no Render Layers node) and saves the composite
-    through its render pipeline. The copy takes the scene's name for the time, so the
-    file's metadata (and a burned-in stamp) names the scene as a direct render does."""
+    rendered (:func:`_render_copy`)."""
     width, height = render_size(scene)
     image = bpy.data.images.new("blenderfarm merged", width, height, alpha=True,
                                 float_buffer=True)
+    try:
+        image.pixels.foreach_set(pixels)
+        return _render_copy(scene, frame, path, lambda copy: _merge_compositor(copy, image))
+    finally:
+        bpy.data.images.remove(image)
+
+
+def composite_frame(scene, frame: int, passes: Exr, path: str, before_render=None
+                    ) -> set[str]:
+    """Run the scene's compositor once on the frame's merged ``passes`` and save its
+    result to ``path`` as a render would; return the render operator's result.
+
+    The passes become a multilayer image, and a copy of the scene renders with a copy of
+    its own compositor in which each Render Layers node is an Image node of that image
+    and view layer, wired to the same sockets (:func:`_passes_compositor`): every other
+    node, File Output nodes too, runs on the whole frame as in a direct render.
+    ``before_render(copy)`` runs just before the render (the runner confines the copy's
+    File Output nodes there)."""
+    folder = tempfile.mkdtemp(prefix=".blenderfarm-merge-", dir=os.path.dirname(path))
+    image = None
+    try:
+        source = os.path.join(folder, "passes.exr")
+        write_exr(source, passes)
+        image = bpy.data.images.load(source, check_existing=False)
+        return _render_copy(scene, frame, path,
+                            lambda copy: _passes_compositor(copy, scene, image),
+                            before_render)
+    finally:
+        if image is not None:
+            bpy.data.images.remove(image)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _render_copy(scene, frame: int, path: str, build, before_render=None) -> set[str]:
+    """Render a copy of ``scene`` whose compositor ``build(copy)`` made (it returns a node
+    group to remove afterwards, or None) and save it to ``path`` with ``write_still``.
+
+    With no Render Layers node Blender renders nothing and only composites, so the frame
+    goes through the very code a direct render's result goes through. The copy takes
+    the scene's name for the time, so the file's metadata (and a burned-in stamp) names
+    the scene as a direct render does."""
     own = scene.name
     copy = group = None
     try:
-        image.pixels.foreach_set(pixels)
         copy = scene.copy()
         copy.name = MERGE_SCENE
-        group = _merge_compositor(copy, image)
+        group = build(copy)
         render = copy.render
         render.use_compositing, render.use_sequencer = True, False
         render.use_border = False
         render.use_file_extension = True
         render.filepath = path
         copy.frame_current = frame
+        if before_render is not None:
+            before_render(copy)
         # Blender keeps one Render per scene name: under the scene's name the copy
         # also reuses the scene's, and no full-frame result is left behind per merge
         scene.name = own[:50] + " (blenderfarm)"
@@ -329,7 +488,6 @@ def write_frame(scene, frame: int, pixels: array.array, path: str) -> set[str]:
         scene.name = own
         if group is not None:
             bpy.data.node_groups.remove(group)
-        bpy.data.images.remove(image)
 
 
 def _merge_compositor(copy, image):
@@ -355,3 +513,61 @@ def _merge_compositor(copy, image):
     tree.links.new(source.outputs["Image"], target.inputs["Image"])
     tree.links.new(source.outputs["Alpha"], target.inputs["Alpha"])
     return None
+
+
+def _passes_compositor(copy, scene, image):
+    """Turn the copy's compositor (a copy of the scene's) into one that reads ``image``,
+    the merged passes, where it read the render; return a node group to remove
+    afterwards (Blender 5), or None."""
+    group = None
+    if getattr(copy, "compositing_node_group", None) is not None:
+        # Blender 5: the tree is a node group the copy shares with the scene; edit a
+        # copy of it. Not yet tested on a Blender 5.
+        group = copy.compositing_node_group.copy()
+        copy.compositing_node_group = group
+        tree = group
+    else:
+        tree = copy.node_tree  # scene.copy() copied the scene's embedded tree
+    for node in [n for n in tree.nodes if n.bl_idname == "CompositorNodeRLayers"]:
+        _replace_render_layers(tree, node, image)
+    for node in [n for n in tree.nodes if n.bl_idname == "CompositorNodeCryptomatteV2"]:
+        if getattr(node, "source", "") == "RENDER":
+            # it reads the render's cryptomatte passes itself, not through links
+            layer = node.layer_name
+            node.source = "IMAGE"
+            node.image = image
+            with contextlib.suppress(TypeError):  # a layer the image lacks: it keeps its own
+                node.layer_name = layer
+    return group
+
+
+def _replace_render_layers(tree, node, image) -> None:
+    """An Image node of ``image`` in place of Render Layers ``node``, on the same links.
+    A multilayer image's outputs are its passes by name, Combined for the Render Layers'
+    Image; a link from an output whose pass the view layer does not render stays
+    unlinked, as Blender ignores links from such (unavailable) sockets."""
+    links = [(output.identifier, link.to_socket, link.is_muted)
+             for output in node.outputs if output.enabled
+             for link in output.links if link.is_valid]
+    layer, location, muted = node.layer, tuple(node.location), node.mute
+    name = node.name
+    tree.nodes.remove(node)
+    source = tree.nodes.new("CompositorNodeImage")
+    source.name, source.location, source.mute = name, location, muted
+    source.image = image
+    try:
+        source.layer = layer
+    except TypeError as exc:  # check_compositor let only rendered layers through
+        raise TileError("bad_input", f"The merged passes have no view layer {layer!r}: the "
+                        "tiles were rendered from another scene.", False) from exc
+    if getattr(source, "use_straight_alpha_output", False):
+        # the pixels as stored (premultiplied), as the Render Layers node gives them
+        source.use_straight_alpha_output = False
+    for identifier, target, link_muted in links:
+        # 3.4 names the Combined pass's output "Combined"; "Image" where a Blender does not
+        names = ("Combined", "Image") if identifier == "Image" else (identifier,)
+        output = next((source.outputs[n] for n in names if n in source.outputs), None)
+        if output is None:
+            continue
+        made = tree.links.new(output, target)
+        made.is_muted = link_muted
