@@ -50,7 +50,12 @@ import shutil
 import tempfile
 
 import bpy
-from exr import PIXEL_BYTES, Exr, read_exr, write_exr  # beside this file (runner.py puts it on the path)
+from exr import (  # beside this file (runner.py puts it on the path)
+    PIXEL_BYTES,
+    Exr,
+    read_exr,
+    write_exr,
+)
 
 #: Cycles filters adaptive sampling every this many samples (Integrator::
 #: get_adaptive_sampling, the same in Blender 3.0 to 5.x)
