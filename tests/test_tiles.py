@@ -593,6 +593,11 @@ async def test_tiles_of_eevee_scenes_are_refused(blend: Path, tmp_path: Path,
     with pytest.raises(RunnerError) as err:
         await runner.render("two", [1, 2], scene="png8", **common)
     assert err.value.reason == "bad_command"
+    # denoising: each tile would be denoised alone, with seams
+    with pytest.raises(RunnerError) as err:
+        await runner.render("d", [1], scene="png8", **{**common, "overrides": {"denoise": True}})
+    assert (err.value.reason, err.value.retryable) == ("tiles_denoise", False)
+    assert "--no-denoise" in err.value.message
     assert not list(tmp_path.glob("*.exr"))  # refused before rendering
 
 

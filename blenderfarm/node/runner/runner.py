@@ -87,6 +87,11 @@ OPENGL_MESSAGE = (
     "(no display and no GPU driver): run bf-node under xvfb-run or install a GPU driver "
     "on it; the farm gives the job to a node that can."
 )
+TILES_DENOISE_MESSAGE = (
+    "The scene has Cycles denoising on, which tiled renders cannot do yet (each tile "
+    "would be denoised alone, with seams where they meet): submit it with --no-denoise, "
+    "or without --tiles."
+)
 DENOISE_MESSAGE = (
     "The scene has Cycles denoising on, but this node's Blender has no "
     "OpenImageDenoise. Submit with --no-denoise, or add a node whose Blender can denoise."
@@ -732,6 +737,8 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
                             "the add-on's Camera field).", False)
         if tile is not None:  # before the OpenGL check: no node can tile an Eevee scene
             _check_tileable(scene)
+            if denoise_is_on(scene):  # each tile would be denoised alone: seams
+                raise TaskError("tiles_denoise", TILES_DENOISE_MESSAGE, False)
         engine = scene.render.engine
         if engine in OPENGL_ENGINES and not cmd.get("opengl", True):
             # Blender would abort (SIGABRT) on the first frame: say why, before trying
