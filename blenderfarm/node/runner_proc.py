@@ -65,7 +65,7 @@ class RunnerError(Exception):
 
     Reasons: needs_denoise, needs_opengl, render_failed, no_output, bad_scene, bad_camera,
     bad_command, no_device, bad_input, tiles_engine, tiles_compositor, tiles_border,
-    tiles_sequencer (from the runner); bad_blend, startup_failed, startup_timeout,
+    tiles_sequencer, tiles_denoise (from the runner); bad_blend, startup_failed, startup_timeout,
     crash, watchdog, not_running (from this side).
     """
 

@@ -147,16 +147,15 @@ class ResultsMixin(FarmState):
             except ValueError as exc:
                 log.warning("task %s reported scene video settings that do not hold: %s",
                             task.id, exc)
-        self.ready_tasks(job, graph.finished(job, task, self.tasks))
+        woken = graph.finished(job, task, self.tasks)
+        self.ready_tasks(job, woken)
         if job.all_done:
             job.status, job.finished = "completed", time.time()
             self.sched.remove_job(job.id)
             log.info("job %s completed: %d frames", job.id, job.frames_done)
         session = self.sessions.get(rec.uid) if rec is not None else None
-        # only this node's room changed, unless the task readied others
-        offer: bool | list[Any] = [session] if session else False
-        if job.dependents.get(task.id):
-            offer = True
+        # only this node's room changed, unless the task readied others (a merge, a video)
+        offer: bool | list[Any] = True if woken else [session] if session else False
         return self.commit(job, [task], [rec] if rec else [], ops, offer=offer)
 
     def fail_task(self, rec: NodeRecord, task: Task, msg: m.TaskFailed) -> asyncio.Future[None]:
