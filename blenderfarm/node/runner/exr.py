@@ -3,8 +3,9 @@
 The passes of a multilayer EXR are out of bpy's reach (``Image.pixels`` is its first
 pass only) and Blender's Python has no numpy or OpenImageIO (Debian's Blender), so the
 merge (``tiles.py``) reads the tiles' scanline EXRs and writes the merged one here,
-moving float rows as bytes. Only what tiles use: scanline files, codecs NONE, ZIPS and
-ZIP (lossless), UINT, HALF and FLOAT channels. Standard library only, no bpy: it runs
+moving float rows as bytes. Only what tiles use: scanline files, single-part or
+multi-part (Blender 5 writes a multilayer EXR as one part per pass), codecs NONE, ZIPS
+and ZIP (lossless), UINT, HALF and FLOAT channels; it writes single-part files. Standard library only, no bpy: it runs
 inside Blender beside the runner, and its tests run outside.
 """
 
@@ -16,11 +17,12 @@ import zlib
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """The pixel size of an OpenEXR file from its header ((0, 0): unreadable). Not from
-    bpy: a multilayer image there has no size until its pixels are read."""
+    """The pixel size of an OpenEXR file from its (first part's) header ((0, 0):
+    unreadable). Not from bpy: a multilayer image there has no size until its pixels are
+    read."""
     try:
         with open(path, "rb") as file:
-            attrs, _ = _exr_header(file.read())
+            [attrs, *_], _ = _exr_headers(file.read())
         x0, y0, x1, y1 = struct.unpack("<4i", attrs["dataWindow"][1])
     except (OSError, ValueError, KeyError, struct.error):
         return 0, 0
@@ -33,6 +35,8 @@ _BLOCK_LINES = {0: 1, 2: 1, 3: 16}  # NONE, ZIPS, ZIP: lossless, and what tiles 
 _TILED, _LONG_NAMES, _DEEP, _MULTIPART = 0x200, 0x400, 0x800, 0x1000
 _FLIP_HIGH_BIT = bytes(b ^ 0x80 for b in range(256))
 _STRUCTURE = ("channels", "compression", "dataWindow", "displayWindow", "lineOrder")
+#: a part's own attributes in a multi-part file (OpenEXR's ImfMultiPartInputFile)
+_PART = ("name", "type", "chunkCount", "version", "view")
 
 
 class Exr:
@@ -46,24 +50,39 @@ class Exr:
         self.channels, self.attrs, self.planes = channels, attrs, planes
 
 
-def _exr_header(data: bytes) -> tuple[dict[str, tuple[str, bytes]], int]:
-    """The header's attributes and where the offset table starts (ValueError: not a
-    single-part scanline OpenEXR)."""
+def _exr_headers(data: bytes) -> tuple[list[dict[str, tuple[str, bytes]]], int]:
+    """Each part's header attributes (one for a single-part file) and where the offset
+    tables start (ValueError: not a scanline OpenEXR).
+
+    Blender 5 writes a multilayer EXR as a multi-part file, one part per pass, each part
+    with the full channel names (``ViewLayer.Combined.R``); older Blenders write one part."""
     if data[:4] != EXR_MAGIC:
         raise ValueError("not an OpenEXR file")
     (version,) = struct.unpack_from("<I", data, 4)
-    if version & (_TILED | _DEEP | _MULTIPART):
-        raise ValueError("a tiled, deep or multi-part OpenEXR")
-    pos, attrs = 8, {}
-    while data[pos] != 0:
-        name_end = data.index(b"\0", pos)
-        type_end = data.index(b"\0", name_end + 1)
-        (size,) = struct.unpack_from("<i", data, type_end + 1)
-        start = type_end + 5
-        attrs[data[pos:name_end].decode("latin-1")] = (
-            data[name_end + 1:type_end].decode("latin-1"), bytes(data[start:start + size]))
-        pos = start + size
-    return attrs, pos + 1
+    if version & (_TILED | _DEEP):
+        raise ValueError("a tiled or deep OpenEXR")
+    pos, headers = 8, []
+    while True:
+        attrs = {}
+        while data[pos] != 0:
+            name_end = data.index(b"\0", pos)
+            type_end = data.index(b"\0", name_end + 1)
+            (size,) = struct.unpack_from("<i", data, type_end + 1)
+            start = type_end + 5
+            attrs[data[pos:name_end].decode("latin-1")] = (
+                data[name_end + 1:type_end].decode("latin-1"), bytes(data[start:start + size]))
+            pos = start + size
+        pos += 1
+        headers.append(attrs)
+        # a multi-part file ends its list of headers with an empty one
+        if not version & _MULTIPART or data[pos] == 0:
+            break
+    if version & _MULTIPART:
+        pos += 1
+        if any(attrs.get("type", ("", b""))[1].rstrip(b"\0") != b"scanlineimage"
+               for attrs in headers):
+            raise ValueError("a multi-part OpenEXR with a part that is not scanlines")
+    return headers, pos
 
 
 def _exr_channels(raw: bytes) -> list[tuple[str, int]]:
@@ -95,42 +114,81 @@ def _unzip(block: bytes, size: int) -> bytes:
 
 
 def read_exr(path: str) -> Exr:
-    """A scanline OpenEXR of codec NONE, ZIPS or ZIP (ValueError, OSError otherwise)."""
+    """A scanline OpenEXR of codec NONE, ZIPS or ZIP, single- or multi-part, as one
+    :class:`Exr` of every part's channels (ValueError, OSError otherwise). The metadata is
+    the first part's (Blender's multi-part files keep it there)."""
     with open(path, "rb") as file:
         data = file.read()
     try:
-        attrs, pos = _exr_header(data)
-        channels = _exr_channels(attrs["channels"][1])
-        codec = attrs["compression"][1][0]
-        x0, y0, x1, y1 = struct.unpack("<4i", attrs["dataWindow"][1])
+        headers, pos = _exr_headers(data)
+        (version,) = struct.unpack_from("<I", data, 4)
+        multipart = bool(version & _MULTIPART)
+        parts = [_Part(attrs) for attrs in headers]
     except (KeyError, IndexError, struct.error) as exc:
         raise ValueError(f"a broken OpenEXR header ({exc})") from None
-    if codec not in _BLOCK_LINES:
-        raise ValueError(f"OpenEXR compression {codec}, which the merge does not read")
-    width, height, lines = x1 - x0 + 1, y1 - y0 + 1, _BLOCK_LINES[codec]
-    rows = [(name, width * PIXEL_BYTES[ptype]) for name, ptype in channels]
-    line = sum(size for _, size in rows)
-    planes = {name: bytearray(size * height) for name, size in rows}
+    first = parts[0]
+    if any(part.window != first.window for part in parts):
+        raise ValueError("an OpenEXR whose parts have different data windows")
+    channels = sorted(c for part in parts for c in part.channels)
+    if len({name for name, _ in channels}) != len(channels):
+        raise ValueError("an OpenEXR with a channel in two parts")
+    planes = {name: bytearray(PIXEL_BYTES[ptype] * first.width * first.height)
+              for name, ptype in channels}
     try:
-        offsets = struct.unpack_from(f"<{-(-height // lines)}Q", data, pos)
-        for offset in offsets:
-            y, size = struct.unpack_from("<ii", data, offset)
-            count = min(lines, y1 + 1 - y)
-            block = data[offset + 8:offset + 8 + size]
-            # OpenEXR stores a block that would not shrink as it is
-            if codec != 0 and size < count * line:
-                block = _unzip(block, count * line)
-            if len(block) != count * line:
-                raise ValueError("a scanline block of the wrong size")
-            at = 0
-            for row in range(y - y0, y - y0 + count):
-                for name, size in rows:
-                    planes[name][row * size:(row + 1) * size] = block[at:at + size]
-                    at += size
+        for index, part in enumerate(parts):
+            count = part.chunks if multipart else -(-part.height // part.lines)
+            offsets = struct.unpack_from(f"<{count}Q", data, pos)
+            pos += 8 * count
+            for offset in offsets:
+                if multipart:  # each chunk starts with its part's number
+                    (number,) = struct.unpack_from("<i", data, offset)
+                    if number != index:
+                        raise ValueError("a chunk of another part in a part's table")
+                    offset += 4
+                _read_block(data, offset, part, planes)
     except (struct.error, zlib.error) as exc:
         raise ValueError(f"broken OpenEXR pixels ({exc})") from None
-    return Exr(width, height, channels, {k: v for k, v in attrs.items()
-                                         if k not in _STRUCTURE}, planes)
+    return Exr(first.width, first.height, channels,
+               {k: v for k, v in first.attrs.items() if k not in _STRUCTURE + _PART}, planes)
+
+
+class _Part:
+    """One part's layout, from its header."""
+
+    def __init__(self, attrs: dict[str, tuple[str, bytes]]) -> None:
+        self.attrs = attrs
+        self.channels = _exr_channels(attrs["channels"][1])
+        codec = attrs["compression"][1][0]
+        if codec not in _BLOCK_LINES:
+            raise ValueError(f"OpenEXR compression {codec}, which the merge does not read")
+        self.codec, self.lines = codec, _BLOCK_LINES[codec]
+        self.window = struct.unpack("<4i", attrs["dataWindow"][1])
+        x0, y0, x1, y1 = self.window
+        self.width, self.height = x1 - x0 + 1, y1 - y0 + 1
+        self.chunks = struct.unpack("<i", attrs["chunkCount"][1])[0] \
+            if "chunkCount" in attrs else -(-self.height // self.lines)
+        self.rows = [(name, self.width * PIXEL_BYTES[ptype]) for name, ptype in self.channels]
+        self.line = sum(size for _, size in self.rows)
+
+
+def _read_block(data: bytes, offset: int, part: _Part, planes: dict[str, bytearray]) -> None:
+    """Copy one scanline block at ``offset`` (its y, size and pixels) into ``planes``."""
+    y, size = struct.unpack_from("<ii", data, offset)
+    y0, y1 = part.window[1], part.window[3]
+    if not y0 <= y <= y1:
+        raise ValueError("a scanline block outside the data window")
+    count = min(part.lines, y1 + 1 - y)
+    block = data[offset + 8:offset + 8 + size]
+    # OpenEXR stores a block that would not shrink as it is
+    if part.codec != 0 and size < count * part.line:
+        block = _unzip(block, count * part.line)
+    if len(block) != count * part.line:
+        raise ValueError("a scanline block of the wrong size")
+    at = 0
+    for row in range(y - y0, y - y0 + count):
+        for name, size in part.rows:
+            planes[name][row * size:(row + 1) * size] = block[at:at + size]
+            at += size
 
 
 def write_exr(path: str, exr: Exr) -> None:

@@ -87,11 +87,6 @@ OPENGL_MESSAGE = (
     "(no display and no GPU driver): run bf-node under xvfb-run or install a GPU driver "
     "on it; the farm gives the job to a node that can."
 )
-TILES_DENOISE_MESSAGE = (
-    "The scene has Cycles denoising on, which tiled renders cannot do yet (each tile "
-    "would be denoised alone, with seams where they meet): submit it with --no-denoise, "
-    "or without --tiles."
-)
 DENOISE_MESSAGE = (
     "The scene has Cycles denoising on, but this node's Blender has no "
     "OpenImageDenoise. Submit with --no-denoise, or add a node whose Blender can denoise."
@@ -689,11 +684,21 @@ def prepare_scene(cmd: dict, info: dict | None = None):
     return scene
 
 
-def _check_tileable(scene) -> None:
+def _check_tileable(scene, oidn: bool) -> bool:
+    """Refuse what no tiles can make; return whether the frame is denoised at the merge.
+    A denoised frame needs OpenImageDenoise (the merge denoises with it, whatever the
+    node's OptiX): a node without it refuses as for a whole frame (``needs_denoise``), so
+    the farm gives the job, its tiles and their merge, to nodes that have it."""
     try:
         tiles.check_tileable(scene)
+        denoise = denoise_is_on(scene)
+        if denoise:
+            tiles.check_denoise(scene)
     except tiles.TileError as exc:
         raise TaskError(exc.reason, exc.message, exc.retryable) from None
+    if denoise and not oidn:
+        raise TaskError("needs_denoise", DENOISE_MESSAGE, False)
+    return denoise
 
 
 def render_tile(channel: Channel, scene, frame: int, tile: dict, output_dir: str,
@@ -735,10 +740,8 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
             raise TaskError("bad_camera", f"The scene {scene.name!r} has no active camera; set one "
                             "in the file or submit with a camera (bf submit --camera NAME, or "
                             "the add-on's Camera field).", False)
-        if tile is not None:  # before the OpenGL check: no node can tile an Eevee scene
-            _check_tileable(scene)
-            if denoise_is_on(scene):  # each tile would be denoised alone: seams
-                raise TaskError("tiles_denoise", TILES_DENOISE_MESSAGE, False)
+        # before the OpenGL check: no node can tile an Eevee scene
+        denoise = _check_tileable(scene, oidn) if tile is not None else False
         engine = scene.render.engine
         if engine in OPENGL_ENGINES and not cmd.get("opengl", True):
             # Blender would abort (SIGABRT) on the first frame: say why, before trying
@@ -749,8 +752,10 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
         os.makedirs(output_dir, exist_ok=True)
         scene.render.use_file_extension = True  # File Output nodes follow it too
         if tile is not None:
-            _set_format(scene, tiles.tile_format(scene))
+            _set_format(scene, tiles.tile_format(scene, denoise))
             tiles.set_tile_output(SETTINGS, scene)
+            if denoise:  # noisy, with the passes the merge denoises with
+                tiles.set_tile_denoise(SETTINGS, scene)
             channel.send(render_tile(channel, scene, frames[0], tile, output_dir, output_name))
         else:
             for frame in frames:
@@ -783,9 +788,10 @@ def _merge_tiles(cmd: dict) -> list[dict]:
 
 
 def merge_frame(channel: Channel, scene, frame: int, given: list[dict], output_dir: str,
-                output_name: str, output_pattern: str | None) -> dict:
+                output_name: str, output_pattern: str | None, denoise: bool = False) -> dict:
     """Assemble ``frame`` from its tiles and save it as a render of it would be saved,
-    under the name render_frame gives it; return its ``frame_done`` event. With the
+    under the name render_frame gives it; return its ``frame_done`` event. With
+    ``denoise`` the merged passes are denoised first (tiles.denoise_passes). With the
     compositor, it runs here on the merged passes, and its File Output nodes are
     confined and collected as render_frame does (the event's ``extras``)."""
     scene.frame_set(frame)  # animated colour management, cameras bound to markers
@@ -798,12 +804,18 @@ def merge_frame(channel: Channel, scene, frame: int, given: list[dict], output_d
     fileout = os.path.join(output_dir, FILEOUT_DIR)
     confined: list[bool] = []
     try:
+        if tiles.uses_compositor(scene) or denoise:
+            passes = tiles.assemble_passes(scene, given)
+            if denoise:  # once, on the whole frame
+                tiles.denoise_passes(scene, frame, passes, path)
         if tiles.uses_compositor(scene):
             # the compositor runs here, once: its File Output nodes write as in render_frame
-            passes = tiles.assemble_passes(scene, given)
             result = tiles.composite_frame(
                 scene, frame, passes, path,
                 lambda copy: confined.append(confine_file_outputs(copy, fileout)))
+        elif denoise:
+            result = tiles.write_frame(scene, frame, tiles.combined_pixels(
+                passes, tiles.first_layer(scene)), path)
         else:
             result = tiles.write_frame(scene, frame, tiles.assemble(scene, given), path)
     except tiles.TileError as exc:
@@ -824,7 +836,7 @@ def merge_frame(channel: Channel, scene, frame: int, given: list[dict], output_d
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def run_merge(channel: Channel, cmd: dict) -> None:
+def run_merge(channel: Channel, cmd: dict, oidn: bool) -> None:
     """A merge command: one frame from its tiles, events as for a render of one frame."""
     task_id = cmd.get("task_id")
     try:
@@ -834,10 +846,12 @@ def run_merge(channel: Channel, cmd: dict) -> None:
         output_dir, output_name, pattern = _task_paths(cmd)
         given = _merge_tiles(cmd)
         scene = prepare_scene(cmd)
-        _check_tileable(scene)  # the tiles were refused too; no merge can make this frame
+        # the tiles were refused too; no merge can make this frame
+        denoise = _check_tileable(scene, oidn)
         os.makedirs(output_dir, exist_ok=True)
         scene.render.use_file_extension = True
-        channel.send(merge_frame(channel, scene, frame, given, output_dir, output_name, pattern))
+        channel.send(merge_frame(channel, scene, frame, given, output_dir, output_name, pattern,
+                                 denoise))
         channel.send({"ev": "task_done", "task_id": task_id})
     except TaskError as exc:
         channel.send(_error_event(task_id, exc))
@@ -985,7 +999,7 @@ def serve(channel: Channel, opened: bool, oidn: bool) -> None:
         elif kind == "render" and opened:
             run_task(channel, cmd, oidn)
         elif kind == "merge" and opened:
-            run_merge(channel, cmd)
+            run_merge(channel, cmd, oidn)
         else:
             channel.send(_error_event(cmd.get("task_id"), TaskError(
                 "bad_command", f"The runner cannot do {kind!r} now.", False)))

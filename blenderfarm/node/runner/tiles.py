@@ -27,6 +27,16 @@ links (:func:`composite_frame`), so Glare, Blur, Normalize, File Output... see t
 whole frame as in a direct render. Refused: a Denoise node (not yet shown exact), a
 Render Layers node of another scene or of a view layer that does not render.
 
+A scene with Cycles denoising on is denoised once, at the merge, never per tile (a tile
+denoised alone has seams). Its tiles render noisy, with the Denoising Data passes (and,
+with adaptive sampling, the Debug Sample Count pass), as multilayer float EXRs; the merge
+assembles the frame's passes and denoises each view layer's Combined with the
+compositor's Denoise node exactly as Cycles' own OpenImageDenoise call does
+(:func:`denoise_passes`), then saves as above (through the scene's compositor where it
+has one: its Render Layers' Image is then the denoised Combined). The result equals
+Cycles' own full-frame denoised render bit for bit (Blender 5.0; a sample count that is
+not a power of two without adaptive sampling: within ~2e-5, see :func:`denoise_passes`).
+
 Why a margin: Cycles seeds every pixel by its place in the frame, so a border render
 of a pixel equals the full render's, except with adaptive sampling, whose convergence
 filter lets a pixel that needs more samples make its neighbours take more too. At a
@@ -80,6 +90,10 @@ ENGINE_MESSAGE = ("Tiled renders need Cycles; this scene renders with {engine}: 
 BORDER_MESSAGE = ("This scene renders only a region of its frame (Render Region); tiled "
                   "renders need the whole frame: turn the region off or submit it "
                   "without --tiles.")
+DENOISER_MESSAGE = ("This scene denoises with {denoiser}; a tiled frame is denoised once, "
+                    "at the merge, with OpenImageDenoise, which would give another "
+                    "picture: set the scene's denoiser to OpenImageDenoise, or submit it "
+                    "without --tiles.")
 SEQUENCER_MESSAGE = ("This scene renders its video sequencer's strips, which tiled renders "
                      "cannot split: submit it without --tiles.")
 
@@ -278,10 +292,11 @@ def tile_file_name(output_name: str, index: int, frame: int) -> str:
     return f"{output_name}.tile{index:03d}.{frame}.exr"
 
 
-def tile_format(scene) -> str:
+def tile_format(scene, denoise: bool = False) -> str:
     """The format of a tile of ``scene``: with the compositor a multilayer EXR of every
-    pass of every view layer (the merge runs the compositor on them), else RGBA."""
-    return "OPEN_EXR_MULTILAYER" if uses_compositor(scene) else "OPEN_EXR"
+    pass of every view layer (the merge runs the compositor on them), and so with
+    ``denoise`` (the merge denoises with the Denoising Data passes), else RGBA."""
+    return "OPEN_EXR_MULTILAYER" if denoise or uses_compositor(scene) else "OPEN_EXR"
 
 
 def set_tile_output(settings, scene) -> None:
@@ -298,6 +313,260 @@ def set_tile_output(settings, scene) -> None:
             settings.set(image, attr, False)
     settings.set(scene.render, "use_compositing", False)
     settings.set(scene.render, "use_stamp", False)
+
+
+# --- denoising: noisy tiles, one denoise at the merge ----------------------------------
+
+
+def denoised_layers(scene) -> list[str]:
+    """The view layers whose Combined Cycles denoises in a final render of ``scene``."""
+    cycles = getattr(scene, "cycles", None)
+    if scene.render.engine != "CYCLES" or not getattr(cycles, "use_denoising", False):
+        return []
+    return [layer.name for layer in scene.view_layers if layer.use
+            and getattr(getattr(layer, "cycles", None), "use_denoising", True)]
+
+
+def check_denoise(scene) -> None:
+    """Raise TileError where the merge's denoise could not equal the render's: only
+    OpenImageDenoise runs at the merge (a denoiser this Blender lacks reads as '', and
+    the runner's OpenImageDenoise check then refuses it, as for a whole frame)."""
+    if getattr(scene.cycles, "denoiser", "") == "OPTIX":
+        raise TileError("tiles_denoise", DENOISER_MESSAGE.format(denoiser="OptiX"), False)
+
+
+def set_tile_denoise(settings, scene) -> None:
+    """Make the tile noisy, with what the merge denoises with: the Denoising Data passes
+    of every denoised view layer and, with adaptive sampling, each pixel's sample count
+    (the merge redoes Cycles' per-pixel rescale with it). Neither pass changes the
+    Combined pass. It turns Cycles' denoising off itself, once it knows which layers."""
+    adaptive = bool(getattr(scene.cycles, "use_adaptive_sampling", False))
+    for name in denoised_layers(scene):
+        layer_cycles = scene.view_layers[name].cycles
+        settings.set(layer_cycles, "denoising_store_passes", True)
+        if adaptive and hasattr(layer_cycles, "pass_debug_sample_count"):
+            settings.set(layer_cycles, "pass_debug_sample_count", True)
+    settings.set(scene.cycles, "use_denoising", False)
+
+
+def _float_plane(passes: Exr, name: str) -> array.array:
+    if dict(passes.channels).get(name) != 2:
+        raise TileError("bad_input", f"The tiles of the frame have no float channel {name!r}: "
+                        "they were rendered without the denoising data the merge denoises "
+                        "with (by an older runner, or from another scene).", False)
+    plane = array.array("f")
+    plane.frombytes(bytes(passes.planes[name]))
+    return plane
+
+
+def _layer_samples(scene, passes: Exr, layer: str) -> int:
+    """The samples Cycles took per pixel of ``layer`` (without adaptive sampling): as its
+    render wrote them in the EXR's metadata (a view layer's own count included), else the
+    scene's."""
+    kind, raw = passes.attrs.get(f"cycles.{layer}.samples", ("", b""))
+    with contextlib.suppress(ValueError):
+        if kind == "string" and int(raw.rstrip(b"\0")) > 0:
+            return int(raw.rstrip(b"\0"))
+    return max(1, int(scene.cycles.samples))
+
+
+def _f32(value: float) -> float:
+    return array.array("f", [value])[0]
+
+
+def _bottom_up(plane: array.array, width: int, height: int) -> array.array:
+    """An EXR plane's rows (from the top) in Blender's order (from the bottom)."""
+    flipped = array.array("f")
+    for y in range(height - 1, -1, -1):
+        flipped.extend(plane[y * width:(y + 1) * width])
+    return flipped
+
+
+def _image_of(name: str, planes: list[array.array], width: int, height: int):
+    """A float image of ``planes`` (R, G, B[, A]; rows from the top, as in an EXR), in
+    Blender's pixel order (rows from the bottom); alpha 1 without an A plane."""
+    rgba = array.array("f", bytes(_FLOAT * 4 * width * height))
+    if len(planes) < 4:
+        rgba[3::4] = array.array("f", [1.0]) * (width * height)
+    for channel, plane in enumerate(planes):
+        rgba[channel::4] = _bottom_up(plane, width, height)
+    image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=True)
+    image.pixels.foreach_set(rgba)
+    return image
+
+
+def denoise_passes(scene, frame: int, passes: Exr, near: str) -> None:
+    """Denoise the Combined pass of each denoised view layer in the merged ``passes``, in
+    place, exactly as Cycles denoises a full-frame render (OpenImageDenoise via
+    ``OIDNDenoiser``); temporary files go in a folder beside ``near``.
+
+    Cycles hands OIDN the *sum* of the samples without adaptive sampling (its colour
+    pass is not scaled: OIDN's auto-exposure makes the result nearly, not exactly, scale
+    invariant), and with it the per-pixel mean; after the denoise its pass accessor
+    scales the pixel by 1/samples, and with adaptive sampling by count then 1/count. The
+    merge does the same in float32: RGB x N, the Denoise node (HDR, the scene's prefilter,
+    quality and guiding passes, albedo and normal prefiltered as Cycles does with
+    Accurate), then RGB x float32(1/N), or (RGB x c) x float32(1/c) with c each pixel's
+    count (the Debug Sample Count pass holds c/N). Alpha stays the noisy alpha, as in
+    Cycles. Exact for N a power of two, and with adaptive sampling; for another N the
+    EXR holds sum x float32(1/N), from which x N does not always give back Cycles' sum
+    (an ulp off), and OIDN's result then differs by up to ~2e-5."""
+    layers = denoised_layers(scene)
+    if not layers:
+        return
+    adaptive = bool(getattr(scene.cycles, "use_adaptive_sampling", False))
+    folder = tempfile.mkdtemp(prefix=".blenderfarm-denoise-", dir=os.path.dirname(near))
+    try:
+        for layer in layers:
+            _denoise_layer(scene, frame, passes, layer, adaptive,
+                           os.path.join(folder, "denoised.exr"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _denoise_layer(scene, frame: int, passes: Exr, layer: str, adaptive: bool,
+                   path: str) -> None:
+    """Denoise view layer ``layer`` of ``passes`` (denoise_passes), through ``path``."""
+    width, height = passes.width, passes.height
+    samples = _layer_samples(scene, passes, layer)
+    rgb = [_float_plane(passes, f"{layer}.Combined.{c}") for c in "RGB"]
+    alpha = _float_plane(passes, f"{layer}.Combined.A")
+    albedo = [_float_plane(passes, f"{layer}.Denoising Albedo.{c}") for c in "RGB"]
+    normal = [_float_plane(passes, f"{layer}.Denoising Normal.{c}") for c in "XYZ"]
+    counts = None
+    if adaptive:
+        stored = _float_plane(passes, f"{layer}.Debug Sample Count.X")
+        counts = [round(value * samples) for value in stored]
+        noisy = rgb  # Cycles denoises the per-pixel mean
+    else:
+        # float32 x an integer: the double product is exact, its rounding float32's
+        noisy = [array.array("f", (value * samples for value in plane)) for plane in rgb]
+    images = [_image_of("blenderfarm noisy", [*noisy, alpha], width, height),
+              _image_of("blenderfarm albedo", albedo, width, height),
+              _image_of("blenderfarm normal", normal, width, height)]
+    try:
+        result = _render_copy(scene, frame, path,
+                              lambda copy: _denoise_compositor(copy, scene, images))
+    finally:
+        for image in images:
+            bpy.data.images.remove(image)
+    if "FINISHED" not in result or not os.path.isfile(path):
+        raise TileError("render_failed", "Blender did not denoise the merged frame.", True)
+    denoised = read_exr(path)
+    if (denoised.width, denoised.height) != (width, height):
+        raise TileError("render_failed", "Blender denoised the merged frame at another size.",
+                        True)
+    if getattr(scene.view_layers[layer].cycles, "denoising_store_passes", False):
+        # the scene's own Denoising Data passes: a render then has the Noisy Image pass
+        # too (the Combined before the denoise), which its compositor may read
+        for channel in "RGBA":
+            passes.planes[f"{layer}.Noisy Image.{channel}"] = \
+                bytearray(passes.planes[f"{layer}.Combined.{channel}"])
+        passes.channels = sorted({*passes.channels,
+                                  *((f"{layer}.Noisy Image.{c}", 2) for c in "RGBA")})
+    for channel in "RGB":
+        plane = _float_plane(denoised, channel)
+        if counts is None:
+            scale = _f32(1.0 / samples)
+            plane = array.array("f", (value * scale for value in plane))
+        else:
+            # Cycles' pass accessor: (pixel x count) x float32(1 / count), each rounded
+            # to float32 (1.0 / c in double then float32 is float32's own quotient)
+            inverse = array.array("f", (1.0 / c if c else 1.0 for c in counts))
+            scaled = array.array("f", (value * c if c else value
+                                       for value, c in zip(plane, counts, strict=True)))
+            plane = array.array("f", (value * r for value, r in zip(scaled, inverse, strict=True)))
+        passes.planes[f"{layer}.Combined.{channel}"] = bytearray(plane.tobytes())
+
+
+#: Cycles' denoiser settings as the Blender 5 Denoise node's menu items name them
+_PREFILTER_ITEMS = {"NONE": "None", "FAST": "Fast", "ACCURATE": "Accurate"}
+_QUALITY_ITEMS = {"HIGH": "High", "BALANCED": "Balanced", "FAST": "Fast"}
+
+
+def _set_denoise_node(node, scene) -> None:
+    """The Denoise node as Cycles denoises: HDR, and the scene's Cycles prefilter and
+    quality (the node's own default quality, Follow Scene, is the compositor's)."""
+    cycles = scene.cycles
+    prefilter = getattr(cycles, "denoising_prefilter", "") or "ACCURATE"
+    quality = getattr(cycles, "denoising_quality", "") or "HIGH"
+    inputs = {socket.name: socket for socket in node.inputs}
+    if "HDR" in inputs:  # an input from Blender 4.2 on
+        inputs["HDR"].default_value = True
+    else:
+        node.use_hdr = True
+    if "Prefilter" in inputs:  # Blender 5: menu sockets, set by their items' names
+        inputs["Prefilter"].default_value = _PREFILTER_ITEMS[prefilter]
+        if "Quality" in inputs:
+            inputs["Quality"].default_value = _QUALITY_ITEMS[quality]
+    else:
+        node.prefilter = prefilter
+        if hasattr(node, "quality"):  # Blender 4.4 and 4.5; older ones: OIDN's default, High
+            node.quality = quality
+
+
+def _denoise_compositor(copy, scene, images):
+    """The copy's compositor: the Denoise node on the noisy, albedo and normal images,
+    into a lossless float EXR; return a node group to remove afterwards (Blender 5), or
+    None."""
+    image = copy.render.image_settings
+    if hasattr(image, "media_type"):  # Blender 5: the format list is the media type's
+        image.media_type = "IMAGE"
+    image.file_format = "OPEN_EXR"
+    image.color_mode, image.color_depth, image.exr_codec = "RGBA", "32", "ZIP"
+    if hasattr(image, "color_management"):  # an override could convert the linear pixels
+        image.color_management = "FOLLOW_SCENE"
+    copy.render.use_stamp = False
+    copy.render.use_multiview = False
+    render = copy.render
+    if hasattr(render, "compositor_denoise_device") \
+            and not getattr(scene.cycles, "denoising_use_gpu", False):
+        render.compositor_denoise_device = "CPU"  # where Cycles denoised
+    if hasattr(render, "compositor_precision"):
+        render.compositor_precision = "FULL"
+    group = None
+    if hasattr(copy, "compositing_node_group"):  # Blender 5: a node group
+        group = bpy.data.node_groups.new(MERGE_SCENE, "CompositorNodeTree")
+        group.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        copy.compositing_node_group = group
+        tree = group
+        target = tree.nodes.new("NodeGroupOutput")
+    else:
+        copy.use_nodes = True
+        tree = copy.node_tree
+        tree.nodes.clear()
+        target = tree.nodes.new("CompositorNodeComposite")
+    noisy, albedo, normal = (tree.nodes.new("CompositorNodeImage") for _ in images)
+    noisy.image, albedo.image, normal.image = images
+    node = tree.nodes.new("CompositorNodeDenoise")
+    _set_denoise_node(node, scene)
+    tree.links.new(noisy.outputs["Image"], node.inputs["Image"])
+    passes = getattr(scene.cycles, "denoising_input_passes", "") or "RGB_ALBEDO_NORMAL"
+    if passes in ("RGB_ALBEDO", "RGB_ALBEDO_NORMAL"):
+        tree.links.new(albedo.outputs["Image"], node.inputs["Albedo"])
+    if passes == "RGB_ALBEDO_NORMAL":
+        tree.links.new(normal.outputs["Image"], node.inputs["Normal"])
+    tree.links.new(node.outputs["Image"], target.inputs["Image"])
+    return group  # (the alpha that comes out is not used: Cycles keeps the noisy one)
+
+
+def combined_pixels(passes: Exr, layer: str) -> array.array:
+    """``layer``'s Combined pass of ``passes`` as float RGBA in Blender's pixel order."""
+    width, height = passes.width, passes.height
+    rgba = array.array("f", bytes(_FLOAT * 4 * width * height))
+    for channel, name in enumerate("RGBA"):
+        rgba[channel::4] = _bottom_up(_float_plane(passes, f"{layer}.Combined.{name}"),
+                                      width, height)
+    return rgba
+
+
+def first_layer(scene) -> str:
+    """The view layer a render without the compositor saves: the first one that renders
+    (Blender's render_get_single_layer takes the result's first layer)."""
+    layer = next((layer.name for layer in scene.view_layers if layer.use), None)
+    if layer is None:
+        raise TileError("bad_input", "The scene has no view layer that renders.", False)
+    return layer
 
 
 def check_grid(tiles: list[dict]) -> tuple[int, int]:
