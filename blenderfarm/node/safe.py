@@ -47,12 +47,7 @@ def safe_id(value: object, what: str = "an id") -> str:
 def safe_output_name(value: object) -> str:
     """``value`` if it is a file stem: letters, digits, '_', '-', '.', not starting
     with a dot (Unicode letters too: the server makes stems from job names)."""
-    if not isinstance(value, str) or not value or value.startswith(".") or \
-            len(value.encode("utf-8", "replace")) > MAX_NAME_BYTES or \
-            not all(c.isalnum() or c in "_-." for c in value):
-        raise BadAssign(f"the server sent an output name that is not a safe file name: "
-                        f"{_show(value)}")
-    return value
+    return safe_file_name(value, "an output")
 
 
 def safe_output_pattern(value: object) -> str | None:

@@ -726,8 +726,7 @@ def render_tile(channel: Channel, scene, frame: int, tile: dict, output_dir: str
 
 
 def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
-    task_id = cmd.get("task_id")
-    try:
+    with _reported(channel, cmd.get("task_id")) as task_id:
         frames = [int(f) for f in cmd.get("frames") or []]
         if not frames:
             raise TaskError("bad_command", "A render command needs frames.", False)
@@ -762,14 +761,6 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
                 channel.send(render_frame(channel, scene, frame, output_dir, output_name,
                                           pattern))
         channel.send({"ev": "task_done", "task_id": task_id, "info": info})
-    except TaskError as exc:
-        channel.send(_error_event(task_id, exc))
-    except Exception as exc:  # whatever else: report it, keep serving
-        traceback.print_exc()
-        channel.send(_error_event(task_id, TaskError(
-            "render_failed", f"The runner failed: {type(exc).__name__}: {exc}", True)))
-    finally:
-        STATE.frame = None
 
 
 def _merge_tiles(cmd: dict) -> list[dict]:
@@ -838,8 +829,7 @@ def merge_frame(channel: Channel, scene, frame: int, given: list[dict], output_d
 
 def run_merge(channel: Channel, cmd: dict, oidn: bool) -> None:
     """A merge command: one frame from its tiles, events as for a render of one frame."""
-    task_id = cmd.get("task_id")
-    try:
+    with _reported(channel, cmd.get("task_id")) as task_id:
         frame = cmd.get("frame")
         if not isinstance(frame, int) or isinstance(frame, bool):
             raise TaskError("bad_command", "A merge command needs its frame.", False)
@@ -853,6 +843,14 @@ def run_merge(channel: Channel, cmd: dict, oidn: bool) -> None:
         channel.send(merge_frame(channel, scene, frame, given, output_dir, output_name, pattern,
                                  denoise))
         channel.send({"ev": "task_done", "task_id": task_id})
+
+
+@contextlib.contextmanager
+def _reported(channel: Channel, task_id):
+    """Run one task's command: its TaskError, or anything else it raises, goes to the
+    agent as the task's ``error`` event, and the runner serves on."""
+    try:
+        yield task_id
     except TaskError as exc:
         channel.send(_error_event(task_id, exc))
     except Exception as exc:  # whatever else: report it, keep serving
