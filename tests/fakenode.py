@@ -116,6 +116,18 @@ class FakeNode:
         ack: m.Ack = await self.expect(m.Ack)
         return ack
 
+    async def report(self, a: m.Assign, files: list[tuple[str, bytes]],
+                     info: dict[str, Any] | None = None) -> None:
+        """Report ``a``'s files as the real node does: each alone as soon as it is
+        uploaded (a frame_done), then all of them with the task's end."""
+        refs = []
+        for name, data in files:
+            sha = await self.upload(data)
+            refs.append(m.OutputRef(frame=a.frames[0], sha256=sha, size=len(data), name=name))
+            await self.send(m.FrameDone(task_id=a.task_id, frame=a.frames[0], sha256=sha,
+                                        size=len(data), name=name))
+        await self.send(m.TaskDone(task_id=a.task_id, outputs=refs, info=info or {}))
+
     async def close(self) -> None:
         if self.ws is not None:
             await self.ws.close()

@@ -450,6 +450,56 @@ def test_the_nodes_page_shows_blenders_devices_slots_and_a_job_page_where_it_can
         plain.close()
 
 
+def _png(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_tiled_frame_fills_in_tile_by_tile_until_its_merge_and_tiles_count_per_node(
+        quick_server: ServerProc, page: Page) -> None:
+    from blenderfarm.protocol.tiles import tile_name, tile_preview_name
+    url = quick_server.url
+    node = ThreadNode(url, "tiler-01")
+    try:
+        job_id = post_job(url, "tiled still", frames="1", tiles=2, resolution=[64, 48])
+        first, second = (node.call(node.node.expect(m.Assign)) for _ in range(2))
+        page.goto(f"{url}/#/jobs/{job_id}")
+        expect(page.locator(".preview .empty-frame")).to_be_visible(timeout=10_000)
+        for a, color, rect in ((first, (220, 30, 30), [0, 0, 32, 48]),
+                               (second, (30, 30, 220), [32, 0, 64, 48])):
+            node.call(node.node.report(a, [
+                (tile_name(a.output_name, 1, a.tile.index), b"exr " + a.task_id.encode()),
+                (tile_preview_name(a.output_name, 1, a.tile.index), _png((32, 48), color))],
+                {"tile": {"rect": rect, "frame": [64, 48]}}))
+            node.call(node.node.expect(m.Ack))
+            shown = a.tile.index + 1
+            expect(page.locator("[data-role=tiles-shown]")).to_have_text(
+                f"{shown} of 2 tiles", timeout=10_000)
+            expect(page.locator(".mosaic-tile img")).to_have_count(shown)
+        # each where its pixels lie: the second is the right half, drawn as its PNG
+        right = page.locator('.mosaic-tile[data-tile="1"]')
+        box, whole = right.bounding_box(), page.locator(".mosaic").bounding_box()
+        assert box and whole and abs(box["x"] - (whole["x"] + whole["width"] / 2)) <= 1
+        page.wait_for_function("() => [...document.querySelectorAll('.mosaic-tile img')]"
+                               ".every((i) => i.complete && i.naturalWidth === 32)")
+        merge = node.call(node.node.expect(m.Assign))
+        assert merge.kind == m.MERGE
+        node.call(node.node.finish(merge))
+        # merged: the frame itself takes the tiles' place
+        expect(page.locator(".preview h2")).to_have_text("Latest frame", timeout=10_000)
+        expect(page.locator(".mosaic")).to_have_count(0)
+        page.goto(f"{url}/#/nodes")
+        row = page.locator("tr", has_text="tiler-01")
+        expect(row.locator("[data-role=tiles-rendered]")).to_have_text("2 tiles",
+                                                                       timeout=10_000)
+    finally:
+        node.close()
+
+
 def test_the_jobs_list_has_owners_filters_search_and_sorting(quick_server: ServerProc,
                                                              page: Page) -> None:
     url = quick_server.url

@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from blenderfarm.protocol import messages as m
-from blenderfarm.protocol.tiles import tile_name
+from blenderfarm.protocol.tiles import tile_name, tile_preview_name
 from blenderfarm.server.app import make_app
 from blenderfarm.server.config import ServerConfig
 from fakenode import FakeNode
@@ -234,6 +234,51 @@ async def test_a_tile_report_must_be_its_tile(farm) -> None:
         m.OutputRef(frame=1, sha256=sha, size=12, name="shot_0001.png")]))
     err = await node.expect(m.Error)
     assert err.code == "bad_output" and tile_name("shot", 1, a.tile.index) in err.message
+
+
+async def _tile_with_preview(node: FakeNode, a: m.Assign, preview: bytes,
+                             info: dict, exr: bool = True) -> None:
+    files = [(tile_name("shot", 1, a.tile.index), b"exr of " + a.task_id.encode())] \
+        if exr else []
+    await node.report(a, [*files, (tile_preview_name("shot", 1, a.tile.index), preview)], info)
+
+
+async def test_a_tiles_preview_is_served_where_it_lies_and_never_merged(farm) -> None:
+    node = farm.node()
+    await node.connect()
+    j = await submit(farm, tiles=2, resolution=[64, 48])
+    first, second = await node.expect(m.Assign), await node.expect(m.Assign)
+    picture = _png((200, 10, 10))
+    await _tile_with_preview(node, first, picture,
+                             {"tile": {"rect": [0, 0, 32, 48], "frame": [64, 48]}})
+    await node.expect(m.Ack)
+    # a tile that sends only its preview has not made its tile
+    await _tile_with_preview(node, second, picture, {}, exr=False)
+    await node.expect(m.Ack)
+    again = await node.expect(m.Assign)
+    assert again.task_id == second.task_id
+    tasks = (await (await farm.get(f"/api/jobs/{j['id']}/tasks")).json())["tasks"]
+    assert "no file for tile 1 of frame 1" in tasks[1]["error"]
+    # a place that does not fit the frame is not kept: that tile shows no preview
+    await _tile_with_preview(node, again, _png((0, 0, 200)),
+                             {"tile": {"rect": [32, 0, 99, 48], "frame": [64, 48]}})
+    await node.expect(m.Ack)
+    merge = await node.expect(m.Assign)
+    assert [i.name for i in merge.inputs] == [tile_name("shot", 1, 0), tile_name("shot", 1, 1)]
+    tasks = (await (await farm.get(f"/api/jobs/{j['id']}/tasks")).json())["tasks"]
+    by_id = {t["id"]: t for t in tasks}
+    assert by_id[first.task_id]["preview"] == {
+        "v": hashlib.sha256(picture).hexdigest()[:12], "rect": [0, 0, 32, 48],
+        "frame_size": [64, 48]}
+    assert by_id[second.task_id]["preview"] is None
+    resp = await farm.get(f"/api/tasks/{first.task_id}/preview")
+    assert resp.status == 200 and resp.content_type == "image/png"
+    assert await resp.read() == picture
+    assert (await farm.get(f"/api/tasks/{merge.task_id}/preview")).status == 404
+    await node.finish(merge)
+    assert await outputs(farm, j["id"]) == ["shot_0001.png"]  # no preview among them
+    nodes = (await (await farm.get("/api/nodes")).json())["nodes"]
+    assert [(n["frames_rendered"], n["tiles_rendered"]) for n in nodes] == [(0, 2)]
 
 
 def _png(color: tuple[int, int, int]) -> bytes:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageChops
 
 from blenderfarm.node.outputs import frame_file_name
 from blenderfarm.node.runner_proc import Runner, RunnerError
@@ -525,15 +525,26 @@ async def test_a_tile_is_a_float_exr_of_exactly_its_cell(blend: Path, tmp_path: 
     assert size == (42 - 21, 48)  # columns 21..41 of 64: the middle third
     assert sorted(channels) == [("A", 2), ("B", 2), ("G", 2), ("R", 2)]  # 32-bit float
     assert compression in (0, 2, 3)  # none, ZIPS, ZIP: lossless
-    assert os.listdir(out) == ["shot.tile001.1.exr"]  # no preview, no frame
+    preview = str(out / "shot.tile001.1.preview.png")
+    assert sorted(os.listdir(out)) == ["shot.tile001.1.exr", "shot.tile001.1.preview.png"]
     done = [e for e in events if e["ev"] == "frame_done"]
-    assert done == [{"ev": "frame_done", "frame": 1, "path": path, "extras": [],
+    assert done == [{"ev": "frame_done", "frame": 1, "path": path, "extras": [preview],
                      "seconds": done[0]["seconds"]}]
     assert runner.last_info["video"]["fps"] == 24  # what the job's video needs of the scene
+    # where the job page puts the preview: the tile's pixels in the frame
+    assert runner.last_info["tile"] == {"rect": [21, 0, 42, 48], "frame": [W, H]}
     # the next plain task renders the whole frame as the file says again
     direct = await render_direct(runner, "png8", out)
     with Image.open(direct) as img:
         assert img.size == (W, H) and img.mode == "RGBA"
+        cell = img.convert("RGB").crop((21, 0, 42, H))
+    # the preview is the tile as the frame shows it: 8 bits through the scene's view
+    # transform, equal to the frame's cell but for the dither (its noise follows the
+    # pixel's place, which a cropped render counts from the tile's corner)
+    with Image.open(preview) as img:
+        assert img.size == (42 - 21, H) and img.mode == "RGB"
+        diff = ImageChops.difference(img.convert("RGB"), cell)
+        assert max(hi for _, hi in diff.getextrema()) <= 2
 
 
 @pytest.mark.blender
@@ -661,7 +672,9 @@ async def test_a_compositor_scenes_tile_is_a_float_multilayer_exr_of_every_pass(
     for pass_ in ("Combined.R", "Combined.A", "Depth.Z", "Normal.X", "Mist.Z"):
         assert f"ViewLayer.{pass_}" in names
     assert {kind for _, kind in channels} == {2}  # every pass 32-bit float
-    assert os.listdir(tmp_path / "out") == ["shot.tile000.1.exr"]  # no frame, no extras
+    # no frame and no File Output files (the compositor is off): only its preview
+    assert sorted(os.listdir(tmp_path / "out")) == ["shot.tile000.1.exr",
+                                                    "shot.tile000.1.preview.png"]
 
 
 @pytest.mark.blender
@@ -683,7 +696,9 @@ async def test_file_output_nodes_write_at_the_merge_what_they_write_in_a_direct_
                                           output_name="shot", on_event=tile_events.append,
                                           tile=tile)
         tiles.append({**tile, "path": path})
-    assert all(e["extras"] == [] for e in tile_events if e["ev"] == "frame_done")
+    # a tile's only extra is its preview: File Output nodes write at the merge
+    assert [[os.path.basename(p) for p in e["extras"]] for e in tile_events
+            if e["ev"] == "frame_done"] == [[f"shot.tile00{i}.1.preview.png"] for i in range(2)]
     events.clear()
     await merge(runner, "fileout", tiles, tmp_path / "merged", events=events)
     [merged] = [e["extras"] for e in events if e["ev"] == "frame_done"]

@@ -217,6 +217,8 @@ async def test_a_denoised_scenes_tile_is_noisy_with_its_denoising_data(
                   "Debug Sample Count.X"):
         assert f"ViewLayer.{pass_}" in names
     assert "ViewLayer.Noisy Image.R" not in names  # Cycles did not denoise it
-    assert sorted(os.listdir(tmp_path / "out")) == ["shot.tile000.1.exr", "shot.tile001.1.exr"]
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "shot.tile000.1.exr", "shot.tile000.1.preview.png", "shot.tile001.1.exr",
+        "shot.tile001.1.preview.png"]
     # the runner put the scene back: a whole frame still renders denoised
     await render_direct(runner, "adaptive", tmp_path / "direct")

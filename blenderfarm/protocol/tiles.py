@@ -78,3 +78,10 @@ def tile_name(stem: str, frame: int, index: int) -> str:
     """The file a tile render writes and reports (a lossless float EXR): a part of its
     frame, an input of the frame's merge, never an output of the job."""
     return f"{stem}.tile{index:03d}.{frame}.exr"
+
+
+def tile_preview_name(stem: str, frame: int, index: int) -> str:
+    """The small picture a tile render may report beside its EXR: the tile as the
+    scene's view transform shows it (8-bit PNG), for the job page to show the frame
+    filling in before its merge. Never an input of the merge, never an output of the job."""
+    return f"{stem}.tile{index:03d}.{frame}.preview.png"

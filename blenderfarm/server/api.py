@@ -33,6 +33,7 @@ from .auth import AUTH, token_name
 from .blobs import BlobError
 from .errors import FarmError, error_response
 from .keys import FARM
+from .kinds import preview_of
 from .models import Job
 from .tokens import TokenInfo
 from .webhooks import WEBHOOKS
@@ -284,7 +285,11 @@ async def job_tasks(request: web.Request) -> web.Response:
         task = farm.tasks[tid]
         view = task.to_json()
         view.pop("log_tail", None)
-        view.pop("parts", None)  # blobs of a tile: the merge's business
+        preview = preview_of(task)  # a tile's picture for the page (its EXR: the merge's)
+        view.pop("parts", None)
+        view["preview"] = {"v": preview["sha256"][:12], "rect": preview["rect"],
+                           "frame_size": preview["frame_size"]} \
+            if preview and "rect" in preview else None
         view["waiting"] = task.pending > 0  # queued until what it depends on is done
         tasks.append(view)
     end = offset + len(page)
@@ -364,6 +369,23 @@ async def task_log(request: web.Request) -> web.Response:
     require_read(actor(request), farm.jobs[task.job_id], farm.config.share_outputs)
     text = await asyncio.to_thread(farm.logs.read, task)
     return web.json_response({"text": text, "task_id": task.id, "status": task.status})
+
+
+@routes.get("/api/tasks/{task_id}/preview")
+async def task_preview(request: web.Request) -> web.StreamResponse:
+    """A tile's preview (an 8-bit PNG of its pixels), for the job page to show its frame
+    filling in before the merge; 404 where the tile has none (yet)."""
+    farm = request.app[FARM]
+    task = farm.tasks.get(request.match_info["task_id"])
+    if task is None:
+        raise FarmError(f"no task {request.match_info['task_id']!r}", "not_found", 404)
+    require_read(actor(request), farm.jobs[task.job_id], farm.config.share_outputs)
+    preview = preview_of(task)
+    path = farm.blobs.path(preview["sha256"]) if preview else None
+    if path is None or not await asyncio.to_thread(path.is_file):
+        raise FarmError(f"task {task.id} has no preview", "not_found", 404)
+    return web.FileResponse(path, headers={"Content-Type": "image/png",
+                                           "Cache-Control": "private, max-age=86400"})
 
 
 @routes.get("/api/jobs/{job_id}/outputs")

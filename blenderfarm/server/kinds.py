@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from ..protocol import messages as m
 from ..protocol.hashing import is_sha256
 from ..protocol.naming import frames_named
-from ..protocol.tiles import tile_grid, tile_name
+from ..protocol.tiles import tile_grid, tile_name, tile_preview_name
 from ..protocol.video import SceneVideo, VideoSettings
 from .compiler import tiles_of
 from .models import Job, NodeRecord, Output, Task
@@ -47,6 +47,11 @@ class Kind:
         """Whether its outputs are parts (kept on the task) rather than job outputs."""
         return False
 
+    def incomplete(self, task: Task, outputs: list[Output]) -> str | None:
+        """What the outputs of a finished task lack (None: nothing): every frame."""
+        missing = set(task.frames) - {o.frame for o in outputs}
+        return f"no output for frame(s) {sorted(missing)}" if missing else None
+
     def what(self, task: Task) -> str:
         """The task in words, for errors: "frame 3", "frames 1-10"."""
         frames = task.frames
@@ -67,13 +72,24 @@ class Render(Kind):
     def check(self, job: Job, task: Task, refs: list[m.OutputRef]) -> list[Output]:
         if task.tile is None:
             return check_outputs(job, task, refs)
+        # its EXR, and maybe its preview: reported one by one as each is uploaded, then
+        # together when the task is done
         frame = task.frames[0]
         want = tile_name(job.output_name, frame, task.tile)
-        if len(refs) != 1 or refs[0].name != want or refs[0].frame != frame or \
-                not is_sha256(refs[0].sha256):
-            raise BadOutputs(f"a tile render of {task.id} must report one file, {want}")
-        ref = refs[0]
-        return [Output(job.id, task.id, frame, ref.name, ref.sha256, ref.size)]
+        allowed = {want, tile_preview_name(job.output_name, frame, task.tile)}
+        names = [ref.name for ref in refs]
+        if not refs or len(set(names)) != len(names) or not set(names) <= allowed or \
+                any(ref.frame != frame or not is_sha256(ref.sha256) for ref in refs):
+            raise BadOutputs(f"a tile render of {task.id} must report one file, {want} "
+                             f"(and maybe its preview)")
+        return [Output(job.id, task.id, frame, ref.name, ref.sha256, ref.size) for ref in refs]
+
+    def incomplete(self, task: Task, outputs: list[Output]) -> str | None:
+        if task.tile is None:
+            return super().incomplete(task, outputs)
+        if not any(not is_preview(o.name) for o in outputs):
+            return f"no file for tile {task.tile} of frame {task.frames[0]}"
+        return None
 
     def what(self, task: Task) -> str:
         if task.tile is None:
@@ -88,7 +104,7 @@ class Merge(Kind):
         cols, rows = grid(job)
         inputs = [m.InputRef(sha256=p["sha256"], size=p["size"], frame=p["frame"],
                              name=p["name"], tile=m.Tile(tasks[d].tile or 0, cols, rows))
-                  for d in task.depends_on for p in tasks[d].parts]
+                  for d in task.depends_on for p in tasks[d].parts if not p.get("preview")]
         return {"kind": self.name, "inputs": inputs}
 
     def what(self, task: Task) -> str:
@@ -122,6 +138,35 @@ KINDS: dict[str, Kind] = {k.name: k for k in (Render(), Merge(), Encode())}
 
 def kind_of(task: Task) -> Kind:
     return KINDS[task.kind]
+
+
+def is_preview(name: str) -> bool:
+    """Whether a tile's file is its preview (``tile_preview_name``), not its EXR."""
+    return name.endswith(".preview.png")
+
+
+def preview_of(task: Task) -> dict[str, Any] | None:
+    """The preview part of a tile task, if its node sent one."""
+    return next((p for p in task.parts if p.get("preview")), None)
+
+
+def place_preview(task: Task, info: dict[str, Any] | None) -> None:
+    """Keep where a tile's preview lies in its frame, as its node's runner reported it
+    (``info["tile"]``: ``rect`` x0, y0, x1, y1 from the bottom left, and the ``frame``'s
+    width and height), when that holds together; a report that does not is dropped,
+    and the page shows no preview of that tile."""
+    preview = preview_of(task)
+    where = (info or {}).get("tile")
+    if preview is None or not isinstance(where, dict):
+        return
+    rect, frame = where.get("rect"), where.get("frame")
+    if not (isinstance(rect, list) and isinstance(frame, list) and len(rect) == 4
+            and len(frame) == 2 and all(type(v) is int for v in (*rect, *frame))):
+        return
+    x0, y0, x1, y1 = rect
+    w, h = frame
+    if 0 < w <= 1 << 16 and 0 < h <= 1 << 16 and 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h:
+        preview["rect"], preview["frame_size"] = rect, frame
 
 
 def grid(job: Job) -> tuple[int, int]:

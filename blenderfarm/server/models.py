@@ -282,6 +282,7 @@ class NodeRecord:
     lost_at: float | None = None
     tasks: list[str] = field(default_factory=list)  # held task ids, in order of assignment
     frames_rendered: int = 0
+    tiles_rendered: int = 0  # tiles of frames, each a part of a frame a merge made
     #: the node token that enrolled this uid (on a farm with tokens): while that token
     #: is valid, no other token may connect as this node
     token_id: str | None = None
@@ -382,6 +383,7 @@ class NodeRecord:
                        "busy": busy.get(s.id)} for s in self._slots],
             "threads": self.info.get("threads"), "gpus": self.info.get("gpus", []),
             "tags": self.info.get("tags", []), "frames_rendered": self.frames_rendered,
+            "tiles_rendered": self.tiles_rendered,
             "ffmpeg": self.info.get("ffmpeg") or None,
         }
 

@@ -22,6 +22,7 @@ from .auth import AUTH, Auth, Refusal
 from .errors import FarmError
 from .farm import Farm
 from .keys import FARM
+from .kinds import kind_of
 from .models import TASK_FINAL, NodeRecord
 from .sessions import NodeSession
 from .slots import hello_blenders, hello_slots_error
@@ -268,10 +269,10 @@ async def _task_done(farm: Farm, session: NodeSession, msg: m.TaskDone) -> None:
     if task.status in TASK_FINAL:  # changed while we linked files
         session.send(m.Ack(task_id=msg.task_id))
         return
-    missing = set(task.frames) - {o.frame for o in outputs}
-    if missing:
-        farm.fail_task(rec, task, m.TaskFailed(
-            task_id=task.id, error=f"no output for frame(s) {sorted(missing)}", reason="bad_output"))
+    lacking = kind_of(task).incomplete(task, outputs)
+    if lacking:
+        farm.fail_task(rec, task, m.TaskFailed(task_id=task.id, error=lacking,
+                                               reason="bad_output"))
         session.send(m.Ack(task_id=msg.task_id))
         return
     await _durable(farm, farm.complete_task(rec, task, outputs, msg.seconds, msg.info))

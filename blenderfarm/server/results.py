@@ -23,7 +23,7 @@ from .constraints import match
 from .encode import encode_on_server
 from .errors import FarmError
 from .eta import InFrame
-from .kinds import encode_inputs, kind_of, video_settings
+from .kinds import encode_inputs, is_preview, kind_of, place_preview, video_settings
 from .models import JOB_FINAL, TASK_HELD, Job, NodeRecord, Output, Task
 from .outputs import BadOutputs
 from .state import FarmState
@@ -104,12 +104,17 @@ class ResultsMixin(FarmState):
         of the merge, no outputs of the job); the rows to write."""
         job = self.jobs[task.job_id]
         kind = kind_of(task)
-        if kind.parts(task):
-            task.parts = [{"sha256": o.sha256, "size": o.size, "frame": o.frame,
-                           "name": o.name} for o in outputs]
-            for out in outputs:
-                self.emit("tile", job_id=job.id, task_id=task.id, frame=out.frame,
-                          tile=task.tile, name=out.name)
+        if kind.parts(task):  # each file once, by name: reported alone, then all together
+            parts = {p["name"]: p for p in task.parts}
+            for o in outputs:
+                if o.name in parts and parts[o.name]["sha256"] == o.sha256:
+                    continue
+                parts[o.name] = {"sha256": o.sha256, "size": o.size, "frame": o.frame,
+                                 "name": o.name, **({"preview": True} if is_preview(o.name)
+                                                    else {})}
+                self.emit("tile", job_id=job.id, task_id=task.id, frame=o.frame,
+                          tile=task.tile, name=o.name, preview=is_preview(o.name))
+            task.parts = list(parts.values())
             return []
         ops = []
         for out in outputs:
@@ -130,6 +135,7 @@ class ResultsMixin(FarmState):
         encode no node could run); ``info`` is what its render learned of the scene."""
         job = self.jobs[task.job_id]
         ops = self.add_outputs(task, outputs)
+        place_preview(task, info)
         if task.node and (rec is None or task.node != rec.uid):  # someone else still has it
             other = self.sessions.get(task.node)
             if other:
@@ -140,6 +146,8 @@ class ResultsMixin(FarmState):
         task.finished = time.time()
         if rec is not None and task.kind == m.RENDER and task.tile is None:
             rec.frames_rendered += len(task.frames)
+        elif rec is not None and task.kind == m.RENDER:
+            rec.tiles_rendered += 1
         self.metrics.add_render_seconds(seconds)
         if info and job.scene_video is None and isinstance(info.get("video"), dict):
             try:  # what a node says of the scene is checked like any of its reports

@@ -390,6 +390,7 @@ class Store:
         data = {"uid": n.uid, "name": n.name, "info": n.info, "drained": n.drained,
                 "disabled": n.disabled,
                 "last_seen": n.last_seen, "frames_rendered": n.frames_rendered,
+                "tiles_rendered": n.tiles_rendered,
                 "token_id": n.token_id}
         return ("INSERT OR REPLACE INTO nodes (uid, data) VALUES (?, ?)", (n.uid, json.dumps(data)))
 
@@ -424,6 +425,7 @@ class Store:
                                         disabled=d.get("disabled", False),
                                         last_seen=d.get("last_seen", 0.0),
                                         frames_rendered=d.get("frames_rendered", 0),
+                                        tiles_rendered=d.get("tiles_rendered", 0),
                                         token_id=d.get("token_id")))
         return out
 

@@ -702,9 +702,10 @@ def _check_tileable(scene, oidn: bool) -> bool:
 
 
 def render_tile(channel: Channel, scene, frame: int, tile: dict, output_dir: str,
-                output_name: str) -> dict:
+                output_name: str, info: dict) -> dict:
     """Render one cell of ``frame`` (plus the margin adaptive sampling needs) as a float
-    EXR named ``tiles.tile_file_name`` and return its ``frame_done`` event."""
+    EXR named ``tiles.tile_file_name`` and return its ``frame_done`` event; ``info``
+    gets where its pixels lie in the frame (``tile``), for the job page's preview."""
     scene.frame_set(frame)
     width, height = tiles.render_size(scene)
     cell = tiles.tile_rect(tile["index"], tile["cols"], tile["rows"], width, height)
@@ -721,8 +722,31 @@ def render_tile(channel: Channel, scene, frame: int, tile: dict, output_dir: str
         raise TaskError("render_failed", f"Blender rendered tile {tile['index']} of frame "
                         f"{frame} as {size[0]}x{size[1]} pixels, not {want[0]}x{want[1]}.",
                         False)
-    return {"ev": "frame_done", "frame": frame, "path": path, "extras": [],
-            "seconds": round(seconds, 3)}
+    info["tile"] = {"rect": list(rect), "frame": [width, height]}
+    preview = os.path.join(output_dir,
+                           tiles.tile_preview_file_name(output_name, tile["index"], frame))
+    return {"ev": "frame_done", "frame": frame, "path": path,
+            "extras": save_preview(scene, preview), "seconds": round(seconds, 3)}
+
+
+def save_preview(scene, path: str) -> list[str]:
+    """The render just made, as the scene's view transform shows it, in an 8-bit PNG at
+    ``path``: ``[path]``, or ``[]`` where Blender could not write it (a preview is never
+    worth failing a tile for). Saved after the tile's own file, so it changes nothing
+    in it; the format change is undone with the task's other settings."""
+    if os.path.lexists(path):
+        os.remove(path)
+    try:
+        _set_format(scene, "PNG")
+        image = scene.render.image_settings
+        SETTINGS.set(image, "color_mode", "RGBA" if scene.render.film_transparent else "RGB")
+        SETTINGS.set(image, "color_depth", "8")
+        SETTINGS.set(image, "compression", 15)
+        bpy.data.images["Render Result"].save_render(path, scene=scene)
+    except Exception as exc:  # noqa: BLE001 - any failure only costs the preview
+        print(f"blenderfarm runner: no preview of the tile: {exc}", file=sys.stderr)
+        return []
+    return [path] if os.path.isfile(path) and os.path.getsize(path) > 0 else []
 
 
 def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
@@ -755,7 +779,8 @@ def run_task(channel: Channel, cmd: dict, oidn: bool) -> None:
             tiles.set_tile_output(SETTINGS, scene)
             if denoise:  # noisy, with the passes the merge denoises with
                 tiles.set_tile_denoise(SETTINGS, scene)
-            channel.send(render_tile(channel, scene, frames[0], tile, output_dir, output_name))
+            channel.send(render_tile(channel, scene, frames[0], tile, output_dir, output_name,
+                                     info))
         else:
             for frame in frames:
                 channel.send(render_frame(channel, scene, frame, output_dir, output_name,

@@ -292,6 +292,11 @@ def tile_file_name(output_name: str, index: int, frame: int) -> str:
     return f"{output_name}.tile{index:03d}.{frame}.exr"
 
 
+def tile_preview_file_name(output_name: str, index: int, frame: int) -> str:
+    """protocol.tiles.tile_preview_name: the tile as an 8-bit PNG for the job page."""
+    return f"{output_name}.tile{index:03d}.{frame}.preview.png"
+
+
 def tile_format(scene, denoise: bool = False) -> str:
     """The format of a tile of ``scene``: with the compositor a multilayer EXR of every
     pass of every view layer (the merge runs the compositor on them), and so with

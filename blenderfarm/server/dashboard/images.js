@@ -20,6 +20,13 @@ export function frameImage(jobId, output, alt) {
     draggable: "false" });
 }
 
+/** A tile's preview (``/api/tasks/<id>/preview``), placed by the mosaic. */
+export function tileImage(task, alt) {
+  const url = `/api/tasks/${enc(task.id)}/preview?v=${task.preview.v}`;
+  return h("img", { src: getToken() ? viaBlob(url) : url, alt, decoding: "async",
+    draggable: "false" });
+}
+
 /** A <video> for the job's video output (fetched with the token where signed in). */
 export function frameVideo(jobId, output) {
   const url = `${frameUrl(jobId, output.name)}?v=${output.sha256.slice(0, 12)}`;

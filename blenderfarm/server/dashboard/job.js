@@ -4,6 +4,7 @@
 import { api, apiBlob, enc, getToken } from "./api.js";
 import { badge, clock, duration, eta, h, progressBar, toast } from "./dom.js";
 import { frameImage, frameVideo } from "./images.js";
+import { tileMosaic, tilingFrame } from "./mosaic.js";
 import { invalidate, mayControl, nodeName, state } from "./state.js";
 import { frameGrid, logPanel, taskTable } from "./tasks.js";
 
@@ -198,6 +199,15 @@ function videoPanel(job, page) {
 function previewPanel(job, page) {
   const outputs = frames(job, page);
   const pinned = page.preview && outputs.find((o) => o.name === page.preview);
+  const tiling = !pinned && job.tiles_total ? tilingFrame(page.tasks) : null;
+  if (tiling) {  // a frame filling in, tile by tile, until its merge is done
+    return h("section", { class: "panel preview", "aria-label": "Preview" },
+      h("div", { class: "panel-head" },
+        h("h2", null, `Frame ${tiling.frame}`),
+        h("span", { class: "muted", "data-role": "tiles-shown" },
+          `${tiling.shown.length} of ${tiling.tiles.length} tiles`)),
+      h("div", { class: "preview-box" }, tileMosaic(tiling, `Frame ${tiling.frame} of ${job.name}`)));
+  }
   const out = pinned || latest(outputs);
   return h("section", { class: "panel preview", "aria-label": "Preview" },
     h("div", { class: "panel-head" },

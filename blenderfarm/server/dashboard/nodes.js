@@ -56,7 +56,9 @@ function nodeRow(node, now) {
     h("td", { class: "seen", title: new Date(node.last_seen * 1000).toLocaleString() },
       node.online ? (now - node.last_seen < 15 ? "now" : ago(node.last_seen, now))
         : ago(node.last_seen, now)),
-    h("td", { class: "num" }, String(node.frames_rendered || 0)),
+    h("td", { class: "num" }, String(node.frames_rendered || 0),
+      node.tiles_rendered ? h("div", { class: "sub", "data-role": "tiles-rendered" },
+        `${node.tiles_rendered} tiles`) : null),
     h("td", { class: "row-actions" }, nodeActions(node)));
 }
 
