@@ -326,6 +326,72 @@ async def test_with_no_node_that_has_ffmpeg_the_server_encodes_the_video_itself(
         ("h264", 64, 48, "yuv420p", "3", "25/1")
 
 
+async def _frames_done(node: FakeNode, count: int) -> None:
+    """Render ``count`` frames as real (tiny) PNGs, which an FFmpeg can encode."""
+    for n in range(count):
+        a = await node.expect(m.Assign)
+        assert a.kind == m.RENDER
+        data = _png((80 * n, 40, 200 - 60 * n))
+        sha = await node.upload(data)
+        await node.send(m.TaskDone(task_id=a.task_id, info=VIDEO_INFO, outputs=[
+            m.OutputRef(frame=a.frames[0], sha256=sha, size=len(data),
+                        name=f"shot_{a.frames[0]:04d}.png")]))
+        await node.expect(m.Ack)
+
+
+async def _ended(client, job_id: str) -> dict:
+    for _ in range(300):
+        done = await job(client, job_id)
+        if done["status"] not in ("active", "queued"):
+            return done
+        await asyncio.sleep(0.05)
+    return done
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs FFmpeg on the server")
+async def test_an_encode_whose_node_is_gone_for_good_is_encoded_by_the_server(
+        tmp_path: Path) -> None:
+    cfg = ServerConfig(data_dir=tmp_path / "d", grace_period=0.3)
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        node = FakeNode(str(client.make_url("")), ffmpeg="5.1.6")
+        await node.connect()
+        j = await submit(client, frames="1-2", video=True)
+        await _frames_done(node, 2)
+        assert (await node.expect(m.Assign)).kind == m.ENCODE
+        await node.close()  # and never comes back: no node is left that has FFmpeg
+        done = await _ended(client, j["id"])
+        assert done["status"] == "completed", done.get("error")
+        assert done["video_output"] == "shot.0001-0002.mp4"
+
+
+async def test_after_a_restart_a_ready_encode_waits_for_its_ffmpeg_node_to_come_back(
+        tmp_path: Path) -> None:
+    cfg = ServerConfig(data_dir=tmp_path / "d", grace_period=2.0)
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        encoder = FakeNode(str(client.make_url("")), name="encoder", ffmpeg="5.1.6")
+        await encoder.connect()
+        await encoder.close()  # known to the farm, away for now
+        plain = FakeNode(str(client.make_url("")), name="plain")
+        await plain.connect()
+        j = await submit(client, frames="1-2", video=True)
+        await _frames_done(plain, 2)
+        await plain.close()
+        await asyncio.sleep(0.1)
+        # the encode is ready, and the server has not taken it: its node may come back
+        assert (await job(client, j["id"]))["encode"] == "queued"
+    async with TestClient(TestServer(make_app(cfg))) as client:
+        encoder = FakeNode(str(client.make_url("")), name="encoder", ffmpeg="5.1.6",
+                           uid=encoder.uid)
+        await encoder.connect()
+        try:
+            encode = await encoder.expect(m.Assign)
+            assert encode.kind == m.ENCODE and len(encode.inputs) == 2
+            await encoder.finish(encode)
+            assert (await job(client, j["id"]))["status"] == "completed"
+        finally:
+            await encoder.close()
+
+
 async def test_a_video_of_exr_frames_is_refused_at_submit_with_what_to_do(farm) -> None:
     resp = await farm.put(f"/api/blobs/{SHA}", data=BLEND)
     assert resp.status in (200, 201)

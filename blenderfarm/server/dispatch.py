@@ -195,10 +195,33 @@ class DispatchMixin(FarmState):
 
     def ready_tasks(self, job: Job, tasks: list[Task]) -> None:
         """These tasks of ``job`` became ready (what they depend on is done): into the
-        queue, or, an encode no online node can run, to the server's own FFmpeg."""
+        queue, or, an encode no online node can run, to the server's own FFmpeg; but not
+        in the grace period after a start while a known node that could run it may still
+        come back (then :meth:`encode_orphans` looks again once it is over)."""
+        settling = time.time() - self.started < self.config.grace_period
         for task in tasks:
-            if task.kind == m.ENCODE and not any(
-                    kind_of(task).lacks(r) is None for r in self.online()):
+            if task.kind == m.ENCODE and not self._encodable(task) and not (
+                    settling and any(kind_of(task).lacks(r) is None
+                                     for r in self.nodes.values())):
                 self.encode_here(job, task)
             elif self.sched.has_job(job.id):
                 self.sched.push(job.id, task.id)
+
+    def _encodable(self, task: Task) -> bool:
+        """Whether an online node can run this encode (has FFmpeg)."""
+        return any(kind_of(task).lacks(r) is None for r in self.online())
+
+    def encode_orphans(self) -> None:
+        """Queued, ready encodes that no online node can run go to the server's FFmpeg:
+        looked for when the grace period after a start ends, and when a node is gone
+        for good (it may have been the last one with FFmpeg). Without this such a video
+        would wait for a node that may never come."""
+        for job in self.jobs.values():
+            if not job.spec.video or not self.sched.has_job(job.id):
+                continue
+            for task in (self.tasks[t] for t in reversed(job.task_ids)):  # compiled last
+                if task.kind == m.ENCODE:
+                    if task.status == "queued" and graph.ready(task) and \
+                            not self._encodable(task):
+                        self.encode_here(job, task)
+                    break

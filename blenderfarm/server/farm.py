@@ -106,6 +106,14 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
                 self._arm_grace(rec.uid)
         if requeued:
             self.journal.add(tasks=requeued)
+        # an encode the server ran itself was requeued above, or one became ready: once the
+        # nodes had their time to come back, whatever no node can encode, the server does
+        self._timers["encode-orphans"] = asyncio.get_running_loop().call_later(
+            self.config.grace_period, self._orphans_after_start)
+
+    def _orphans_after_start(self) -> None:
+        self._timers.pop("encode-orphans", None)
+        self.encode_orphans()
 
     async def stop(self) -> None:
         for encoding in list(self._encoding.values()):

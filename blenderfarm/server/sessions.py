@@ -196,6 +196,7 @@ class SessionsMixin(FarmState):
             log.warning("node %s (%s) gone for %.0fs: requeued %d task(s)", rec.name, uid,
                         self.config.grace_period, len(lost))
         self.commit(tasks=lost)
+        self.encode_orphans()
 
     def _prune_every_hour(self) -> None:
         self.prune_nodes()

@@ -112,6 +112,9 @@ class FarmState(abc.ABC):
     @abc.abstractmethod
     def ready_tasks(self, job: Job, tasks: list[Task]) -> None: ...
 
+    @abc.abstractmethod
+    def encode_orphans(self) -> None: ...
+
     # --- results (results.py) ------------------------------------------------------------------
     @abc.abstractmethod
     def fail_task(self, rec: NodeRecord, task: Task,
