@@ -44,6 +44,7 @@ BAT_PACKAGE = "blender_asset_tracer"
 #: What the add-on vendors of the farm's package: the client and what it imports.
 VENDORED = (
     "__init__.py",
+    "blendinfo.py",
     "protocol/__init__.py",
     "protocol/version.py",
     "protocol/frames.py",

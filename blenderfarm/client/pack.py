@@ -22,7 +22,6 @@ import os
 import pathlib
 import queue
 import shutil
-import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -31,14 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from blender_asset_tracer import blendfile, bpathlib, trace
 from blender_asset_tracer.blendfile import magic_compression
-from blender_asset_tracer.blendfile.exceptions import (
-    BlendFileError,
-    NoReaderImplemented,
-    SegmentationFault,
-)
 from blender_asset_tracer.pack import Aborted, AssetAction, Packer, filesystem, transfer
 from blender_asset_tracer.pack import progress as bat_progress
 
+from .. import blendinfo
+from ..blendinfo import IMTYPES, scene_resolution  # noqa: F401 (bf reads them from here)
 from ..protocol.blender_version import BlendVersionError, format_version, saved_version
 from ..protocol.hashing import sha256_file
 from ..protocol.jobspec import Overrides, validate_spec
@@ -63,6 +59,15 @@ class PackError(Exception):
         super().__init__(message)
         self.message = message
         self.path = os.fspath(path)
+
+
+@contextlib.contextmanager
+def _as_pack_error() -> Iterator[None]:
+    """blendinfo's refusals as this module's one error (bf and the add-on catch it)."""
+    try:
+        yield
+    except blendinfo.BlendReadError as exc:
+        raise PackError(exc.message, exc.path) from exc
 
 
 @dataclass
@@ -149,10 +154,8 @@ def pack_project(
 
 
 def _check_blend(blend_path: str | os.PathLike[str]) -> pathlib.Path:
-    blend = bpathlib.make_absolute(pathlib.Path(blend_path))
-    if not blend.is_file():
-        raise PackError(f"no such .blend file: {blend}", blend)
-    return blend
+    with _as_pack_error():
+        return blendinfo.check_blend(blend_path)
 
 
 def _is_inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
@@ -163,23 +166,14 @@ def _is_inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
     return True
 
 
-# What BAT's reader raises on damaged bytes: besides its own errors, whatever a bad
-# length or offset makes struct, bytes.decode or a list index raise on the way.
-_DAMAGED = (BlendFileError, SegmentationFault, NoReaderImplemented, struct.error, EOFError,
-            IndexError, KeyError, ValueError, AssertionError)
+_DAMAGED = blendinfo.DAMAGED
 
 
 @contextlib.contextmanager
 def _reading(blend: pathlib.Path) -> Iterator[None]:
     """Turn any failure to parse a .blend (or a library it links) into PackError."""
-    try:
+    with _as_pack_error(), blendinfo.reading(blend):
         yield
-    except PackError:
-        raise
-    except (*_DAMAGED, OSError) as exc:
-        path = getattr(exc, "filepath", None) or blend
-        detail = str(exc) if isinstance(exc, BlendFileError) else f"{type(exc).__name__}: {exc}"
-        raise PackError(f"not a readable .blend file ({detail})", path) from exc
 
 
 class _PromptTransfer(transfer.FileTransferer):
@@ -393,7 +387,7 @@ def hash_tree(
     return dict(sorted(digests.items())), dict(sorted(sizes.items()))
 
 
-# --- reading the scene without bpy ---------------------------------------------------------
+# --- reading the scene without bpy: blendinfo's, its errors as PackError ---------------------
 
 
 def scene_frame_range(
@@ -404,27 +398,8 @@ def scene_frame_range(
     Read with BAT's .blend reader, so no Blender is needed. Raises PackError for a
     missing or unreadable file or an unknown scene name.
     """
-    with _scene_block(blend_path, scene) as block:
-        return int(block.get((b"r", b"sfra"))), int(block.get((b"r", b"efra")))
-
-
-@contextlib.contextmanager
-def _scene_block(blend_path: str | os.PathLike[str], scene: str | None) -> Iterator[Any]:
-    """The scene's block (``scene``, or the file's active scene) while the file is open;
-    PackError for a missing or unreadable file or an unknown scene."""
-    blend = _check_blend(blend_path)
-    with _reading(blend), blendfile.BlendFile(blend) as bfile:
-        block = _find_scene(bfile, scene)
-        if block is None:
-            what = f"no scene named {scene!r}" if scene else "no scene"
-            raise PackError(f"{what} in {blend.name}", blend)
-        yield block
-
-
-#: Blender's R_IMF_IMTYPE_* numbers (DNA_scene_types.h) -> the format's RNA name
-IMTYPES = {0: "TARGA", 1: "IRIS", 4: "JPEG", 14: "TARGA_RAW", 15: "AVI_RAW", 16: "AVI_JPEG",
-           17: "PNG", 20: "BMP", 21: "HDR", 22: "TIFF", 23: "OPEN_EXR", 24: "FFMPEG",
-           26: "CINEON", 27: "DPX", 28: "OPEN_EXR_MULTILAYER", 30: "JPEG2000", 35: "WEBP"}
+    with _as_pack_error():
+        return blendinfo.scene_frame_range(blend_path, scene)
 
 
 def scene_output(
@@ -433,44 +408,8 @@ def scene_output(
     """The output path (``//render/shot_###``) and file format (``"PNG"``, ``"FFMPEG"``;
     None for one this reader does not know) of ``scene`` or the file's active scene,
     read like :func:`scene_frame_range`."""
-    with _scene_block(blend_path, scene) as block:
-        path = block.get((b"r", b"pic"), as_str=True)
-        imtype = block.get((b"r", b"im_format", b"imtype"))
-        return path, IMTYPES.get(int.from_bytes(imtype, "little") if isinstance(imtype, bytes)
-                                 else int(imtype))
-
-
-def scene_resolution(
-    blend_path: str | os.PathLike[str], scene: str | None = None,
-    percent: int | None = None
-) -> list[int] | None:
-    """The render size in pixels of ``scene`` or the file's active scene (its resolution
-    times its percentage, or ``percent`` where given, as Blender computes it); None
-    where this reader cannot tell."""
-    try:
-        with _scene_block(blend_path, scene) as block:
-            x, y = int(block.get((b"r", b"xsch"))), int(block.get((b"r", b"ysch")))
-            size = int(block.get((b"r", b"size")))
-    except (PackError, KeyError, TypeError, ValueError):
-        return None
-    size = percent or size
-    w, h = x * size // 100, y * size // 100
-    return [w, h] if w > 0 and h > 0 else None
-
-
-def _find_scene(bfile: blendfile.BlendFile, name: str | None) -> Any:
-    scenes = bfile.find_blocks_from_code(b"SC")
-    if name is not None:
-        for block in scenes:
-            # ID names carry a two-letter type prefix: b"SCScene".
-            if block.get((b"id", b"name"), as_str=True)[2:] == name:
-                return block
-        return None
-    for glob in bfile.find_blocks_from_code(b"GLOB"):
-        current = glob.get_pointer(b"curscene", default=None)
-        if current is not None:
-            return current
-    return scenes[0] if scenes else None
+    with _as_pack_error():
+        return blendinfo.scene_output(blend_path, scene)
 
 
 # --- the job spec and the upload -------------------------------------------------------------

@@ -24,6 +24,7 @@ from .blobs import BlobStore
 from .config import ServerConfig
 from .events import EVENTS, setup_events
 from .farm import Farm
+from .inspect import setup_inspect
 from .keys import FARM
 from .metrics import setup_metrics
 from .node_ws import node_socket
@@ -55,6 +56,7 @@ def make_app(config: ServerConfig) -> web.Application:
     app.add_routes(routes)
     app.router.add_get("/ws/node", node_socket)
     app.cleanup_ctx.append(_farm_ctx)
+    setup_inspect(app, config.max_inspects)
     app.cleanup_ctx.append(refresh_ctx)
     app.on_shutdown.append(_close_sockets)
     setup_events(app)

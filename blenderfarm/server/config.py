@@ -68,6 +68,16 @@ class ServerConfig:
     #: hosts or networks a job's own webhook may reach besides public addresses
     #: (``["hooks.studio.lan", "10.1.0.0/16"]``); the server-wide webhook_url goes anywhere
     webhook_allow: tuple[str, ...] = ()
+    #: seconds one reading of an uploaded .blend (POST /api/inspect) may take before it
+    #: is stopped and the file refused
+    inspect_timeout: float = 30.0
+    #: bytes of memory (address space) the process reading one .blend may use
+    inspect_memory: int = 2 * 1024**3
+    #: bytes the process reading one .blend may write: a compressed .blend is read
+    #: from a decompressed copy, and a crafted one could unpack without end
+    inspect_unpacked: int = 8 * 1024**3
+    #: .blend files read at once; more wait up to body_timeout for a turn, then get 503
+    max_inspects: int = 2
 
     @classmethod
     def load(cls, path: Path | None, overrides: dict[str, Any],
