@@ -13,7 +13,7 @@ called from a script or in ``blender -b``, where waiting is what the caller aske
 import os
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import EnumProperty, StringProperty
 from bpy.types import Operator
 
 from . import preferences, status, wording
@@ -187,6 +187,9 @@ class BLENDERFARM_OT_notify(Operator):
     bl_options = {"INTERNAL"}
 
     message: StringProperty()
+    #: INFO for good news (a job completed), WARNING for the rest
+    level: EnumProperty(items=(("WARNING", "Warning", ""), ("INFO", "Info", "")),
+                        default="WARNING")
 
     def invoke(self, context, event) -> set:
         self._timer = context.window_manager.event_timer_add(0.01, window=context.window)
@@ -199,7 +202,7 @@ class BLENDERFARM_OT_notify(Operator):
         context.window_manager.event_timer_remove(self._timer)
         # A warning, not an error: an error report would pop up under the mouse, in
         # the middle of whatever the artist is doing.
-        self.report({"WARNING"}, self.message)
+        self.report({self.level}, self.message)
         return {"FINISHED"}
 
 

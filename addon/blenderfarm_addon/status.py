@@ -5,6 +5,8 @@ One :class:`watcher.JobWatcher` follows the jobs of the open file (their ids are
 ``Scene.blenderfarm.jobs``). A ``bpy.app.timers`` function drains its queue within a
 time budget and copies each update into ``WindowManager.blenderfarm.jobs``, which the
 panel draws; a ``load_post`` handler points it at the jobs of a newly opened file.
+When a job it followed ends, the status bar says so (:mod:`endings` words it), even
+while the panel is out of sight.
 Unregistering stops the thread and removes the timer and the handler.
 
 The same timer asks the server for ``/api/info`` every ``PING_EVERY`` seconds in a
@@ -25,7 +27,7 @@ from typing import Any
 import bpy
 from bpy.app.handlers import persistent
 
-from . import preferences, wording
+from . import endings, preferences, wording
 from .properties import MAX_RECENT_JOBS
 from .vendor.blenderfarm.client.progress import format_duration, job_eta, job_fraction
 from .watcher import JobGone, JobUpdate, JobWatcher, WatchError
@@ -54,19 +56,20 @@ def set_message(context: Any, text: str, kind: str = "INFO") -> None:
     tag_redraw(context)
 
 
-def notify(context: Any, text: str) -> None:
-    """A sentence in the status bar from a timer (where no operator can report)."""
+def notify(context: Any, text: str, level: str = "WARNING") -> None:
+    """A sentence in the status bar from a timer (where no operator can report);
+    ``level`` INFO for good news."""
     wm = context.window_manager
     if bpy.app.background or not wm.windows:
-        print(f"Blenderfarm: {text}", flush=True)
+        print(text if text.startswith("Farm: ") else f"Blenderfarm: {text}", flush=True)
         return
     window = wm.windows[0]
     if hasattr(context, "temp_override"):  # Blender 3.2+
         with context.temp_override(window=window, screen=window.screen):
-            bpy.ops.blenderfarm.notify("INVOKE_DEFAULT", message=text)
+            bpy.ops.blenderfarm.notify("INVOKE_DEFAULT", message=text, level=level)
     else:
         bpy.ops.blenderfarm.notify({"window": window, "screen": window.screen},
-                                   "INVOKE_DEFAULT", message=text)
+                                   "INVOKE_DEFAULT", message=text, level=level)
 
 
 def tag_redraw(context: Any = None) -> None:
@@ -123,13 +126,13 @@ def apply_message(context: Any, message: Any) -> None:
         before = job_state(wm, str(message.job.get("id")))
         old_status = before.status if before is not None else ""
         apply_job(wm, message.job)
-        status = message.job.get("status")
-        if status == "failed" and old_status not in ("", "failed"):
-            error = job_state(wm, str(message.job.get("id"))).error
-            text = f"Job {message.job.get('name')!r} failed: " \
-                   f"{error or 'see its log in the dashboard.'}"
-            set_message(context, text, "ERROR")
-            notify(context, text)
+        # The status bar tells of a job that ended while followed, panel shown or not.
+        state = job_state(wm, str(message.job.get("id")))
+        text = endings.ending(old_status, message.job, state.error)
+        if text:
+            if state.status == "failed":
+                set_message(context, text, "ERROR")
+            notify(context, text, "INFO" if state.status == "completed" else "WARNING")
     elif isinstance(message, JobGone):
         apply_job(wm, {"id": message.job_id, "status": "deleted",
                        "error": "The farm no longer has this job."})

@@ -7,6 +7,7 @@ import { clearImages } from "./images.js";
 import { jobView } from "./job.js";
 import { jobsView } from "./jobs.js";
 import { nodesView } from "./nodes.js";
+import { setupNotify } from "./notify.js";
 import { signInView } from "./signin.js";
 import { applyEvent, invalidate, loadAll, loadPage, onRedraw, state } from "./state.js";
 
@@ -148,6 +149,7 @@ async function start() {
 
 whenUnauthorized(() => { if (state.signedIn) signOut("Your token was refused: sign in again."); });
 onRedraw(render);
+setupNotify();
 window.addEventListener("hashchange", onRoute);
 document.getElementById("signout").addEventListener("click", () => signOut(""));
 document.querySelector(".skip").addEventListener("click", (e) => {

@@ -30,6 +30,13 @@ export function onRedraw(fn) {
   redraw = fn;
 }
 
+let jobsSeen = () => {};
+
+/** Who hears of every job view the page gets: fn(jobs, whole), whole for a full list. */
+export function onJobsSeen(fn) {
+  jobsSeen = fn;
+}
+
 export function invalidate(now) {
   if (now) {
     cancelAnimationFrame(scheduled);
@@ -59,6 +66,7 @@ export async function loadAll() {
   const [jobs, nodes] = await Promise.all([api("/api/jobs"), api("/api/nodes")]);
   state.jobs = new Map(jobs.jobs.map((j) => [j.id, j]));
   state.nodes = new Map(nodes.nodes.map((n) => [n.id, n]));
+  jobsSeen(jobs.jobs, true);
   for (const [tid, p] of state.progress) {
     if (!state.jobs.has(p.job_id)) state.progress.delete(tid);
   }
@@ -126,6 +134,7 @@ export function applyEvent(ev) {
         ev.job.nodes = old.nodes;
       }
       state.jobs.set(ev.job.id, ev.job);
+      jobsSeen([ev.job], false);
       if (FINAL.includes(ev.job.status)) forgetProgress(ev.job.id);
       if (page && page.id === ev.job.id) debounce("tasks", 300, () => refreshPart("tasks"));
       break;
