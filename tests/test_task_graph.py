@@ -209,6 +209,43 @@ async def test_a_restart_keeps_the_graph_the_merge_comes_after_the_tiles_done_be
             await node.close()
 
 
+async def test_the_tiles_of_a_frame_go_to_one_blender_while_it_is_online(farm) -> None:
+    old, new = farm.node(name="old"), farm.node(name="new", blender="4.5.0")
+    await old.connect()
+    await new.connect()
+    await submit(farm, frames="1-2", tiles=2)
+    # each frame stays with the Blender its first tile went to
+    got = {n.name: sorted((a.frames[0], a.tile.index) for a in
+                          [await n.expect(m.Assign), await n.expect(m.Assign)])
+           for n in (old, new)}
+    assert got == {"old": [(1, 0), (1, 1)], "new": [(2, 0), (2, 1)]}
+
+
+async def test_a_frame_whose_tiles_came_from_two_blenders_renders_them_again_as_one(
+        farm) -> None:
+    old = farm.node(name="old")
+    await old.connect()
+    j = await submit(farm, tiles=2)
+    first, _ = await old.expect(m.Assign), await old.expect(m.Assign)
+    await old.finish(first)
+    await old.close()  # gone for good: its other tile goes back to the queue
+    new = farm.node(name="new", blender="4.5.0")
+    await new.connect()
+    second = await new.expect(m.Assign)  # no node of the frame's Blender is left
+    assert second.tile.index == 1
+    await new.finish(second)
+    # the tile from the other Blender renders again here, then the merge
+    again = await new.expect(m.Assign)
+    assert again.task_id == first.task_id
+    await new.finish(again)
+    merge = await new.expect(m.Assign)
+    assert merge.kind == m.MERGE
+    await new.finish(merge)
+    tasks = (await (await farm.get(f"/api/jobs/{j['id']}/tasks")).json())["tasks"]
+    assert [t["rendered_with"] for t in tasks[:2]] == ["4.5.0 CPU", "4.5.0 CPU"]
+    assert (await job(farm, j["id"]))["status"] == "completed"
+
+
 async def test_cancel_stops_a_graph_half_done_and_nothing_more_is_assigned(farm) -> None:
     node = farm.node()
     await node.connect()

@@ -15,7 +15,7 @@ import logging
 import time
 
 from ..protocol import messages as m
-from . import graph, slots
+from . import graph, slots, tilematch
 from .constraints import lacks, match
 from .kinds import kind_of
 from .models import TASK_HELD, Job, NodeRecord, Task
@@ -70,7 +70,7 @@ class DispatchMixin(FarmState):
         """The best queued task for one slot of ``rec``, taken off the queue, or None."""
         slot = rec.slot(slot_id)
         tid = self.sched.pick(lambda j: match(self.jobs[j], rec, slot) is not None,
-                              lambda t: self._may_take(rec, t))
+                              lambda t: self._may_take(rec, t, slot))
         return None if tid is None else self.tasks[tid]
 
     def make_room(self, job: Job) -> None:
@@ -114,12 +114,21 @@ class DispatchMixin(FarmState):
     def capable_nodes(self, job: Job) -> list[NodeRecord]:
         return [rec for rec in self.online() if self._may_run(rec, job.id)]
 
-    def _may_take(self, rec: NodeRecord, task_id: str) -> bool:
-        """Whether ``rec`` may take this task of a job it may run: its kind's needs (an
-        encode: FFmpeg), then the retry rule."""
+    def _may_take(self, rec: NodeRecord, task_id: str, slot: m.SlotCaps | None = None
+                  ) -> bool:
+        """Whether ``rec`` (its ``slot``, when one is asking) may take this task of a job
+        it may run: its kind's needs (an encode: FFmpeg), a tile's frame's render kind
+        (``tilematch``), then the retry rule."""
         task = self.tasks[task_id]
         if task.kind != m.RENDER and kind_of(task).lacks(rec) is not None:
             return False
+        if task.tile is not None and slot is not None:
+            job = self.jobs[task.job_id]
+            blender = match(job, rec, slot)
+            if blender is not None and not tilematch.fits(
+                    job, task, self.tasks, tilematch.render_kind(rec, slot, blender),
+                    self.online()):
+                return False
         return self._may_retry(rec, task_id)
 
     def _may_retry(self, rec: NodeRecord, task_id: str) -> bool:
@@ -136,6 +145,8 @@ class DispatchMixin(FarmState):
         blender = match(job, rec, rec.slot(slot_id))
         task.status, task.node, task.progress = "assigned", rec.uid, 0.0
         task.slot = slot_id
+        if task.tile is not None:
+            task.rendered_with = tilematch.render_kind(rec, rec.slot(slot_id), blender or 0)
         task.assigned = time.time()
         task.attempts += 1
         if rec.uid not in task.assignees:

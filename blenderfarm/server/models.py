@@ -51,7 +51,7 @@ class Task:
     __slots__ = ("id", "job_id", "index", "frames", "kind", "depends_on", "_status",
                  "attempts", "failures", "node", "assigned", "failed_nodes", "progress",
                  "started", "finished", "error", "log_tail", "assignees", "slot", "_counts",
-                 "tile", "parts", "pending")
+                 "tile", "parts", "pending", "rendered_with")
 
     def __init__(self, id: str, job_id: str, index: int, frames: list[int],
                  kind: str = m.RENDER, depends_on: list[str] | None = None,
@@ -61,7 +61,8 @@ class Task:
                  started: float | None = None, finished: float | None = None,
                  error: str | None = None, log_tail: str = "",
                  assignees: list[str] | None = None, tile: int | None = None,
-                 parts: list[dict[str, Any]] | None = None) -> None:
+                 parts: list[dict[str, Any]] | None = None,
+                 rendered_with: str | None = None) -> None:
         self.id, self.job_id, self.index, self.frames = id, job_id, index, frames
         self.kind = kind  # one of protocol.messages.TASK_KINDS (server/kinds.py)
         #: the tasks whose results it needs: it is ready when they are all done
@@ -71,6 +72,9 @@ class Task:
         #: what it made that is no output of the job but an input of a later task (a
         #: tile's file: OutputRef fields), kept on the task
         self.parts = parts if parts is not None else []
+        #: a tile: what its latest assign renders it with ("3.4.1 CPU": the Blender's
+        #: version and the slot's device kind; server/tilematch.py), else None
+        self.rendered_with = rendered_with
         #: how many of ``depends_on`` are not done (transient: graph.link makes it)
         self.pending = 0
         self._status = status
@@ -123,7 +127,7 @@ class Task:
                 "failed_nodes": self.failed_nodes, "progress": self.progress,
                 "started": self.started, "finished": self.finished, "error": self.error,
                 "log_tail": self.log_tail, "assignees": self.assignees,
-                "tile": self.tile, "parts": self.parts}
+                "tile": self.tile, "parts": self.parts, "rendered_with": self.rendered_with}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..protocol import messages as m
 from ..protocol.video import EncodeError, SceneVideo
-from . import graph
+from . import graph, tilematch
 from .compiler import tiles_of
 from .constraints import match
 from .encode import encode_on_server
@@ -156,7 +156,8 @@ class ResultsMixin(FarmState):
                 log.warning("task %s reported scene video settings that do not hold: %s",
                             task.id, exc)
         woken = graph.finished(job, task, self.tasks)
-        self.ready_tasks(job, woken)
+        again = self._unmix_tiles(job, woken)
+        self.ready_tasks(job, [t for t in woken if t.pending == 0])
         if job.all_done:
             job.status, job.finished = "completed", time.time()
             self.sched.remove_job(job.id)
@@ -164,7 +165,29 @@ class ResultsMixin(FarmState):
         session = self.sessions.get(rec.uid) if rec is not None else None
         # only this node's room changed, unless the task readied others (a merge, a video)
         offer: bool | list[Any] = True if woken else [session] if session else False
-        return self.commit(job, [task], [rec] if rec else [], ops, offer=offer)
+        return self.commit(job, [task, *again], [rec] if rec else [], ops,
+                           offer=offer or bool(again))
+
+    def _unmix_tiles(self, job: Job, woken: list[Task]) -> list[Task]:
+        """A merge just readied whose tiles are not of one render kind (``tilematch``)
+        waits: its tiles of another kind than the last done render again first."""
+        again: list[Task] = []
+        for merge in [t for t in woken if t.kind == m.MERGE]:
+            kind, stale = tilematch.mixed(merge, self.tasks)
+            if not stale:
+                continue
+            log.warning("job %s: %d tile(s) of frame %d came from %s, the others from %s: "
+                        "they render again so that the tiles meet without seams", job.id,
+                        len(stale), merge.frames[0],
+                        ", ".join(sorted({t.rendered_with or "?" for t in stale})), kind)
+            for tile in stale:
+                tile.status, tile.node, tile.progress = "queued", None, 0.0
+                tile.parts, tile.rendered_with = [], None
+                merge.pending += 1
+                if self.sched.has_job(job.id):
+                    self.sched.push(job.id, tile.id, front=True)
+            again.extend(stale)
+        return again
 
     def fail_task(self, rec: NodeRecord, task: Task, msg: m.TaskFailed) -> asyncio.Future[None]:
         job = self.jobs[task.job_id]
