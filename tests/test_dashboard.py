@@ -584,5 +584,19 @@ def test_docs_screenshots(farm_procs, page: Page, tmp_path: Path) -> None:
     expect(page.locator(".preview-box img")).to_be_visible(timeout=10_000)
     time.sleep(3)  # the running task's log fills in
     page.screenshot(path=str(out / "dashboard-job.png"))
+    # The New job page with the scene's folder picked, read by the farm, filled in.
+    page.goto(f"{server.url}/#/new")
+    page.set_input_files("#nj-folder", str(tmp_path / "scene"))
+    expect(page.locator("#nj-frames")).to_have_value("1-96", timeout=30_000)
+    expect(page.locator("[data-role=stage]")).to_have_text("Every file is on the farm.",
+                                                           timeout=30_000)
+    page.locator("#nj-name").fill("shot040_anim_v01")
+    page.locator("#nj-chunk").fill("4")
+    page.locator("#nj-user").fill("ada")
+    page.locator("#nj-user").blur()
+    box = page.locator("main .new-job").bounding_box()
+    assert box is not None
+    page.screenshot(path=str(out / "dashboard-new-job.png"),
+                    clip={"x": 0, "y": 0, "width": 1440, "height": box["y"] + box["height"] + 14})
     shutil.rmtree(tmp_path / "scene", ignore_errors=True)
 

@@ -1,4 +1,4 @@
-// The dashboard's entry point: sign-in, the hash router (#/jobs, #/jobs/<id>, #/nodes),
+// The dashboard's entry point: sign-in, the hash router (#/jobs, #/jobs/<id>, #/nodes, #/new),
 // the header and the live connection to /ws/events.
 
 import { api, eventsUrl, getToken, setToken, whenUnauthorized } from "./api.js";
@@ -9,6 +9,7 @@ import { jobsView } from "./jobs.js";
 import { nodesView } from "./nodes.js";
 import { setupNotify } from "./notify.js";
 import { signInView } from "./signin.js";
+import { newJobView } from "./submit.js";
 import { applyEvent, invalidate, loadAll, loadPage, onRedraw, state } from "./state.js";
 
 const main = document.getElementById("main");
@@ -19,7 +20,7 @@ let backlog = null; // events that arrive while the full state is being fetched
 function parseRoute() {
   const job = location.hash.match(/^#\/jobs\/([^/?]+)$/);
   if (job) return { name: "job", id: decodeURIComponent(job[1]) };
-  return { name: location.hash === "#/nodes" ? "nodes" : "jobs" };
+  return { name: { "#/nodes": "nodes", "#/new": "new" }[location.hash] || "jobs" };
 }
 
 function onRoute() {
@@ -35,7 +36,7 @@ function onRoute() {
 function render() {
   renderHeader();
   if (!state.signedIn) return;
-  const view = { job: jobView, nodes: nodesView }[state.route.name] || jobsView;
+  const view = { job: jobView, nodes: nodesView, new: newJobView }[state.route.name] || jobsView;
   mount(main, view());
 }
 
