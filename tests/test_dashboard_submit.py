@@ -448,12 +448,16 @@ def test_a_file_over_the_farms_size_limit_is_refused_in_one_sentence(
         project = copy_project(farm, tmp_path / "project")
         (project / "textures" / "huge.exr").write_bytes(os.urandom(3 << 20))
         open_new_job(page, server.url)
-        pick_folder(page, project)
-        expect(page.locator("[data-role=error]")).to_have_text(
-            f"The farm refused textures/huge.exr: blob larger than {2 << 20} bytes. "
-            "Nothing was submitted.", timeout=30_000)
+        pick_folder(page, project, main=None)
+        # said before anything is hashed or sent: the farm says its limit in /api/info
+        error = page.locator("[data-role=error]")
+        expect(error).to_contain_text("textures/huge.exr is ", timeout=30_000)
+        expect(error).to_contain_text("this farm takes in one file (its max_blob_size). "
+                                      "Nothing was submitted.")
         expect(page.locator("#nj-frames")).to_have_count(0)
         assert get_json(f"{server.url}/api/jobs")["jobs"] == []
+        blobs = tmp_path / "small" / "blobs"
+        assert not blobs.exists() or not any(p.is_file() for p in blobs.rglob("*"))
     finally:
         server.stop()
 

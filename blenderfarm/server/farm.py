@@ -317,4 +317,5 @@ class Farm(SessionsMixin, DispatchMixin, ResultsMixin):
         return {"nodes_online": len(self.sessions), "nodes_known": len(self.nodes),
                 "store": "ok" if failure is None else f"refusing writes: {failure}",
                 "tasks_queued": self.sched.queued,
+                "max_blob_size": self.config.max_blob_size,
                 "jobs_active": sum(1 for j in self.jobs.values() if j.status == "active")}

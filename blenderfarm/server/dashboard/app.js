@@ -141,6 +141,7 @@ async function start() {
     return;
   }
   state.authRequired = info.auth_required;
+  state.maxBlobSize = info.max_blob_size || null;  // the biggest file the farm takes
   state.you = info.you || null;
   state.stats = { ...state.stats, ...info };
   state.signedIn = true;

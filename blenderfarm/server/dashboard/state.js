@@ -12,6 +12,7 @@ export const state = {
   live: "connecting",    // connecting | live | offline
   signedIn: false,
   authRequired: false,
+  maxBlobSize: null,     // bytes: the biggest file the server takes (/api/info)
   you: null,             // who the token is and what it may do (/api/info's "you")
   page: null,            // the open job page: {id, tasks, outputs, missing, selected, log}
 };

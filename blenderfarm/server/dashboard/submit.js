@@ -51,6 +51,11 @@ async function begin(project) {
     return fail("There is no .blend file in what you picked: pick a .blend file or a folder "
       + "that holds one.");
   }
+  const huge = state.maxBlobSize && project.files.find((f) => f.file.size > state.maxBlobSize);
+  if (huge) {  // said before hashing or sending anything: the farm would refuse it
+    return fail(`${huge.rel} is ${bytes(huge.file.size)}, more than the ${bytes(state.maxBlobSize)} `
+      + "this farm takes in one file (its max_blob_size). Nothing was submitted.");
+  }
   s.project = project;
   s.main = project.main;
   const run = newRun();
