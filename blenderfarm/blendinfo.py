@@ -204,7 +204,7 @@ def blend_info(blend_path: str | os.PathLike[str]) -> dict[str, Any]:
 
         {"blender_saved": "3.4", "scene": "Scene", "scenes": [
             {"name", "frame_start", "frame_end", "frame_step", "fps", "resolution",
-             "resolution_percent", "engine", "samples", "output_path", "output_format",
+             "resolution_percent", "resolution_base", "engine", "samples", "output_path", "output_format",
              "cameras", "camera", "view_layers",
              "spec": {"output_pattern", "scene_format", "blender_saved", "resolution"}}]}
 
@@ -245,6 +245,8 @@ def describe_scene(block: Any, blender_saved: str | None) -> dict[str, Any]:
         "fps": r(fps),
         "resolution": resolution,
         "resolution_percent": r(lambda: int(block.get((b"r", b"size")))),
+        # at 100 %: what a resolution % override scales (as bf's scene_resolution does)
+        "resolution_base": r(lambda: _resolution(block, 100)),
         "engine": engine,
         "samples": r(lambda: _samples(block, engine)),
         "output_path": out_path,

@@ -463,7 +463,7 @@ def test_a_tiled_frame_fills_in_tile_by_tile_until_its_merge_and_tiles_count_per
         quick_server: ServerProc, page: Page) -> None:
     from blenderfarm.protocol.tiles import tile_name, tile_preview_name
     url = quick_server.url
-    node = ThreadNode(url, "tiler-01")
+    node = ThreadNode(url, "tiler-01", slots=[m.SlotCaps(id="0"), m.SlotCaps(id="1")])
     try:
         job_id = post_job(url, "tiled still", frames="1", tiles=2, resolution=[64, 48])
         first, second = (node.call(node.node.expect(m.Assign)) for _ in range(2))

@@ -227,7 +227,8 @@ class TestProject:
         alt, scene = answer["scenes"]
         assert scene == {
             "name": "Scene", "frame_start": 1, "frame_end": 3, "frame_step": 1, "fps": 24.0,
-            "resolution": [64, 64], "resolution_percent": 100, "engine": "CYCLES",
+            "resolution": [64, 64], "resolution_percent": 100,
+            "resolution_base": [64, 64], "engine": "CYCLES",
             "samples": 4, "output_path": "//render/frame_", "output_format": "PNG",
             "cameras": ["Camera"], "camera": "Camera", "view_layers": ["ViewLayer"],
             "spec": {"output_pattern": "frame_", "scene_format": "PNG",
@@ -236,6 +237,7 @@ class TestProject:
         assert (alt["frame_start"], alt["frame_end"], alt["frame_step"]) == (10, 40, 3)
         assert alt["fps"] == pytest.approx(30000 / 1001)
         assert alt["resolution"] == [960, 540] and alt["resolution_percent"] == 50
+        assert alt["resolution_base"] == [1920, 1080]  # what a % override scales
         assert alt["samples"] == 16 and alt["output_format"] == "JPEG"
         assert alt["cameras"] == ["AltCam", "SideCam"] and alt["camera"] == "SideCam"
         assert alt["view_layers"] == ["ViewLayer", "Second"]

@@ -29,6 +29,12 @@ SHA = hashlib.sha256(BLEND).hexdigest()
 VIDEO_INFO = {"video": {"fps": 25, "fps_base": 1.0, "width": 64, "height": 48}}
 
 
+def slots(n: int) -> list[m.SlotCaps]:
+    """``n`` CPU slots: a node that renders ``n`` tiles at once (a tile is never held
+    in advance, so a node of one slot has one tile at a time)."""
+    return [m.SlotCaps(id=str(i)) for i in range(n)]
+
+
 @pytest.fixture
 async def farm(tmp_path: Path):
     cfg = ServerConfig(data_dir=tmp_path / "data", grace_period=0.3, prefetch=3)
@@ -73,7 +79,7 @@ async def nothing_more(node: FakeNode, cls: type[m.Message] = m.Assign) -> None:
 
 
 async def test_a_frame_in_tiles_is_merged_once_every_tile_is_done(farm) -> None:
-    node = farm.node()
+    node = farm.node(slots=slots(4))
     await node.connect()
     j = await submit(farm, tiles=4)
     assert j["tasks_total"] == 5 and j["frames_total"] == 1 and j["tiles_total"] == 4
@@ -94,6 +100,22 @@ async def test_a_frame_in_tiles_is_merged_once_every_tile_is_done(farm) -> None:
     assert done["status"] == "completed" and done["frames_done"] == 1
     # the tiles are parts of the merge, not outputs of the job
     assert await outputs(farm, j["id"]) == ["shot_0001.png"]
+
+
+async def test_a_tile_is_never_held_ahead_so_a_node_that_comes_or_frees_takes_the_next(
+        farm) -> None:
+    first = farm.node(name="first")
+    await first.connect()
+    await submit(farm, tiles=3)
+    a = await first.expect(m.Assign)
+    await nothing_more(first)  # one at a time: a prefetched tile would wait on a busy node
+    second = farm.node(name="second")
+    await second.connect()
+    b = await second.expect(m.Assign)
+    await second.finish(b)  # the faster node takes the last tile
+    c = await second.expect(m.Assign)
+    assert {a.tile.index, b.tile.index, c.tile.index} == {0, 1, 2}
+    await nothing_more(first)
 
 
 async def test_the_video_is_encoded_after_every_frame_with_what_the_renders_reported(
@@ -132,7 +154,7 @@ async def test_a_node_without_ffmpeg_gets_no_encode(farm) -> None:
 
 
 async def test_requeue_all_runs_the_tiles_again_then_the_merge_after_them(farm) -> None:
-    node = farm.node()
+    node = farm.node(slots=slots(2))
     await node.connect()
     j = await submit(farm, tiles=2)
     for _ in range(2):
@@ -155,7 +177,7 @@ async def test_a_failed_tile_fails_the_job_and_requeue_failed_runs_it_and_its_me
         tmp_path: Path) -> None:
     cfg = ServerConfig(data_dir=tmp_path / "d", prefetch=3, max_attempts=1)
     async with TestClient(TestServer(make_app(cfg))) as client:
-        node = FakeNode(str(client.make_url("")))
+        node = FakeNode(str(client.make_url("")), slots=slots(2))
         await node.connect()
         try:
             j = await submit(client, tiles=2)
@@ -210,7 +232,8 @@ async def test_a_restart_keeps_the_graph_the_merge_comes_after_the_tiles_done_be
 
 
 async def test_the_tiles_of_a_frame_go_to_one_blender_while_it_is_online(farm) -> None:
-    old, new = farm.node(name="old"), farm.node(name="new", blender="4.5.0")
+    old = farm.node(name="old", slots=slots(2))
+    new = farm.node(name="new", blender="4.5.0", slots=slots(2))
     await old.connect()
     await new.connect()
     await submit(farm, frames="1-2", tiles=2)
@@ -223,7 +246,7 @@ async def test_the_tiles_of_a_frame_go_to_one_blender_while_it_is_online(farm) -
 
 async def test_a_frame_whose_tiles_came_from_two_blenders_renders_them_again_as_one(
         farm) -> None:
-    old = farm.node(name="old")
+    old = farm.node(name="old", slots=slots(2))
     await old.connect()
     j = await submit(farm, tiles=2)
     first, _ = await old.expect(m.Assign), await old.expect(m.Assign)
@@ -247,10 +270,10 @@ async def test_a_frame_whose_tiles_came_from_two_blenders_renders_them_again_as_
 
 
 async def test_cancel_stops_a_graph_half_done_and_nothing_more_is_assigned(farm) -> None:
-    node = farm.node()
+    node = farm.node(slots=slots(4))
     await node.connect()
     j = await submit(farm, frames="1-2", tiles=2)
-    held = [await node.expect(m.Assign) for _ in range(4)]  # its four tiles (prefetch 3)
+    held = [await node.expect(m.Assign) for _ in range(4)]  # its four tiles, a slot each
     assert all(a.kind == m.RENDER and a.tile is not None for a in held)
     await farm.post(f"/api/jobs/{j['id']}/cancel")
     for _ in held:
@@ -281,7 +304,7 @@ async def _tile_with_preview(node: FakeNode, a: m.Assign, preview: bytes,
 
 
 async def test_a_tiles_preview_is_served_where_it_lies_and_never_merged(farm) -> None:
-    node = farm.node()
+    node = farm.node(slots=slots(2))
     await node.connect()
     j = await submit(farm, tiles=2, resolution=[64, 48])
     first, second = await node.expect(m.Assign), await node.expect(m.Assign)

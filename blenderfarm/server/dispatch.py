@@ -53,7 +53,7 @@ class DispatchMixin(FarmState):
                 for slot, held in load.items():
                     if len(held) >= depth:
                         continue
-                    task = self._pick(rec, slot)
+                    task = self._pick(rec, slot, ahead=bool(held))
                     if task is not None:
                         assigned.append(self._assign(session, task, slot))
                         held.append(task)
@@ -66,11 +66,15 @@ class DispatchMixin(FarmState):
             self.journal.add(tasks=assigned)
             self.metrics.observe_dispatch(time.perf_counter() - started)
 
-    def _pick(self, rec: NodeRecord, slot_id: str) -> Task | None:
-        """The best queued task for one slot of ``rec``, taken off the queue, or None."""
+    def _pick(self, rec: NodeRecord, slot_id: str, ahead: bool = False) -> Task | None:
+        """The best queued task for one slot of ``rec``, taken off the queue, or None.
+        ``ahead``: the slot is busy and would hold it in advance (prefetch), which a tile
+        never is: a tile held ahead is a share of its frame one node is bound to while
+        another may sit idle, and its frame's merge waits for the slowest."""
         slot = rec.slot(slot_id)
         tid = self.sched.pick(lambda j: match(self.jobs[j], rec, slot) is not None,
-                              lambda t: self._may_take(rec, t, slot))
+                              lambda t: not (ahead and self.tasks[t].tile is not None)
+                              and self._may_take(rec, t, slot))
         return None if tid is None else self.tasks[tid]
 
     def make_room(self, job: Job) -> None:

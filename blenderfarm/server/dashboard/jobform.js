@@ -58,10 +58,11 @@ const int = (text) => (String(text).trim() === "" ? null : Number(String(text).t
 function resolution(scene, percentText) {
   const res = scene.spec && scene.spec.resolution;
   const pct = int(percentText);
-  const own = facts(scene).percent;
-  if (!res || pct === null || !own) return res || null;
-  // inspect gives the size after the scene's own percentage; go back to 100% first
-  return res.map((v) => Math.floor(Math.round((v * 100) / own) * pct / 100));
+  if (!res || pct === null) return res || null;
+  const base = scene.resolution_base;  // at 100 %: scaled as Blender scales it
+  if (base) return base.map((v) => Math.floor((v * pct) / 100));
+  const own = facts(scene).percent;  // a server from before resolution_base
+  return own ? res.map((v) => Math.floor(Math.round((v * 100) / own) * pct / 100)) : res;
 }
 
 /**
