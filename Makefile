@@ -65,7 +65,7 @@ demo: deps
 
 # Scale (simulated nodes against a real server), rendering (real Blender), end to
 # end through the bf command line (submit + wait), persistent data on a heavy scene and
-# a bpy-module node beside a Blender-executable node;
+# a bpy-module node beside a Blender-executable node, tiles and video, splitting a frame;
 # all write their figures to docs/benchmarks.md. Fails if a scale or end-to-end target
 # is missed.
 bench: deps
@@ -74,7 +74,8 @@ bench: deps
 	$(BIN)/python bench/e2e_bench.py --write docs/benchmarks.md || status=1; \
 	$(BIN)/python bench/persistent_bench.py --write docs/benchmarks.md || status=1; \
 	$(BIN)/python bench/node_kinds_bench.py --write docs/benchmarks.md || status=1; \
-	$(BIN)/python bench/tiles_bench.py --write docs/benchmarks.md || status=1; exit $$status
+	$(BIN)/python bench/tiles_bench.py --write docs/benchmarks.md || status=1; \
+	$(BIN)/python bench/split_bench.py --write docs/benchmarks.md || status=1; exit $$status
 
 clean:
 	rm -rf $(VENV) demo-data build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -171,7 +171,8 @@ def main() -> int:
     p.add_argument("--width", type=int, default=1920)
     p.add_argument("--height", type=int, default=1080)
     p.add_argument("--samples", type=int, default=64)
-    p.add_argument("--tiles", default="6", help="tiles of the still (a count or auto)")
+    p.add_argument("--tiles", default="auto", help="tiles of the still (a count, or auto: "
+                   "what the farm makes for its two slots)")
     p.add_argument("--video-frames", type=int, default=24)
     p.add_argument("--write", type=Path, help="put the figures in this markdown file")
     args = p.parse_args()

@@ -68,8 +68,8 @@ def test_grid_cells_are_close_to_square() -> None:
 
 def test_auto_tiles_gives_each_slot_several_and_no_tile_under_64_px() -> None:
     assert auto_tiles(1) == 1
-    assert auto_tiles(2, 1920, 1080) == 6
-    assert auto_tiles(4) == 12
+    assert auto_tiles(2, 1920, 1080) == 12
+    assert auto_tiles(4) == 24
     small = auto_tiles(10, 128, 128)  # at most 2x2 tiles of 64 px
     assert small == 4
     cols, rows = tile_grid(small, 128, 128)
@@ -145,7 +145,7 @@ def test_tiles_are_refused_past_the_task_bound_and_out_of_range() -> None:
 
 def test_auto_tiles_are_resolved_at_submit_and_one_tile_is_whole_frames() -> None:
     spec = _spec(tiles="auto", resolution=[1920, 1080])
-    assert resolve_tiles(spec, 2).tiles == 6
+    assert resolve_tiles(spec, 2).tiles == 12
     assert resolve_tiles(spec, 1).tiles is None
     assert resolve_tiles(_spec(tiles=1), 5).tiles is None
     assert tile_name("shot", -5, 3) == "shot.tile003.-5.exr"

@@ -1,8 +1,8 @@
-"""Tiles of a scene with Cycles denoising on, in PyPI's bpy 5.0 (OpenImageDenoise built
-in): the tiles render noisy with the Denoising Data passes, the merge denoises the whole
+"""Tiles of a scene with Cycles denoising on, in PyPI's bpy 4.5 and 5.0 (OpenImageDenoise
+built in), each test once per version: the tiles render noisy with the Denoising Data passes, the merge denoises the whole
 frame once, and the merged frame equals Cycles' own denoised full-frame render.
 
-One .blend made by bpy 5.0 holds a scene per case (64x48, glossy, glass and a checker
+One .blend made by that bpy holds a scene per case (64x48, glossy, glass and a checker
 floor so that 16 samples are visibly noisy, Cycles' default OpenImageDenoise settings).
 Each test drives ``Runner`` directly, as tests/test_tiles.py does: a direct render, its
 tiles, the merge, then an exact comparison of the decoded pixels (PNG scanlines, EXR
@@ -34,7 +34,7 @@ from test_tiles import (
 
 pytestmark = [pytest.mark.blender]
 
-# Runs in bpy 5.0: denoise.blend. "png8" is Filmic, dithered 8-bit PNG, 16 samples
+# Runs in bpy 4.5 or 5.0: denoise.blend. "png8" is Filmic, dithered 8-bit PNG, 16 samples
 # (a power of two), denoising on with Cycles' defaults (OpenImageDenoise, Accurate
 # prefilter, albedo and normal, quality High); the others are copies with one change.
 MAKE_SCENES = textwrap.dedent("""
@@ -95,7 +95,8 @@ MAKE_SCENES = textwrap.dedent("""
 
     def float_exr(scene):  # where an ulp off shows (8 bits would hide most)
         image = scene.render.image_settings
-        image.media_type = "IMAGE"
+        if hasattr(image, "media_type"):  # Blender 5: a format's kind comes first
+            image.media_type = "IMAGE"
         image.file_format, image.color_depth, image.exr_codec = "OPEN_EXR", "32", "ZIP"
         return scene
 
@@ -111,39 +112,56 @@ MAKE_SCENES = textwrap.dedent("""
     # (the scene stores its Denoising Data passes itself)
     comp = float_exr(variant("comp"))
     comp.view_layers[0].cycles.denoising_store_passes = True
-    group = bpy.data.node_groups.new("grade", "CompositorNodeTree")
-    group.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    if hasattr(comp, "compositing_node_group"):  # Blender 5: a node group of its own
+        group = bpy.data.node_groups.new("grade", "CompositorNodeTree")
+        group.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        mix = group.nodes.new("ShaderNodeMix")
+        mix.data_type = "RGBA"
+        mix.inputs["Factor"].default_value = 0.25
+        output = group.nodes.new("NodeGroupOutput").inputs["Image"]
+        sockets = {socket.identifier: socket for socket in [*mix.inputs, *mix.outputs]}
+        a, b, result = sockets["A_Color"], sockets["B_Color"], sockets["Result_Color"]
+        comp.compositing_node_group = group
+    else:  # Blender 4.x: the scene's own tree, ending in a Composite node
+        comp.use_nodes = True
+        group = comp.node_tree
+        group.nodes.clear()
+        mix = group.nodes.new("CompositorNodeMixRGB")
+        mix.inputs["Fac"].default_value = 0.25
+        output = group.nodes.new("CompositorNodeComposite").inputs["Image"]
+        a, b, result = mix.inputs[1], mix.inputs[2], mix.outputs["Image"]
     layers = group.nodes.new("CompositorNodeRLayers")
     layers.scene = comp
     grade = group.nodes.new("CompositorNodeBrightContrast")
     grade.inputs["Contrast"].default_value = 30.0
-    mix = group.nodes.new("ShaderNodeMix")
-    mix.data_type = "RGBA"
-    mix.inputs["Factor"].default_value = 0.25
-    output = group.nodes.new("NodeGroupOutput")
     group.links.new(layers.outputs["Image"], grade.inputs["Image"])
-    sockets = {socket.identifier: socket for socket in [*mix.inputs, *mix.outputs]}
-    group.links.new(grade.outputs["Image"], sockets["A_Color"])
-    group.links.new(layers.outputs["Noisy Image"], sockets["B_Color"])
-    group.links.new(sockets["Result_Color"], output.inputs["Image"])
-    comp.compositing_node_group = group
+    group.links.new(grade.outputs["Image"], a)
+    group.links.new(layers.outputs["Noisy Image"], b)
+    group.links.new(result, output)
     bpy.ops.wm.save_as_mainfile(filepath=out + "/denoise.blend")
 """)
 
 
+@pytest.fixture(scope="module", params=["4.5", "5.0"])
+def bpy_python(request: pytest.FixtureRequest) -> str:
+    """The python of one bpy venv: every test runs in Blender 4.5 and in 5.0."""
+    fixture = {"4.5": "bpy45_python", "5.0": "bpy50_python"}[request.param]
+    return str(request.getfixturevalue(fixture))
+
+
 @pytest.fixture(scope="module")
-def blend(bpy50_python: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def blend(bpy_python: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("denoisescenes")
-    proc = subprocess.run([bpy50_python, "-c", MAKE_SCENES, "--", str(out)],
+    proc = subprocess.run([bpy_python, "-c", MAKE_SCENES, "--", str(out)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return out / "denoise.blend"
 
 
 @pytest.fixture
-async def runner(bpy50_python: str, blend: Path, tmp_path: Path):
-    """A bpy 5.0 runner on denoise.blend, stopped in teardown."""
-    started = await Runner.start(bpy50_python, str(blend), cwd=str(blend.parent),
+async def runner(bpy_python: str, blend: Path, tmp_path: Path):
+    """A bpy runner on denoise.blend, stopped in teardown."""
+    started = await Runner.start(bpy_python, str(blend), cwd=str(blend.parent),
                                  log_path=str(tmp_path / "bpy.log"), kind="module")
     assert started.hello["oidn"] is True
     yield started
@@ -187,6 +205,20 @@ async def test_a_denoised_scenes_tiles_merge_to_cycles_own_denoised_frame(
         assert png_pixels(noisy_path) != png_pixels(merged)
     else:
         assert floats(noisy_path)["R"] != floats(merged)["R"]
+
+
+@pytest.mark.parametrize("scene", ["png8", "exr"])
+async def test_tiles_without_denoising_merge_to_the_frame_in_either_blender(
+        runner: Runner, tmp_path: Path, scene: str) -> None:
+    # the merge's own compositor differs between Blender 4.5 and 5 (a Composite node
+    # without an Alpha input, a node group): plain tiles go through it too
+    off = {"denoise": False}
+    [(_, direct)] = await runner.render("direct", [1], scene=scene, overrides=off,
+                                        output_dir=str(tmp_path / "direct"),
+                                        output_name="shot", on_event=lambda e: None)
+    tiles = await render_tiles(runner, scene, 2, 2, tmp_path / "tiles", overrides=off)
+    assert_same_pixels(await merge(runner, scene, tiles, tmp_path / "merged", overrides=off),
+                       direct)
 
 
 async def test_a_sample_count_not_a_power_of_two_denoises_within_float_rounding(

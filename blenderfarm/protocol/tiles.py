@@ -22,8 +22,11 @@ MAX_TILES = 256
 #: ``tiles: "auto"`` makes no tile smaller than this many pixels a side, where the
 #: resolution is known
 MIN_TILE = 64
-#: ``auto`` gives every online slot this many tiles of a frame (a fast node takes more)
-AUTO_PER_SLOT = 3
+#: ``auto`` gives every online slot this many tiles of a frame (a fast node takes more):
+#: the frame ends with its last tile, so the smaller they are the less a node waits for
+#: another's (bench/tiles_bench.py: 2 one-thread nodes gained 1.78x with 3 each, 1.89x
+#: with 6, of the 1.97x two renders at once gain on that machine)
+AUTO_PER_SLOT = 6
 
 
 def tile_grid(count: int, width: int | None = None, height: int | None = None

@@ -774,7 +774,7 @@ def _merge_compositor(copy, image):
     made for it (Blender 5), to remove afterwards, or None."""
     if hasattr(copy, "compositing_node_group"):
         # Blender 5: the compositor is a node group whose Group Output is the result
-        # (the colour carries its alpha). Not yet tested on a Blender 5.
+        # (the colour carries its alpha).
         group = bpy.data.node_groups.new(MERGE_SCENE, "CompositorNodeTree")
         group.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
         source = group.nodes.new("CompositorNodeImage")
@@ -790,7 +790,8 @@ def _merge_compositor(copy, image):
     source.image = image
     target = tree.nodes.new("CompositorNodeComposite")
     tree.links.new(source.outputs["Image"], target.inputs["Image"])
-    tree.links.new(source.outputs["Alpha"], target.inputs["Alpha"])
+    if "Alpha" in target.inputs:  # up to Blender 4.4; from 4.5 the colour carries it
+        tree.links.new(source.outputs["Alpha"], target.inputs["Alpha"])
     return None
 
 
