@@ -99,20 +99,21 @@ def live(tmp_path_factory) -> Iterator[Live]:
         farm.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+@contextlib.contextmanager
+def chromium(*args: str) -> Iterator[Browser]:
+    """Debian's Chromium, headless, with ``args`` besides the usual ones."""
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *args])
         try:
             yield b
         finally:
             b.close()
 
 
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser profile per test; any script error on the page fails the test."""
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
+@contextlib.contextmanager
+def checked_page(browser: Browser, height: int = 900) -> Iterator[Page]:
+    """A fresh browser profile; any script error on the page fails the test."""
+    context = browser.new_context(viewport={"width": 1440, "height": height})
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -122,6 +123,18 @@ def page(browser: Browser) -> Iterator[Page]:
     finally:
         context.close()
     assert not errors, f"errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    with checked_page(browser) as pg:
+        yield pg
 
 
 def test_a_job_renders_live_and_its_frames_show(live: Live, page: Page) -> None:

@@ -28,10 +28,10 @@ import pytest
 from blenderfarm.server import tokens
 from procs import NodeProc, ServerProc, free_port, get_json, nodes_online, wait_for
 from scenes import make_scene, read_rgba, render_frames, textured_colors
-from test_dashboard import CHROMIUM, CHROMIUM_ARGS, pytestmark  # noqa: F401 - the same skips
+from test_dashboard import checked_page, chromium, pytestmark  # noqa: F401 - the same skips
 
 with contextlib.suppress(ImportError):  # pytestmark skips the tests without it
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Page, expect
 
 INSECURE_HOST = "farm.test"
 
@@ -80,28 +80,14 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            *CHROMIUM_ARGS, f"--host-resolver-rules=MAP {INSECURE_HOST} 127.0.0.1"])
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium(f"--host-resolver-rules=MAP {INSECURE_HOST} 127.0.0.1") as b:
+        yield b
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    """A fresh profile per test; any script error on the page fails the test."""
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.on("dialog", lambda dialog: dialog.accept())
-    try:
+    with checked_page(browser, height=1000) as pg:
         yield pg
-    finally:
-        context.close()
-    assert not errors, f"errors on the page: {errors}"
 
 
 def open_new_job(page: Page, base: str) -> None:

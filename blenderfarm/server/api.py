@@ -190,20 +190,31 @@ async def blob_put(request: web.Request) -> web.Response:
         return web.json_response({"sha256": sha, "size": size})
     config = request.app[FARM].config
     slots = request.app[UPLOAD_SLOTS]
-    try:  # a slot is a temp file and a socket; when all are taken, wait a while
-        async with asyncio.timeout(config.body_timeout):
-            await slots.acquire()
-    except TimeoutError:
-        resp = error_response(503, "busy", f"{config.max_uploads} uploads are running; "
-                              "try again shortly")
-        resp.headers["Retry-After"] = "5"
-        return resp
+    # a slot is a temp file and a socket; when all are taken, wait a while
+    busy = await take_slot(slots, config.body_timeout, f"{config.max_uploads} uploads are "
+                           "running; try again shortly")
+    if busy is not None:
+        return busy
     try:
         size = await blobs.write(sha, _body_chunks(request, config.body_timeout))
     finally:
         slots.release()
     request.app[FARM].metrics.add_uploaded_bytes(size)
     return web.json_response({"sha256": sha, "size": size}, status=201)
+
+
+async def take_slot(slots: asyncio.Semaphore, timeout: float, busy: str
+                    ) -> web.Response | None:
+    """Take one of ``slots`` (None), or, when none frees within ``timeout`` seconds, the
+    503 to answer (``busy`` says why, Retry-After when to ask again)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await slots.acquire()
+    except TimeoutError:
+        resp = error_response(503, "busy", busy)
+        resp.headers["Retry-After"] = "5"
+        return resp
+    return None
 
 
 async def _body_chunks(request: web.Request, timeout: float) -> AsyncIterator[bytes]:

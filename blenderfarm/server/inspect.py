@@ -35,8 +35,8 @@ from aiohttp import web
 
 from ..protocol.jobspec import SpecError, validate_manifest
 from ..protocol.paths import PathError, normalize_relpath
-from .api import read_json
-from .errors import FarmError, error_response
+from .api import read_json, take_slot
+from .errors import FarmError
 from .keys import FARM
 
 if TYPE_CHECKING:
@@ -88,14 +88,11 @@ async def inspect(request: web.Request) -> web.Response:
                         data={"missing": missing[:1000]})
     config = farm.config
     slots = request.app[INSPECT_SLOTS]
-    try:  # each is a process of up to inspect_memory; when all run, wait a while
-        async with asyncio.timeout(config.body_timeout):
-            await slots.acquire()
-    except TimeoutError:
-        resp = error_response(503, "busy", f"{config.max_inspects} .blend files are being "
-                              "read; try again shortly")
-        resp.headers["Retry-After"] = "5"
-        return resp
+    # each is a process of up to inspect_memory; when all run, wait a while
+    busy = await take_slot(slots, config.body_timeout, f"{config.max_inspects} .blend files "
+                           "are being read; try again shortly")
+    if busy is not None:
+        return busy
     try:
         info = await run_worker(farm, blend, manifest)
     except Refused as exc:
