@@ -505,6 +505,7 @@ def test_a_tiled_frame_fills_in_tile_by_tile_until_its_merge_and_tiles_count_per
         # merged: the frame itself takes the tiles' place
         expect(page.locator(".preview h2")).to_have_text("Latest frame", timeout=10_000)
         expect(page.locator(".mosaic")).to_have_count(0)
+        expect(page.locator("dt:text-is('Tiles by node') + dd")).to_have_text("tiler-01 2")
         page.goto(f"{url}/#/nodes")
         row = page.locator("tr", has_text="tiler-01")
         expect(row.locator("[data-role=tiles-rendered]")).to_have_text("2 tiles",

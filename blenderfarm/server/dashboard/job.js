@@ -21,7 +21,7 @@ export function jobView() {
     summary(job, page.tasks, now),
     h("div", { class: "job-columns" },
       previewPanel(job, page),
-      detailsPanel(job)),
+      detailsPanel(job, page.tasks)),
     videoPanel(job, page),
     stripPanel(job, page),
     frameGrid(job, page),
@@ -221,7 +221,20 @@ function previewPanel(job, page) {
       : h("div", { class: "preview-box empty-frame" }, "No finished frame yet"));
 }
 
-function detailsPanel(job) {
+/** "render-01 7, render-02 5": the job's tiles done, by the node that rendered them
+ *  (of the tasks on the page), busiest first. */
+function tilesByNode(tasks) {
+  const counts = new Map();
+  for (const t of tasks) {
+    if (t.tile !== null && t.tile !== undefined && t.status === "done" && t.node) {
+      counts.set(t.node, (counts.get(t.node) || 0) + 1);
+    }
+  }
+  return [...counts].sort((a, b) => b[1] - a[1] || nodeName(a[0]).localeCompare(nodeName(b[0])))
+    .map(([id, n]) => `${nodeName(id)} ${n}`).join(", ");
+}
+
+function detailsPanel(job, tasks) {
   const o = job.overrides || {};
   const overrides = Object.entries(o).filter(([, v]) => v !== null && v !== undefined)
     .map(([k, v]) => `${k}=${v}`).join(", ") || "none";
@@ -242,6 +255,8 @@ function detailsPanel(job) {
   if (job.needs_oidn) rows.push(["Denoise", "needs a node with OpenImageDenoise"]);
   if (job.needs_opengl) rows.push(["OpenGL", "needs a node that can render Eevee and Workbench"]);
   if ((job.tags || []).length) rows.push(["Tags", `needs a node with ${job.tags.join(", ")}`]);
+  const byNode = job.tiles_total ? tilesByNode(tasks) : "";
+  if (byNode) rows.push(["Tiles by node", byNode]);
   if (job.nodes) rows.push(["Can run on", canRunOn(job.nodes)]);
   // why no node takes it (the server's waiting_reason), first: it is what to act on
   if (job.waiting) rows.unshift(["Waiting", job.waiting]);
