@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 
 from ..protocol import messages as m
 from . import graph, slots, tilematch
@@ -72,9 +73,10 @@ class DispatchMixin(FarmState):
         never is: a tile held ahead is a share of its frame one node is bound to while
         another may sit idle, and its frame's merge waits for the slowest."""
         slot = rec.slot(slot_id)
+        fit = tilematch.Fit(rec, slot, self.tasks, self.online())  # one pick's answers
         tid = self.sched.pick(lambda j: match(self.jobs[j], rec, slot) is not None,
                               lambda t: not (ahead and self.tasks[t].tile is not None)
-                              and self._may_take(rec, t, slot))
+                              and self._may_take(rec, t, fit))
         return None if tid is None else self.tasks[tid]
 
     def make_room(self, job: Job) -> None:
@@ -118,21 +120,16 @@ class DispatchMixin(FarmState):
     def capable_nodes(self, job: Job) -> list[NodeRecord]:
         return [rec for rec in self.online() if self._may_run(rec, job.id)]
 
-    def _may_take(self, rec: NodeRecord, task_id: str, slot: m.SlotCaps | None = None
+    def _may_take(self, rec: NodeRecord, task_id: str, fit: tilematch.Fit | None = None
                   ) -> bool:
-        """Whether ``rec`` (its ``slot``, when one is asking) may take this task of a job
-        it may run: its kind's needs (an encode: FFmpeg), a tile's frame's render kind
-        (``tilematch``), then the retry rule."""
+        """Whether ``rec`` (its slot that ``fit`` asks for, when one is asking) may take
+        this task of a job it may run: its kind's needs (an encode: FFmpeg), a tile's
+        frame's render kind (``tilematch``), then the retry rule."""
         task = self.tasks[task_id]
         if task.kind != m.RENDER and kind_of(task).lacks(rec) is not None:
             return False
-        if task.tile is not None and slot is not None:
-            job = self.jobs[task.job_id]
-            blender = match(job, rec, slot)
-            if blender is not None and not tilematch.fits(
-                    job, task, self.tasks, tilematch.render_kind(rec, slot, blender),
-                    self.online()):
-                return False
+        if task.tile is not None and fit is not None and not fit(self.jobs[task.job_id], task):
+            return False
         return self._may_retry(rec, task_id)
 
     def _may_retry(self, rec: NodeRecord, task_id: str) -> bool:
@@ -216,15 +213,16 @@ class DispatchMixin(FarmState):
         settling = time.time() - self.started < self.config.grace_period
         for task in tasks:
             if task.kind == m.ENCODE and not self._encodable(task) and not (
-                    settling and any(kind_of(task).lacks(r) is None
-                                     for r in self.nodes.values())):
+                    settling and self._encodable(task, self.nodes.values())):
                 self.encode_here(job, task)
             elif self.sched.has_job(job.id):
                 self.sched.push(job.id, task.id)
 
-    def _encodable(self, task: Task) -> bool:
-        """Whether an online node can run this encode (has FFmpeg)."""
-        return any(kind_of(task).lacks(r) is None for r in self.online())
+    def _encodable(self, task: Task, nodes: Iterable[NodeRecord] | None = None) -> bool:
+        """Whether one of ``nodes`` (default: the online ones) can run this encode (has
+        FFmpeg)."""
+        return any(kind_of(task).lacks(r) is None
+                   for r in (self.online() if nodes is None else nodes))
 
     def encode_orphans(self) -> None:
         """Queued, ready encodes that no online node can run go to the server's FFmpeg:

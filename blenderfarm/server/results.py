@@ -181,11 +181,9 @@ class ResultsMixin(FarmState):
                         len(stale), merge.frames[0],
                         ", ".join(sorted({t.rendered_with or "?" for t in stale})), kind)
             for tile in stale:
-                tile.status, tile.node, tile.progress = "queued", None, 0.0
+                self.requeue_task(tile)
                 tile.parts, tile.rendered_with = [], None
                 merge.pending += 1
-                if self.sched.has_job(job.id):
-                    self.sched.push(job.id, tile.id, front=True)
             again.extend(stale)
         return again
 

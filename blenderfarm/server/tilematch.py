@@ -15,8 +15,6 @@ Pure: no I/O, no farm; the callers hand in the job, its tasks and the online nod
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from ..protocol import messages as m
 from .constraints import match
 from .models import TASK_HELD, Job, NodeRecord, Task
@@ -46,22 +44,35 @@ def frame_kind(job: Job, task: Task, tasks: dict[str, Task]) -> str | None:
     return latest.rendered_with if latest is not None else None
 
 
-def fits(job: Job, task: Task, tasks: dict[str, Task], mine: str,
-         online: Iterable[NodeRecord]) -> bool:
-    """Whether a slot rendering ``mine`` may take tile ``task``: its frame has no
-    kind yet, or is of this kind, or no online slot of the frame's kind can take the
-    job (a frame is never left waiting for a kind the farm no longer has)."""
-    want = frame_kind(job, task, tasks)
-    if want is None or want == mine:
-        return True
-    for rec in online:
-        if rec.drained or rec.disabled:
-            continue
-        for slot in rec.slots:
-            blender = match(job, rec, slot)
-            if blender is not None and render_kind(rec, slot, blender) == want:
-                return False
-    return True
+class Fit:
+    """For one slot asking for work: ``fit(job, tile)``, whether the slot may take the
+    tile, i.e. its frame has no kind yet, or is of the slot's kind, or no online slot of
+    the frame's kind can take the job (a frame is never left waiting for a kind the
+    farm no longer has). The slot's kind per job and the farm's answer per job and kind
+    are worked out once for all the tiles one pick looks at."""
+
+    def __init__(self, rec: NodeRecord, slot: m.SlotCaps, tasks: dict[str, Task],
+                 online: list[NodeRecord]) -> None:
+        self.rec, self.slot, self.tasks, self.online = rec, slot, tasks, online
+        self._mine: dict[str, str | None] = {}
+        self._reachable: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, job: Job, task: Task) -> bool:
+        if job.id not in self._mine:
+            blender = match(job, self.rec, self.slot)
+            self._mine[job.id] = None if blender is None else \
+                render_kind(self.rec, self.slot, blender)
+        mine = self._mine[job.id]
+        want = frame_kind(job, task, self.tasks)
+        if mine is None or want is None or want == mine:
+            return True
+        key = (job.id, want)
+        if key not in self._reachable:
+            self._reachable[key] = any(
+                blender is not None and render_kind(rec, slot, blender) == want
+                for rec in self.online if not (rec.drained or rec.disabled)
+                for slot in rec.slots for blender in (match(job, rec, slot),))
+        return not self._reachable[key]
 
 
 def mixed(merge: Task, tasks: dict[str, Task]) -> tuple[str | None, list[Task]]:
