@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,29 @@ def bin_path(name: str) -> str:
 def get_json(url: str, timeout: float = 5) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
+
+
+def post_json(url: str, body: Any, token: str | None = None, timeout: float = 60
+              ) -> tuple[int, Any]:
+    """POST ``body`` as JSON (with a bearer ``token``); the status and the JSON answer,
+    an error's included."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def post_ok(url: str, body: Any, token: str | None = None, timeout: float = 60) -> Any:
+    """:func:`post_json` that must succeed: its answer."""
+    status, answer = post_json(url, body, token, timeout)
+    assert status < 400, (status, answer)
+    return answer
 
 
 class Proc:

@@ -37,8 +37,8 @@ try:
 except ImportError:  # pragma: no cover - make test installs it
     sync_playwright = None  # type: ignore[assignment]
 
-pytestmark = [
-    *needs_blender,
+#: what every browser test needs (the modules of tests with a real node add needs_blender)
+BROWSER_MARKS = [
     pytest.mark.skipif(sync_playwright is None, reason="the playwright package is not installed "
                        "(make test installs it)"),
     pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no Chromium at {CHROMIUM} "
@@ -48,6 +48,7 @@ pytestmark = [
     # runs in a subprocess here, which the guard never watches anyway.
     pytest.mark.blocking_ok("Playwright's sync API runs a loop in the test's thread"),
 ]
+pytestmark = [*needs_blender, *BROWSER_MARKS]
 SCREENSHOTS = os.environ.get("BLENDERFARM_SCREENSHOTS")
 
 

@@ -9,7 +9,6 @@ click). Chromium gets the "notifications" permission where a test says so.
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,15 +17,14 @@ import pytest
 
 from blenderfarm.protocol import messages as m
 from blenderfarm.server import tokens
-from procs import ServerProc, free_port, get_json, wait_for
+from procs import ServerProc, free_port, get_json, post_ok, wait_for
 from test_dashboard import (  # noqa: F401 - fixtures
     BLOB,
-    CHROMIUM,
+    BROWSER_MARKS,
     ThreadNode,
     browser,
     post_job,
     quick_server,
-    sync_playwright,
 )
 
 try:
@@ -34,13 +32,7 @@ try:
 except ImportError:  # pragma: no cover - make test installs it; the module skips
     expect = None
 
-pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="the playwright package is not installed "
-                       "(make test installs it)"),
-    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no Chromium at {CHROMIUM} "
-                       "(apt-get install chromium; make test installs it)"),
-    pytest.mark.blocking_ok("Playwright's sync API runs a loop in the test's thread"),
-]
+pytestmark = BROWSER_MARKS
 
 # Before the dashboard's own scripts: every notification is kept, and can be clicked.
 RECORD = """
@@ -95,16 +87,6 @@ def submitted_here(page: Page, job_id: str) -> None:
     }""", job_id)
 
 
-def post(url: str, path: str, body: dict, token: str | None = None) -> dict:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
-                                 headers=headers)
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return dict(json.loads(resp.read()))
-
-
 def status(url: str, job_id: str) -> str:
     return str(get_json(f"{url}/api/jobs/{job_id}")["job"]["status"])
 
@@ -144,7 +126,7 @@ def test_a_job_submitted_here_notifies_once_when_it_ends_and_opens_its_page(
                                    f"JSON.stringify([{json.dumps(before)}]));")
         turn_on(page)
         # a job that ended before the page loaded, even if news of it comes later
-        post(url, f"/api/jobs/{before}/priority", {"priority": 70})
+        post_ok(url + f"/api/jobs/{before}/priority", {"priority": 70})
         expect(page.locator(f'tr[data-job-id="{before}"] td.num')).to_have_text("70")
 
         theirs = post_job(url, "someone else's", frames="1")
@@ -172,11 +154,11 @@ def test_a_job_submitted_here_notifies_once_when_it_ends_and_opens_its_page(
         assert failed["body"].endswith("Blender crashed (SIGSEGV)."), failed
 
         # Its end again (a priority change sends the job once more): not told twice.
-        post(url, f"/api/jobs/{mine}/priority", {"priority": 90})
+        post_ok(url + f"/api/jobs/{mine}/priority", {"priority": 90})
         expect(page.locator(f'tr[data-job-id="{mine}"] td.num')).to_have_text("90")
         assert len(page.evaluate(NOTES)) == 2
         # Rendered again and failed again: the submitter heard of this job already.
-        post(url, f"/api/jobs/{broken}/requeue", {"which": "failed"})
+        post_ok(url + f"/api/jobs/{broken}/requeue", {"which": "failed"})
         expect(page.locator(f'tr[data-job-id="{broken}"] .badge')).not_to_have_text("failed")
         task = assign_of(node, broken)
         node.call(node.node.send(m.TaskFailed(task_id=task.task_id, retryable=False,
@@ -194,7 +176,7 @@ def test_a_job_submitted_here_notifies_once_when_it_ends_and_opens_its_page(
         page.reload()
         expect(page.locator("#live")).to_have_text("live", timeout=10_000)
         expect(page.locator("#notify")).to_have_text("Notifying")  # remembered
-        post(url, f"/api/jobs/{broken}/priority", {"priority": 60})
+        post_ok(url + f"/api/jobs/{broken}/priority", {"priority": 60})
         page.goto(f"{url}/#/jobs")
         expect(page.locator(f'tr[data-job-id="{broken}"] td.num')).to_have_text("60")
         assert page.evaluate(NOTES) == []
@@ -263,7 +245,7 @@ def test_without_permission_or_notifications_the_control_says_so(
     job_id = post_job(url, "shot040", frames="1")
     submitted_here(page, job_id)
     expect(page.locator(f'tr[data-job-id="{job_id}"]')).to_be_visible()
-    post(url, f"/api/jobs/{job_id}/cancel", {})
+    post_ok(url + f"/api/jobs/{job_id}/cancel", {})
     expect(page.locator(f'tr[data-job-id="{job_id}"] .badge')).to_have_text("canceled")
     assert page.evaluate(NOTES) == []
 
@@ -276,7 +258,7 @@ def post_job_as(url: str, token: str, name: str) -> str:
     urllib.request.urlopen(urllib.request.Request(
         f"{url}/api/blobs/{sha}", data=BLOB, method="PUT",
         headers={"Authorization": f"Bearer {token}"}), timeout=5).close()
-    job = post(url, "/api/jobs", {"blend": "shot.blend", "manifest": {"shot.blend": sha},
+    job = post_ok(url + "/api/jobs", {"blend": "shot.blend", "manifest": {"shot.blend": sha},
                                   "frames": "1", "name": name}, token)
     return str(job["job"]["id"])
 
@@ -297,8 +279,8 @@ def test_with_tokens_a_job_of_the_signed_in_user_notifies_without_being_submitte
         mine = post_job_as(url, artist, "artist's shot")
         for job_id in (theirs, mine):  # no node: each waits until its owner cancels it
             expect(page.locator(f'tr[data-job-id="{job_id}"]')).to_be_visible()
-        post(url, f"/api/jobs/{theirs}/cancel", {}, producer)
-        post(url, f"/api/jobs/{mine}/cancel", {}, artist)
+        post_ok(url + f"/api/jobs/{theirs}/cancel", {}, producer)
+        post_ok(url + f"/api/jobs/{mine}/cancel", {}, artist)
         page.wait_for_function("() => window.notes.length > 0")
         notes = page.evaluate(NOTES)
         assert [(n["title"], n["tag"]) for n in notes] == [("artist's shot canceled", mine)]

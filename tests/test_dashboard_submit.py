@@ -26,7 +26,15 @@ from typing import Any
 import pytest
 
 from blenderfarm.server import tokens
-from procs import NodeProc, ServerProc, free_port, get_json, nodes_online, wait_for
+from procs import (
+    NodeProc,
+    ServerProc,
+    free_port,
+    get_json,
+    nodes_online,
+    post_ok,
+    wait_for,
+)
 from scenes import make_scene, read_rgba, render_frames, textured_colors
 from test_dashboard import checked_page, chromium, pytestmark  # noqa: F401 - the same skips
 
@@ -281,7 +289,7 @@ def test_a_truncated_blend_is_refused_with_the_servers_sentence(farm: Farm, page
     expect(page.locator("#nj-frames")).to_have_count(0)  # no form to submit
     expect(page.locator("[data-role=drop]")).to_be_visible()  # pick again
     assert len(farm.jobs()) == jobs
-    assert sha in post(farm.url, "/api/blobs/missing", {"hashes": [sha]})["missing"]
+    assert sha in post_ok(farm.url + "/api/blobs/missing", {"hashes": [sha]})["missing"]
 
 
 def test_missing_files_are_listed_and_need_a_yes_to_submit(farm: Farm, page: Page) -> None:
@@ -350,16 +358,6 @@ def test_what_is_dropped_without_a_blend_is_refused_in_one_sentence(farm: Farm, 
         "holds one.")
 
 
-def post(url: str, path: str, body: Any, token: str | None = None) -> Any:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
-                                 headers=headers)
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 DROP = """([name, b64]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   const data = new DataTransfer();
@@ -420,7 +418,7 @@ def test_cancel_halfway_aborts_the_upload_and_the_farm_keeps_no_partial_blob(
     time.sleep(1)
     assert not list(tmp.iterdir())
     assert not (farm.blobs / sha[:2] / sha).exists()
-    assert sha in post(farm.url, "/api/blobs/missing", {"hashes": [sha]})["missing"]
+    assert sha in post_ok(farm.url + "/api/blobs/missing", {"hashes": [sha]})["missing"]
     assert len(farm.jobs()) == jobs
 
 

@@ -28,7 +28,7 @@ from blenderfarm.server import tokens
 from blenderfarm.server.app import make_app
 from blenderfarm.server.blend_deps import ManifestIndex, Reference, resolve_ref
 from blenderfarm.server.config import ServerConfig
-from procs import wait_for
+from procs import post_json, wait_for
 from scenes import BLENDER, BlenderFailed, make_scene, run_blender
 
 #: a test that needs a real Blender, skipped where there is none
@@ -184,21 +184,8 @@ def upload(url: str, root: Path, files: tuple[str, ...] = FILES) -> dict[str, st
     return manifest_of(root, files)
 
 
-def post(url: str, path: str, body: Any, token: str | None = None) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
-                                 headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def inspect(url: str, manifest: dict[str, str], blend: str = "shots/shot.blend") -> Any:
-    status, body = post(url, "/api/inspect", {"blend": blend, "manifest": manifest})
+    status, body = post_json(url + "/api/inspect", {"blend": blend, "manifest": manifest})
     assert status == 200, body
     return body
 
@@ -289,7 +276,7 @@ class TestProject:
         cut = lib[: len(lib) // 2]
         put(server.url, cut)
         manifest["lib/props.blend"] = hashlib.sha256(cut).hexdigest()
-        status, body = post(server.url, "/api/inspect", {"blend": "shots/shot.blend",
+        status, body = post_json(server.url + "/api/inspect", {"blend": "shots/shot.blend",
                                                           "manifest": manifest})
         assert status == 400 and body["error"]["code"] == "corrupt_blend", body
         assert body["error"]["message"].startswith("lib/props.blend is damaged")
@@ -331,7 +318,7 @@ class TestProject:
 def _refusal(url: str, data: bytes, name: str = "shot.blend") -> tuple[int, Any, str]:
     put(url, data)
     sha = hashlib.sha256(data).hexdigest()
-    status, body = post(url, "/api/inspect", {"blend": name, "manifest": {name: sha}})
+    status, body = post_json(url + "/api/inspect", {"blend": name, "manifest": {name: sha}})
     return status, body["error"], sha
 
 
@@ -363,7 +350,7 @@ def test_a_refused_blob_that_a_job_holds_is_kept(farm_procs: Any) -> None:
     junk = b"BLENDER-v304" + b"\x00" * 40  # a header, then nothing a reader can use
     put(server.url, junk)
     sha = hashlib.sha256(junk).hexdigest()
-    status, _ = post(server.url, "/api/jobs", {"blend": "a.blend", "manifest": {"a.blend": sha},
+    status, _ = post_json(server.url + "/api/jobs", {"blend": "a.blend", "manifest": {"a.blend": sha},
                                                 "frames": "1", "paused": True})
     assert status == 201
     status, error, _ = _refusal(server.url, junk, "b.blend")
@@ -400,10 +387,10 @@ def test_bad_requests(farm_procs: Any) -> None:
          "frames"),
     ]
     for body, code, field in cases:
-        status, reply = post(server.url, "/api/inspect", body)
+        status, reply = post_json(server.url + "/api/inspect", body)
         assert status == 400 and reply["error"]["code"] == code, (body, reply)
         assert reply["error"]["field"] == field, (body, reply)
-    _, reply = post(server.url, "/api/inspect", cases[4][0])
+    _, reply = post_json(server.url + "/api/inspect", cases[4][0])
     assert reply["error"]["data"]["missing"] == ["0" * 64]
 
 
